@@ -1,0 +1,74 @@
+"""``meshctl``: run the control plane's components, and a kubectl-like client.
+
+Each subcommand is registered here with an honest description. One that is not built
+yet prints which issue will build it and exits with status 2; it never pretends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from control import __version__
+
+NOT_YET = 2
+
+# name -> (help text, issue that builds it)
+PLANNED: dict[str, tuple[str, int]] = {
+    "up": ("run the whole system on this machine: API server on SQLite, scheduler, "
+           "controllers, one node agent; --demo also applies config/demo/", 9),
+    "apiserver": ("run the Kubernetes-style API server over the store", 6),
+    "controller-manager": ("run the scheduler and controllers (leader-elected)", 7),
+    "agent": ("run the node agent (kubelet): pods in containers or processes", 8),
+    "get": ("list or get objects (table, -o yaml|json, -w to watch)", 6),
+    "apply": ("create or update objects from files, directories or multi-document YAML", 6),
+    "delete": ("delete objects (dependents are garbage-collected)", 6),
+    "scale": ("set a Deployment's or ReplicaSet's replicas", 6),
+    "describe": ("show an object with its status and Events", 6),
+    "logs": ("print a pod container's logs", 8),
+    "exec": ("run a command in a pod's container", 8),
+    "rollout": ("undo, pause, resume or watch a Deployment's rollout", 7),
+    "top": ("show pod or node CPU, memory and mesh traffic", 10),
+    "capacity": ("estimate a service's capacity and headroom", 10),
+    "store": ("store maintenance: migrate SQLite -> Consul", 6),
+}
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshctl",
+        description="Control plane and client of the mesh. Subcommands marked (planned) "
+                    "are not built yet and exit with status 2.",
+    )
+    p.add_argument("--version", action="version", version=f"meshctl {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (text, issue) in PLANNED.items():
+        sp = sub.add_parser(name, help=f"{text} (planned, issue #{issue})",
+                            description=f"{text}. Not implemented yet (issue #{issue}).")
+        sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        sp.set_defaults(handler=_not_yet(name, issue))
+    return p
+
+
+def _not_yet(name: str, issue: int) -> Handler:
+    def handler(_: argparse.Namespace) -> int:
+        print(f"meshctl {name}: not implemented yet (issue #{issue})", file=sys.stderr)
+        return NOT_YET
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
