@@ -1,0 +1,53 @@
+"""Smooth weighted round robin, as nginx's upstream module does it.
+
+Each pick adds every candidate's weight to its current score, takes the highest and
+subtracts the total weight from it: weights 5,1,1 give a a b a c a a, never a burst of
+five in a row. With equal weights it is plain round robin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from meshproxy.balance.base import PickContext
+from meshproxy.endpoint import Endpoint
+
+
+class RoundRobin:
+    """Smooth weighted round robin over the available endpoints."""
+
+    def __init__(self, endpoints: Sequence[Endpoint] = ()) -> None:
+        self._endpoints: list[Endpoint] = []
+        self._current: dict[int, int] = {}
+        self.update(endpoints)
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self._endpoints = list(endpoints)
+        keep = {id(e) for e in self._endpoints}
+        self._current = {k: v for k, v in self._current.items() if k in keep}
+
+    def pick(self, ctx: PickContext, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        candidates = [e for e in self._endpoints if e.available(ctx.now) and e not in exclude]
+        if not candidates:
+            candidates = [e for e in self._endpoints if e not in exclude] or self._endpoints
+        if not candidates:
+            return None
+        total = 0
+        best: Endpoint | None = None
+        best_score = 0
+        current = self._current
+        for e in candidates:
+            score = current.get(id(e), 0) + e.weight
+            current[id(e)] = score
+            total += e.weight
+            if best is None or score > best_score:
+                best, best_score = e, score
+        assert best is not None
+        current[id(best)] = best_score - total
+        return best
+
+    def observe(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<RoundRobin {[e.address for e in self._endpoints]}>"
