@@ -1,0 +1,55 @@
+"""Shared pieces of the config schema: the frozen base model and small value types.
+
+Every concern's settings live in their own module of this package (``listeners``,
+``clusters``, ``admin``, ``runtime``) and derive from :class:`Settings`: frozen (a
+loaded config is an immutable value that a reload swaps as a whole), unknown keys
+refused (a typo is an error, not a silently ignored option). ``root`` assembles them
+into :class:`~meshproxy.config.root.ProxyConfig` and ``load`` turns YAML into one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class Settings(BaseModel):
+    """Base of every config model: frozen, strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+def _check_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError(
+            f"{v!r} is not a valid name: 1-63 characters of letters, digits, '_', '.', '-', "
+            "starting with a letter or digit (names are used as metric labels)"
+        )
+    return v
+
+
+#: A listener, route or cluster name; it becomes a Prometheus label value.
+Name = Annotated[str, AfterValidator(_check_name)]
+#: A duration in seconds (floats allowed: 0.25 is 250 ms).
+Seconds = Annotated[float, Field(gt=0, le=86400 * 7)]
+#: A size in bytes.
+Bytes = Annotated[int, Field(ge=1, le=1 << 40)]
+#: A TCP port.
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``"host:port"`` / ``"[v6]:port"`` into its parts; ValueError naming what is wrong."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]:")
+    else:
+        host, sep, rest = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not host:port")
+    if not rest.isdigit() or not 0 < int(rest) < 65536:
+        raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
+    return host, int(rest)

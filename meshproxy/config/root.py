@@ -1,0 +1,72 @@
+"""The whole proxy config: listeners, clusters, admin, reload, drain, workers.
+
+Field checks live with each concern's model; the checks that span concerns (a route
+names a cluster that exists, names and ports are unique) live here, in
+:func:`cross_check`, and report the offending field's path like pydantic does.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from meshproxy.config.admin import AdminConfig
+from meshproxy.config.base import Settings
+from meshproxy.config.clusters import ClusterConfig
+from meshproxy.config.listeners import HttpListenerConfig, ListenerConfig
+from meshproxy.config.runtime import DrainConfig, ProcessConfig, ReloadConfig
+
+
+class ProxyConfig(Settings):
+    """One meshproxy's configuration, as loaded from its YAML file."""
+
+    listeners: tuple[ListenerConfig, ...] = Field(default=(), max_length=256)
+    clusters: tuple[ClusterConfig, ...] = Field(default=(), max_length=4096)
+    admin: AdminConfig = AdminConfig()
+    reload: ReloadConfig = ReloadConfig()
+    drain: DrainConfig = DrainConfig()
+    process: ProcessConfig = ProcessConfig()
+
+    def cluster(self, name: str) -> ClusterConfig:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+def cross_check(cfg: ProxyConfig) -> list[tuple[str, str]]:
+    """Problems that span several models, as (field path, message) pairs."""
+    problems: list[tuple[str, str]] = []
+    clusters = {c.name for c in cfg.clusters}
+    seen: dict[str, int] = {}
+    for i, c in enumerate(cfg.clusters):
+        if c.name in seen:
+            problems.append((f"clusters[{i}].name",
+                             f"cluster {c.name!r} already defined at clusters[{seen[c.name]}]"))
+        seen.setdefault(c.name, i)
+    names: dict[str, int] = {}
+    binds: dict[tuple[str, int], int] = {}
+    for i, lst in enumerate(cfg.listeners):
+        if lst.name in names:
+            problems.append((f"listeners[{i}].name",
+                             f"listener {lst.name!r} already defined at "
+                             f"listeners[{names[lst.name]}]"))
+        names.setdefault(lst.name, i)
+        bind = (lst.address, lst.port)
+        if lst.port and bind in binds:
+            problems.append((f"listeners[{i}].port",
+                             f"{lst.address}:{lst.port} is already used by "
+                             f"listeners[{binds[bind]}]"))
+        binds.setdefault(bind, i)
+        if isinstance(lst, HttpListenerConfig):
+            for j, r in enumerate(lst.routes):
+                if r.cluster not in clusters:
+                    problems.append((f"listeners[{i}].routes[{j}].cluster",
+                                     f"no cluster named {r.cluster!r}"))
+        elif lst.cluster not in clusters:
+            problems.append((f"listeners[{i}].cluster", f"no cluster named {lst.cluster!r}"))
+    if cfg.admin.enabled and cfg.admin.port:
+        for i, lst in enumerate(cfg.listeners):
+            if lst.port == cfg.admin.port and lst.address in (cfg.admin.address, "0.0.0.0"):
+                problems.append((f"listeners[{i}].port",
+                                 f"port {lst.port} is the admin port"))
+    return problems
