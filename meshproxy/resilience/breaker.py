@@ -1,0 +1,307 @@
+"""Circuit breakers per cluster and per endpoint, on pybreaker, read as a gate.
+
+A breaker stops sending traffic to something that keeps failing, then lets a bounded
+number of trial requests through after a reset timeout and closes again when they
+succeed. pybreaker lives here and nowhere else; it is driven, not wrapped around calls:
+
+- The request layer asks :meth:`Breaker.allow` (a branch on a cached state string, plus
+  the timeout check when open) and later reports the classified outcome with
+  :meth:`Breaker.record`. The outcome is fed to pybreaker through its ``calling()``
+  context manager (a failure is raised inside it), so pybreaker's own state machine counts
+  consecutive failures, trips, and counts half-open successes up to ``success_threshold``.
+- Two pybreaker features are *not* used, on purpose. Its open-to-half-open timer compares
+  ``datetime.now()`` (wall clock) with its ``opened_at``: a wall clock jumps, and a test
+  would have to sleep. So no outcome is ever fed while open; :meth:`allow` checks the
+  reset timeout against our injected monotonic clock and moves pybreaker to half-open
+  through its state API (``half_open()``). Its async helper needs Tornado; ``calling()``
+  is synchronous and cheap, so we use that. Tests therefore drive time with a manual
+  clock and never sleep.
+- pybreaker counts only consecutive failures. The failure-ratio rule (ratio over at
+  least ``minimum_calls`` in a rolling ``window``) is computed here with a
+  :class:`~.window.RollingWindow` and trips pybreaker through ``open()``.
+- pybreaker admits every call in half-open; the bound on concurrent trials
+  (``half_open_trials``) is ours, which is why :meth:`allow` returns an
+  :class:`Admission` that the caller hands back to :meth:`record`.
+
+Every transition (a pybreaker listener) updates the cached state, counts a transition for
+the metrics layer and records an explainable event. Outcomes of requests admitted before a
+trip that finish after it are ignored: they say nothing about the state now.
+
+Neighbours: :mod:`.outlier` ejects single endpoints of a cluster (a softer tool);
+:mod:`.concurrency` bounds load; the rescue layer maps a refusal to 503 ``circuit_open``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import pybreaker
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from meshproxy.resilience.events import Clock, EventLog
+from meshproxy.resilience.window import RollingWindow
+
+BreakerState = Literal["closed", "open", "half_open"]
+STATE_VALUE: dict[str, int] = {"closed": 0, "open": 1, "half_open": 2}
+"""Values for the ``state`` gauge (0 closed, 1 open, 2 half-open)."""
+
+_FROM_PYBREAKER: dict[str, BreakerState] = {
+    pybreaker.STATE_CLOSED: "closed", pybreaker.STATE_OPEN: "open",
+    pybreaker.STATE_HALF_OPEN: "half_open"}
+
+
+class BreakerConfig(BaseModel):
+    """When a breaker trips and how it recovers. At least one trip rule must be set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    consecutive_failures: int | None = Field(5, ge=1)
+    """Trip after this many failures in a row (None: rule off). 5, as Envoy's consecutive
+    5xx default: few enough to react within a second at modest rates."""
+    failure_ratio: float | None = Field(None, gt=0, le=1)
+    """Trip when this share of calls in ``window`` failed (None: rule off)."""
+    minimum_calls: int = Field(20, ge=1)
+    """Calls the window must hold before ``failure_ratio`` is judged: a ratio over three
+    calls is noise."""
+    window: float = Field(10.0, gt=0, le=3600)
+    """Seconds of history for ``failure_ratio`` (10 s, resilience4j/Hystrix-like)."""
+    reset_timeout: float = Field(30.0, gt=0, le=86400)
+    """Seconds open before trial requests go through (pybreaker's ``reset_timeout``)."""
+    half_open_trials: int = Field(1, ge=1, le=10000)
+    """Trial requests in flight at once while half-open; others are refused."""
+    success_threshold: int = Field(1, ge=1, le=10000)
+    """Successful trials needed to close (pybreaker's ``success_threshold``)."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> BreakerConfig:
+        if self.consecutive_failures is None and self.failure_ratio is None:
+            raise ValueError("breaker needs consecutive_failures or failure_ratio (or both)")
+        return self
+
+
+class Admission(enum.IntEnum):
+    """What :meth:`Breaker.allow` decided. Falsy when refused."""
+
+    REFUSED = 0
+    PASS = 1    # normal request while closed
+    TRIAL = 2   # one of the bounded half-open trials
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    name: str
+    state: BreakerState
+    state_value: int
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    trials_in_flight: int
+    rejected_total: int
+    transitions: dict[tuple[str, str], int]
+
+
+class _Failure(Exception):
+    """Raised inside ``pybreaker.calling()`` to report a failed outcome."""
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    def __init__(self, owner: Breaker) -> None:
+        self.owner = owner
+
+    def state_change(self, cb, old_state, new_state) -> None:  # type: ignore[no-untyped-def]
+        old = _FROM_PYBREAKER[old_state.name] if old_state is not None else "closed"
+        self.owner._on_transition(old, _FROM_PYBREAKER[new_state.name])
+
+
+_NO_CONSECUTIVE = 2**62  # pybreaker always counts; "rule off" is an unreachable fail_max
+
+
+class Breaker:
+    """One circuit breaker (a cluster's, or one endpoint's). Not a limiter: it never
+    queues, it answers at once."""
+
+    def __init__(self, name: str, config: BreakerConfig, *, clock: Clock,
+                 events: EventLog | None = None) -> None:
+        self.name = name
+        self.config = config
+        self._clock = clock
+        self._events = events
+        self._state: BreakerState = "closed"
+        self._opened_at = 0.0
+        self._trials = 0
+        self._reason = ""
+        self.rejected_total = 0
+        self.transitions: dict[tuple[str, str], int] = {}
+        self._window = RollingWindow(config.window)
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=config.consecutive_failures or _NO_CONSECUTIVE,
+            reset_timeout=config.reset_timeout,
+            success_threshold=config.success_threshold,
+            listeners=[_Listener(self)], name=name)
+
+    # -- the gate -------------------------------------------------------------------
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def allow(self, now: float) -> Admission:
+        """May a request go through now? O(1); call :meth:`record` (or :meth:`cancel`)
+        with the returned admission when it ends."""
+        state = self._state
+        if state == "closed":
+            return Admission.PASS
+        if state == "open":
+            if now < self._opened_at + self.config.reset_timeout:
+                self.rejected_total += 1
+                return Admission.REFUSED
+            self._reason = f"reset timeout {self.config.reset_timeout:g} s elapsed"
+            self._cb.half_open()          # pybreaker's state API; our listener follows
+        if self._trials < self.config.half_open_trials:
+            self._trials += 1
+            return Admission.TRIAL
+        self.rejected_total += 1
+        return Admission.REFUSED
+
+    def record(self, admission: Admission, ok: bool, now: float) -> None:
+        """The classified outcome of a request ``allow`` admitted (ok: not a failure as
+        the route defines failure; the caller classifies, e.g. 5xx and resets fail)."""
+        if admission == Admission.TRIAL:
+            if self._trials > 0:
+                self._trials -= 1
+            if self._state == "half_open":
+                self._feed(ok)
+            return
+        if admission != Admission.PASS or self._state != "closed":
+            return                       # refused, or admitted before a trip: stale
+        ratio = self.config.failure_ratio
+        if ratio is not None:
+            self._window.record(now, failed=not ok)
+        if ok and self._cb.fail_counter == 0:
+            return                       # fast path: nothing for pybreaker to reset
+        self._feed(ok)
+        if not ok and ratio is not None and self._state == "closed":
+            calls, failures, _ = self._window.totals(now)
+            if calls >= self.config.minimum_calls and failures >= ratio * calls:
+                self._reason = (f"failure ratio {failures / calls:.0%} over {calls} calls in "
+                                f"{self.config.window:g} s (threshold {ratio:.0%})")
+                self._cb.open()
+
+    def cancel(self, admission: Admission) -> None:
+        """A request admitted by :meth:`allow` ended without an outcome (cancelled by the
+        client): frees its trial slot, judges nothing."""
+        if admission == Admission.TRIAL and self._trials > 0:
+            self._trials -= 1
+
+    def _feed(self, ok: bool) -> None:
+        try:
+            with self._cb.calling():
+                if not ok:
+                    raise _Failure
+        except (_Failure, pybreaker.CircuitBreakerError):
+            pass
+
+    # -- manual control (admin API) ---------------------------------------------------
+    def force_open(self, reason: str = "forced open") -> None:
+        self._reason = reason
+        self._cb.open()
+
+    def force_close(self, reason: str = "forced closed") -> None:
+        self._reason = reason
+        self._cb.close()
+
+    def reconfigure(self, config: BreakerConfig) -> bool:
+        """Apply a reloaded config in place, keeping state (an open breaker stays open)."""
+        self._cb.fail_max = config.consecutive_failures or _NO_CONSECUTIVE
+        self._cb.reset_timeout = config.reset_timeout
+        self._cb.success_threshold = config.success_threshold
+        if config.window != self.config.window:
+            self._window = RollingWindow(config.window)
+        self.config = config
+        return True
+
+    # -- transitions and stats -------------------------------------------------------
+    def _on_transition(self, old: BreakerState, new: BreakerState) -> None:
+        now = self._clock()
+        if old == new:                   # e.g. forced open while open: restart the timer
+            if new == "open":
+                self._opened_at = now
+            self._reason = ""
+            return
+        if new == "open":
+            self._opened_at = now
+            if not self._reason:
+                self._reason = (f"{self._cb.fail_counter} consecutive failures"
+                                if old == "closed" else "trial request failed")
+        self._state = new
+        self._trials = 0
+        if new != "half_open":
+            self._window.reset()
+        key = (old, new)
+        self.transitions[key] = self.transitions.get(key, 0) + 1
+        reason, self._reason = self._reason or "trial requests succeeded", ""
+        if self._events is not None:
+            level = logging.WARNING if new == "open" else logging.INFO
+            self._events.record(
+                f"breaker.{new}", self.name, f"circuit {old} -> {new}: {reason}",
+                level=level, state=STATE_VALUE[new],
+                consecutive_failures=self._cb.fail_counter,
+                reset_timeout_s=self.config.reset_timeout)
+
+    def statistics(self) -> BreakerStats:
+        calls, failures, _ = self._window.totals(self._clock())
+        return BreakerStats(self.name, self._state, STATE_VALUE[self._state],
+                            self._cb.fail_counter, calls, failures, self._trials,
+                            self.rejected_total, dict(self.transitions))
+
+    def __repr__(self) -> str:
+        return (f"<Breaker {self.name} {self._state} failures={self._cb.fail_counter} "
+                f"trials={self._trials}/{self.config.half_open_trials} "
+                f"rejected={self.rejected_total}>")
+
+
+class BreakerGroup:
+    """Per-endpoint breakers of one cluster, all on one config, made on first use.
+
+    ``retain`` drops breakers of endpoints that left the cluster; endpoints that stay
+    keep their breaker (and its state) through endpoint updates and reloads.
+    """
+
+    def __init__(self, cluster: str, config: BreakerConfig, *, clock: Clock,
+                 events: EventLog | None = None) -> None:
+        self.cluster = cluster
+        self.config = config
+        self._clock = clock
+        self._events = events
+        self._by_key: dict[str, Breaker] = {}
+
+    def get(self, address: str) -> Breaker:
+        b = self._by_key.get(address)
+        if b is None:
+            b = self._by_key[address] = Breaker(f"{self.cluster}/{address}", self.config,
+                                                clock=self._clock, events=self._events)
+        return b
+
+    def retain(self, addresses: Iterable[str]) -> None:
+        keep = set(addresses)
+        for addr in [a for a in self._by_key if a not in keep]:
+            del self._by_key[addr]
+
+    def reconfigure(self, config: BreakerConfig) -> bool:
+        for b in self._by_key.values():
+            b.reconfigure(config)
+        self.config = config
+        return True
+
+    def statistics(self) -> list[BreakerStats]:
+        return [b.statistics() for b in self._by_key.values()]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __repr__(self) -> str:
+        open_ = sum(1 for b in self._by_key.values() if b.state != "closed")
+        return f"<BreakerGroup {self.cluster} {len(self._by_key)} endpoints, {open_} not closed>"

@@ -1,0 +1,1 @@
+"""Tests of meshproxy.resilience (a package so test module names cannot clash)."""

@@ -1,0 +1,175 @@
+"""Circuit breaker: trip rules, reset timeout on a manual clock, bounded half-open trials,
+transitions counted and explained, reload keeps state."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from meshproxy.resilience.breaker import Admission, Breaker, BreakerConfig, BreakerGroup
+
+
+def make(clock, events, **cfg) -> Breaker:
+    return Breaker("payments", BreakerConfig(**cfg), clock=clock, events=events)
+
+
+def fail(b: Breaker, clock, n: int) -> None:
+    for _ in range(n):
+        b.record(b.allow(clock()), False, clock())
+
+
+def test_breaker_opens_after_consecutive_failures_and_refuses(clock, events) -> None:
+    """N failures in a row open it; a success in between resets the count."""
+    b = make(clock, events, consecutive_failures=3)
+    fail(b, clock, 2)
+    b.record(b.allow(clock()), True, clock())
+    fail(b, clock, 2)
+    assert b.state == "closed"
+    fail(b, clock, 1)
+    assert b.state == "open"
+    assert b.allow(clock()) == Admission.REFUSED
+    assert b.statistics().rejected_total == 1
+    ev = events.recent(kind="breaker.open")[-1]
+    assert ev.subject == "payments"
+    assert "3 consecutive failures" in ev.message
+
+
+def test_breaker_stays_open_until_reset_timeout_on_the_injected_clock(clock, events) -> None:
+    """The reset timeout is measured on our clock, not pybreaker's wall clock."""
+    b = make(clock, events, consecutive_failures=1, reset_timeout=30)
+    fail(b, clock, 1)
+    clock.advance(29.9)
+    assert not b.allow(clock())
+    clock.advance(0.2)
+    assert b.allow(clock()) == Admission.TRIAL
+    assert b.state == "half_open"
+
+
+def test_half_open_admits_a_bounded_number_of_trials(clock, events) -> None:
+    b = make(clock, events, consecutive_failures=1, reset_timeout=1, half_open_trials=2,
+             success_threshold=2)
+    fail(b, clock, 1)
+    clock.advance(1)
+    t1, t2, t3 = b.allow(clock()), b.allow(clock()), b.allow(clock())
+    assert (t1, t2, t3) == (Admission.TRIAL, Admission.TRIAL, Admission.REFUSED)
+    b.record(t1, True, clock())
+    assert b.state == "half_open"          # one success of the two needed
+    t4 = b.allow(clock())                   # the finished trial freed a slot
+    assert t4 == Admission.TRIAL
+    b.record(t2, True, clock())
+    assert b.state == "closed"
+    b.record(t4, False, clock())            # a late trial outcome after closing is ignored
+    assert b.state == "closed"
+    assert b.statistics().consecutive_failures == 0
+
+
+def test_breaker_reopens_after_failed_probe(clock, events) -> None:
+    b = make(clock, events, consecutive_failures=1, reset_timeout=5)
+    fail(b, clock, 1)
+    clock.advance(5)
+    trial = b.allow(clock())
+    b.record(trial, False, clock())
+    assert b.state == "open"
+    assert "trial request failed" in events.recent(kind="breaker.open")[-1].message
+    clock.advance(4.9)                      # a fresh full timeout from the re-open
+    assert not b.allow(clock())
+    clock.advance(0.1)
+    assert b.allow(clock()) == Admission.TRIAL
+
+
+def test_failure_ratio_trips_only_past_minimum_calls(clock, events) -> None:
+    """60% failures over fewer than minimum_calls is not judged; at the minimum it trips,
+    and the event carries the ratio and the count."""
+    b = make(clock, events, consecutive_failures=None, failure_ratio=0.5, minimum_calls=10,
+             window=10)
+    for i in range(9):
+        b.record(b.allow(clock()), i % 5 >= 2, clock())   # ok,ok,fail,fail,fail,...
+        clock.advance(0.1)
+    assert b.state == "closed"
+    b.record(b.allow(clock()), False, clock())
+    assert b.state == "open"
+    msg = events.recent(kind="breaker.open")[-1].message
+    assert "over 10 calls" in msg
+    assert "threshold 50%" in msg
+
+
+def test_failure_ratio_forgets_calls_older_than_the_window(clock, events) -> None:
+    b = make(clock, events, consecutive_failures=None, failure_ratio=0.5, minimum_calls=4,
+             window=10)
+    fail(b, clock, 3)                         # three failures, too few calls to judge
+    clock.advance(11)                         # ... and now out of the window
+    for ok in (True, True, True, False):
+        b.record(b.allow(clock()), ok, clock())
+    assert b.state == "closed"                # 1 failure in 4: 25%
+
+
+def test_outcomes_of_requests_admitted_before_the_trip_are_ignored(clock, events) -> None:
+    b = make(clock, events, consecutive_failures=2, reset_timeout=10)
+    early = b.allow(clock())
+    fail(b, clock, 2)
+    assert b.state == "open"
+    b.record(early, True, clock())            # must not close or count as a trial
+    assert b.state == "open"
+
+
+def test_transitions_are_counted_for_metrics(clock, events) -> None:
+    b = make(clock, events, consecutive_failures=1, reset_timeout=1)
+    fail(b, clock, 1)
+    clock.advance(1)
+    b.record(b.allow(clock()), True, clock())
+    st = b.statistics()
+    assert st.transitions == {("closed", "open"): 1, ("open", "half_open"): 1,
+                              ("half_open", "closed"): 1}
+    assert st.state_value == 0
+    assert [e.kind for e in events] == ["breaker.open", "breaker.half_open", "breaker.closed"]
+
+
+def test_cancelled_trial_frees_its_slot(clock, events) -> None:
+    b = make(clock, events, consecutive_failures=1, reset_timeout=1)
+    fail(b, clock, 1)
+    clock.advance(1)
+    t = b.allow(clock())
+    assert not b.allow(clock())
+    b.cancel(t)
+    assert b.allow(clock()) == Admission.TRIAL
+
+
+def test_reconfigure_keeps_an_open_breaker_open(clock, events) -> None:
+    b = make(clock, events, consecutive_failures=1, reset_timeout=10)
+    fail(b, clock, 1)
+    assert b.reconfigure(BreakerConfig(consecutive_failures=3, reset_timeout=20))
+    clock.advance(15)
+    assert b.state == "open"
+    assert not b.allow(clock())
+    clock.advance(5)
+    assert b.allow(clock())
+
+
+def test_forced_open_and_close(clock, events) -> None:
+    b = make(clock, events)
+    b.force_open("maintenance")
+    assert not b.allow(clock())
+    assert "maintenance" in events.recent(kind="breaker.open")[-1].message
+    b.force_close()
+    assert b.allow(clock()) == Admission.PASS
+
+
+def test_config_requires_a_trip_rule_and_sane_numbers() -> None:
+    with pytest.raises(ValidationError, match="consecutive_failures or failure_ratio"):
+        BreakerConfig(consecutive_failures=None)
+    with pytest.raises(ValidationError, match="failure_ratio"):
+        BreakerConfig(failure_ratio=1.5)
+    with pytest.raises(ValidationError, match="extra"):
+        BreakerConfig(fail_max=3)  # type: ignore[call-arg]
+
+
+def test_group_keeps_per_endpoint_state_and_drops_departed(clock, events) -> None:
+    g = BreakerGroup("cart", BreakerConfig(consecutive_failures=1), clock=clock, events=events)
+    a = g.get("10.0.0.1:80")
+    a.record(a.allow(clock()), False, clock())
+    assert g.get("10.0.0.1:80") is a
+    assert a.state == "open"
+    assert g.get("10.0.0.2:80").state == "closed"
+    g.retain(["10.0.0.2:80"])
+    assert len(g) == 1
+    assert g.get("10.0.0.1:80").state == "closed"
