@@ -2,34 +2,39 @@
 
 Each pick adds every candidate's weight to its current score, takes the highest and
 subtracts the total weight from it: weights 5,1,1 give a a b a c a a, never a burst of
-five in a row. With equal weights it is plain round robin.
+five in a row. With equal weights it is plain round robin. Scores are kept per endpoint
+object, so an endpoint update keeps the rotation of the endpoints that stay.
+
+Candidates (health, exclusion, panic) come from :class:`~meshproxy.balance.base.EndpointPool`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from meshproxy.balance.base import PickContext
+from meshproxy.balance.base import DEFAULT_PANIC_THRESHOLD, EndpointPool, PickContext
 from meshproxy.endpoint import Endpoint
 
 
 class RoundRobin:
-    """Smooth weighted round robin over the available endpoints."""
+    """Smooth weighted round robin over the candidate endpoints."""
 
-    def __init__(self, endpoints: Sequence[Endpoint] = ()) -> None:
-        self._endpoints: list[Endpoint] = []
+    def __init__(self, endpoints: Sequence[Endpoint] = (), *,
+                 panic_threshold: float = DEFAULT_PANIC_THRESHOLD) -> None:
+        self._pool = EndpointPool(endpoints, panic_threshold=panic_threshold)
         self._current: dict[int, int] = {}
-        self.update(endpoints)
+
+    @property
+    def panic_total(self) -> int:
+        return self._pool.panic_total
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
-        self._endpoints = list(endpoints)
-        keep = {id(e) for e in self._endpoints}
+        self._pool.replace(endpoints)
+        keep = {id(e) for e in self._pool.endpoints}
         self._current = {k: v for k, v in self._current.items() if k in keep}
 
     def pick(self, ctx: PickContext, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
-        candidates = [e for e in self._endpoints if e.available(ctx.now) and e not in exclude]
-        if not candidates:
-            candidates = [e for e in self._endpoints if e not in exclude] or self._endpoints
+        candidates = self._pool.candidates(ctx.now, exclude)
         if not candidates:
             return None
         total = 0
@@ -50,4 +55,4 @@ class RoundRobin:
         return None
 
     def __repr__(self) -> str:
-        return f"<RoundRobin {[e.address for e in self._endpoints]}>"
+        return f"<RoundRobin {[e.address for e in self._pool.endpoints]}>"

@@ -1,0 +1,132 @@
+"""Typed, frozen settings of a cluster's load balancing (pydantic v2).
+
+:class:`LoadBalancerConfig` is what a cluster's ``load_balancer:`` section of the proxy
+config validates into; the engine's config schema embeds it, and
+:func:`meshproxy.balance.factory.make_balancer` builds the runtime balancer from it.
+Every field has a default, its unit, and the reason for the default. Settings of a
+policy other than the chosen one are accepted (so switching policy is a one-line
+change) but unused.
+
+Example (YAML)::
+
+    load_balancer:
+      policy: ring_hash
+      panic_threshold_percent: 50
+      hash_on: {source: header, name: x-user-id}
+      ring_hash: {virtual_nodes: 200}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Policy = Literal["round_robin", "random", "weighted_random", "least_request",
+                 "peak_ewma", "ring_hash", "maglev"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+HASH_POLICIES = frozenset({"ring_hash", "maglev"})
+
+# RFC 9110 token characters: what a header or cookie name may contain.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HashOn(_Frozen):
+    """Where a consistent-hash policy takes each request's key from."""
+
+    source: Literal["header", "cookie", "client_address"]
+    # The header or cookie name; required for those sources, absent for client_address.
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _name_matches_source(self) -> HashOn:
+        if self.source == "client_address":
+            if self.name is not None:
+                raise ValueError("name is not used with source 'client_address'; remove it")
+        elif self.name is None:
+            raise ValueError(f"source {self.source!r} needs the {self.source} name in 'name'")
+        elif not _TOKEN.match(self.name):
+            raise ValueError(f"{self.source} name {self.name!r} is not a valid HTTP token")
+        return self
+
+
+class LeastRequestSettings(_Frozen):
+    # Candidates sampled per pick; 2 is Envoy's default and the classic result that two
+    # random choices already give exponentially better balance than one.
+    choice_count: int = Field(2, ge=2, le=100)
+    # Exponent on (active + 1) when weights differ; 1.0 is Envoy's default (divide the
+    # weight by the load), 0 ignores load and is weighted round robin.
+    active_request_bias: float = Field(1.0, ge=0.0, le=10.0)
+
+
+class PeakEwmaSettings(_Frozen):
+    # Seconds for the latency estimate to decay by 1/e; Linkerd's default 10 s: long
+    # enough to remember a bad spell, short enough to retry a recovered endpoint.
+    decay_s: float = Field(10.0, gt=0.0, le=3600.0)
+    # Seconds assumed for an endpoint with no observation yet; Linkerd's 30 ms.
+    default_rtt_s: float = Field(0.030, gt=0.0, le=60.0)
+    # Seconds a failed attempt counts as at least: refusals are fast, and a dead
+    # endpoint must not look like the fastest one. 1 s dwarfs normal latencies.
+    failure_penalty_s: float = Field(1.0, ge=0.0, le=3600.0)
+
+
+class RingHashSettings(_Frozen):
+    # Ring entries per unit of endpoint weight, independent of the other endpoints so
+    # that removing one endpoint moves only its own keys; 200 keeps each endpoint's
+    # share of keys within a few percent of its weight.
+    virtual_nodes: int = Field(200, ge=1, le=100_000)
+    # Cap on ring entries (Envoy's 8 Mi) so extreme weights cannot exhaust memory.
+    max_ring_size: int = Field(8 * 1024 * 1024, ge=1, le=8 * 1024 * 1024)
+
+
+class MaglevSettings(_Frozen):
+    # Lookup-table slots, a prime (Envoy's default 65537): at least 100x the endpoints
+    # keeps each endpoint's share within about 1% of its weight.
+    table_size: int = Field(65537, ge=2, le=5_000_011)
+
+    @field_validator("table_size")
+    @classmethod
+    def _prime(cls, value: int) -> int:
+        from meshproxy.balance.maglev import is_prime
+
+        if not is_prime(value):
+            raise ValueError(f"table_size must be a prime number, got {value}")
+        return value
+
+
+class LoadBalancerConfig(_Frozen):
+    """A cluster's load-balancing settings."""
+
+    # Smooth weighted round robin is the default: deterministic, weight-exact, and no
+    # surprises for a user who did not choose (nginx's default).
+    policy: Policy = "round_robin"
+    # Below this percentage of available endpoints, balance across all of them (panic).
+    # 50 is Envoy's default: fewer than half left means each takes over twice its load.
+    # 0 disables panic (no available endpoint then means 503).
+    panic_threshold_percent: float = Field(50.0, ge=0.0, le=100.0)
+    # Where ring_hash and maglev take the key from; required for them, refused otherwise.
+    hash_on: HashOn | None = None
+    least_request: LeastRequestSettings = LeastRequestSettings()
+    peak_ewma: PeakEwmaSettings = PeakEwmaSettings()
+    ring_hash: RingHashSettings = RingHashSettings()
+    maglev: MaglevSettings = MaglevSettings()
+
+    @model_validator(mode="after")
+    def _hash_on_matches_policy(self) -> LoadBalancerConfig:
+        if self.policy in HASH_POLICIES and self.hash_on is None:
+            raise ValueError(f"policy {self.policy!r} needs 'hash_on' "
+                             "(a header, a cookie or the client address)")
+        if self.policy not in HASH_POLICIES and self.hash_on is not None:
+            raise ValueError(f"'hash_on' only applies to ring_hash and maglev, "
+                             f"not to policy {self.policy!r}")
+        return self
+
+    @property
+    def panic_threshold(self) -> float:
+        """The panic threshold as a share in [0, 1], as the balancers take it."""
+        return self.panic_threshold_percent / 100.0

@@ -1,0 +1,95 @@
+"""Random and weighted random choice.
+
+``Random`` picks uniformly among the candidates and ignores weights (the seed's "random"
+policy: no state, no coordination, good enough with many clients). ``WeightedRandom``
+picks with probability proportional to weight. Both take a ``random.Random`` so tests
+and simulations can seed it; with none they use a private unseeded one.
+
+Weighted choice is a binary search over cumulative weights. The cumulative table of the
+full endpoint list is cached between picks (the common case: everything healthy, no
+retry exclusion); a pick over a smaller candidate list builds its own.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random as _random
+from collections.abc import Collection, Sequence
+from itertools import accumulate
+
+from meshproxy.balance.base import DEFAULT_PANIC_THRESHOLD, EndpointPool, PickContext
+from meshproxy.endpoint import Endpoint
+
+
+class Random:
+    """Uniform random choice among the candidates; weights are ignored by design."""
+
+    def __init__(self, endpoints: Sequence[Endpoint] = (), *,
+                 panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+                 rng: _random.Random | None = None) -> None:
+        self._pool = EndpointPool(endpoints, panic_threshold=panic_threshold)
+        self._rng = rng or _random.Random()
+
+    @property
+    def panic_total(self) -> int:
+        return self._pool.panic_total
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self._pool.replace(endpoints)
+
+    def pick(self, ctx: PickContext, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        candidates = self._pool.candidates(ctx.now, exclude)
+        if not candidates:
+            return None
+        return candidates[self._rng.randrange(len(candidates))]
+
+    def observe(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Random {[e.address for e in self._pool.endpoints]}>"
+
+
+class WeightedRandom:
+    """Random choice with probability proportional to each candidate's weight."""
+
+    def __init__(self, endpoints: Sequence[Endpoint] = (), *,
+                 panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+                 rng: _random.Random | None = None) -> None:
+        self._pool = EndpointPool(endpoints, panic_threshold=panic_threshold)
+        self._rng = rng or _random.Random()
+        self._cached_for: list[Endpoint] = []
+        self._cached_weights: tuple[int, ...] = ()
+        self._cumulative: list[int] = []
+
+    @property
+    def panic_total(self) -> int:
+        return self._pool.panic_total
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self._pool.replace(endpoints)
+
+    def _table(self, candidates: list[Endpoint]) -> list[int]:
+        weights = tuple(e.weight for e in candidates)
+        if candidates is self._pool.endpoints:
+            # Weights may change in place on an endpoint update: compare them too.
+            if self._cached_for is not candidates or weights != self._cached_weights:
+                self._cached_for = candidates
+                self._cached_weights = weights
+                self._cumulative = list(accumulate(weights))
+            return self._cumulative
+        return list(accumulate(weights))
+
+    def pick(self, ctx: PickContext, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        candidates = self._pool.candidates(ctx.now, exclude)
+        if not candidates:
+            return None
+        cumulative = self._table(candidates)
+        point = self._rng.randrange(cumulative[-1])
+        return candidates[bisect.bisect_right(cumulative, point)]
+
+    def observe(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<WeightedRandom {[(e.address, e.weight) for e in self._pool.endpoints]}>"
