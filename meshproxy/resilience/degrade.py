@@ -1,0 +1,324 @@
+"""Degradation switches: turn a route, a group of routes or a whole upstream into a cheap
+answer (fail fast, or a fallback) by hand or automatically, with a shadow mode.
+
+The seed's three levels, each a :class:`SwitchConfig` with a ``target``:
+
+- ``interface``: one route (target = route name);
+- ``function``: a group of routes, e.g. every "recommendations" route (target = the
+  group name routes declare);
+- ``service``: everything sent to one upstream cluster (target = cluster name).
+
+A switch's ``mode`` is ``on`` (degraded), ``off`` (normal) or ``auto``: degraded while its
+:class:`AutoTrip` rule says the target is failing. Auto trips on the error ratio or the
+slow-call ratio over a rolling window with a minimum of requests; after ``cooldown`` it
+probes (lets ``probe_ratio`` of requests through to the real target) and recovers when
+``probe_requests`` probes come back under the threshold, or trips again for another
+cooldown. ``enabled: false`` disables a switch entirely; ``enforced: false`` is shadow mode
+(Envoy's runtime-fraction idea): the state machine runs and counts what it *would* have
+degraded, but every request is served normally, so a threshold can be tried on live
+traffic first.
+
+The action is a :class:`FailFast` (a status and reason), a :class:`StaticResponse`
+(status, headers, body) or a :class:`ClusterFallback` (send to another cluster).
+
+:class:`SwitchRegistry` holds them all by name: the engine resolves once per route, at
+config build time, which switches apply (:meth:`SwitchRegistry.applicable`), so the
+request path only calls :meth:`Switch.check`; the admin API lists them and flips one
+(``POST /switches/{name}`` -> :meth:`SwitchRegistry.flip`). A reload keeps every switch
+whose config is unchanged, including a mode an operator set through the admin API.
+
+Neighbours: :mod:`.breaker` protects the caller from a failing upstream with a 503;
+a switch decides *what* to answer instead. :mod:`.window` counts outcomes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from meshproxy.resilience.events import Clock, EventLog
+from meshproxy.resilience.reuse import rebuild
+from meshproxy.resilience.window import RollingWindow
+
+Level = Literal["interface", "function", "service"]
+Mode = Literal["auto", "on", "off"]
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FailFast(_Frozen):
+    kind: Literal["fail_fast"] = "fail_fast"
+    status: int = Field(503, ge=400, le=599)
+    """503: the caller's retry and breaker logic already understands it."""
+    reason: str = Field("degraded", min_length=1, max_length=64)
+    """Goes to ``x-mesh-reason`` and the metric label."""
+
+
+class StaticResponse(_Frozen):
+    kind: Literal["static"] = "static"
+    status: int = Field(200, ge=100, le=599)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str = Field("", max_length=1 << 20)
+    """At most 1 MiB: a fallback is a small canned answer, not content."""
+
+
+class ClusterFallback(_Frozen):
+    kind: Literal["cluster"] = "cluster"
+    cluster: str = Field(min_length=1)
+    """Another cluster of the same config that serves the degraded answer."""
+
+
+Action = Annotated[FailFast | StaticResponse | ClusterFallback, Field(discriminator="kind")]
+
+
+class AutoTrip(_Frozen):
+    metric: Literal["error_ratio", "slow_ratio"] = "error_ratio"
+    threshold: float = Field(0.5, gt=0, le=1)
+    """Share of bad calls in the window that trips it."""
+    slow_call_ms: float = Field(1000.0, gt=0)
+    """A call slower than this counts as slow (``slow_ratio`` only)."""
+    window: float = Field(10.0, gt=0, le=3600)
+    """Seconds of history judged."""
+    minimum_requests: int = Field(20, ge=1)
+    """No verdict on fewer calls than this: three failures out of four is noise."""
+    cooldown: float = Field(30.0, gt=0, le=86400)
+    """Seconds degraded before probing."""
+    probe_ratio: float = Field(0.1, gt=0, le=1)
+    """Share of requests sent to the real target while probing."""
+    probe_requests: int = Field(10, ge=1)
+    """Probe outcomes collected before deciding to recover or trip again."""
+
+
+class SwitchConfig(_Frozen):
+    name: str
+    level: Level
+    target: str = Field(min_length=1)
+    """Route name, route group name or cluster name, by ``level``."""
+    mode: Mode = "auto"
+    enabled: bool = True
+    enforced: bool = True
+    """False: shadow mode, count but never degrade."""
+    auto: AutoTrip | None = None
+    """The automatic rule; without it, ``auto`` means normal."""
+    action: Action = Field(default_factory=FailFast)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("switch names are lowercase letters, digits, '-' and '.' "
+                             "(max 63), starting and ending alphanumeric")
+        return v
+
+
+class Verdict(enum.IntEnum):
+    """What :meth:`Switch.check` says about one request."""
+
+    PASS = 0      # serve normally
+    PROBE = 1     # serve normally; the outcome decides recovery (report it)
+    DEGRADE = 2   # answer with the action
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchStatus:
+    name: str
+    level: Level
+    target: str
+    mode: Mode
+    mode_source: str
+    state: Literal["normal", "tripped", "probing"]
+    degrading: bool
+    enabled: bool
+    enforced: bool
+    degraded_total: int
+    shadow_degraded_total: int
+    action: dict[str, Any]
+
+
+class Switch:
+    """One degradation switch and its automatic state machine."""
+
+    def __init__(self, config: SwitchConfig, *, clock: Clock,
+                 events: EventLog | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self._clock = clock
+        self._events = events
+        self.mode: Mode = config.mode
+        self.mode_source = "config"
+        self.state: Literal["normal", "tripped", "probing"] = "normal"
+        self._tripped_at = 0.0
+        self._probe_credit = 0.0
+        self._probes = self._probe_bad = 0
+        auto = config.auto
+        self._window = RollingWindow(auto.window) if auto else None
+        self._slow_s = auto.slow_call_ms / 1000.0 if auto else 0.0
+        self.degraded_total = 0
+        self.shadow_degraded_total = 0
+
+    # -- request path -----------------------------------------------------------------
+    def check(self, now: float) -> Verdict:
+        cfg = self.config
+        if not cfg.enabled or self.mode == "off":
+            return Verdict.PASS
+        if self.mode == "on":
+            return self._degrade()
+        auto = cfg.auto
+        state = self.state
+        if state == "normal" or auto is None:   # only auto switches leave "normal"
+            return Verdict.PASS
+        if state == "tripped":
+            if now - self._tripped_at < auto.cooldown:
+                return self._degrade()
+            self._enter("probing", f"cooldown {auto.cooldown:g} s over",
+                        cooldown_s=auto.cooldown)
+        if not cfg.enforced:
+            return Verdict.PROBE          # shadow: everything goes through, all judged
+        self._probe_credit += auto.probe_ratio
+        if self._probe_credit >= 1.0:
+            self._probe_credit -= 1.0
+            return Verdict.PROBE
+        return self._degrade()
+
+    def _degrade(self) -> Verdict:
+        if self.config.enforced:
+            self.degraded_total += 1
+            return Verdict.DEGRADE
+        self.shadow_degraded_total += 1
+        return Verdict.PASS
+
+    def observe(self, verdict: Verdict, ok: bool, latency: float, now: float) -> None:
+        """The outcome of a request ``check`` let through (``ok``: not an error as the
+        route classifies it; ``latency`` in seconds). Cheap unless it changes state."""
+        auto = self.config.auto
+        if auto is None or self.mode != "auto" or verdict == Verdict.DEGRADE:
+            return
+        bad = (not ok) if auto.metric == "error_ratio" else latency >= self._slow_s
+        w = self._window
+        if self.state == "normal" and w is not None:
+            w.record(now, failed=bad)
+            if bad:
+                calls, failures, _ = w.totals(now)
+                if calls >= auto.minimum_requests and failures >= auto.threshold * calls:
+                    self._enter("tripped",
+                                f"{auto.metric.replace('_', ' ')} {failures / calls:.0%} over "
+                                f"{calls} requests in {auto.window:g} s "
+                                f"(threshold {auto.threshold:.0%})",
+                                ratio=failures / calls, requests=calls,
+                                threshold=auto.threshold)
+        elif self.state == "probing" and verdict == Verdict.PROBE:
+            self._probes += 1
+            self._probe_bad += bad
+            if self._probes >= auto.probe_requests:
+                ratio = self._probe_bad / self._probes
+                numbers = {"ratio": ratio, "probes": self._probes, "threshold": auto.threshold}
+                if ratio < auto.threshold:
+                    self._enter("normal", f"probes recovered: {ratio:.0%} bad over "
+                                f"{self._probes} probes", **numbers)
+                else:
+                    self._enter("tripped", f"probes still failing: {ratio:.0%} bad over "
+                                f"{self._probes} probes", **numbers)
+
+    def _enter(self, state: Literal["normal", "tripped", "probing"], why: str,
+               **numbers: float) -> None:
+        old, self.state = self.state, state
+        if state == "tripped":
+            self._tripped_at = self._clock()
+        self._probes = self._probe_bad = 0
+        self._probe_credit = 0.0
+        if self._window is not None:
+            self._window.reset()
+        if self._events is not None:
+            shadow = "" if self.config.enforced else " (shadow mode: not enforced)"
+            self._events.record(
+                f"switch.{state}", self.name, f"{self.config.level} switch {self.name} "
+                f"({self.config.target}) {old} -> {state}: {why}{shadow}",
+                level=logging.WARNING if state == "tripped" else logging.INFO, **numbers)
+
+    # -- admin ------------------------------------------------------------------------
+    def set_mode(self, mode: Mode, *, source: str = "admin") -> None:
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"switch mode must be 'auto', 'on' or 'off', not {mode!r}")
+        old, self.mode, self.mode_source = self.mode, mode, source
+        if self._events is not None:
+            self._events.record("switch.mode", self.name,
+                                f"switch {self.name} mode {old} -> {mode} by {source}")
+
+    @property
+    def degrading(self) -> bool:
+        """Would a request be degraded now (ignoring probes and shadow mode)?"""
+        if not self.config.enabled or self.mode == "off":
+            return False
+        return self.mode == "on" or self.state != "normal"
+
+    def status(self) -> SwitchStatus:
+        c = self.config
+        return SwitchStatus(c.name, c.level, c.target, self.mode, self.mode_source,
+                            self.state, self.degrading, c.enabled, c.enforced,
+                            self.degraded_total, self.shadow_degraded_total,
+                            c.action.model_dump())
+
+    def __repr__(self) -> str:
+        return (f"<Switch {self.name} {self.config.level}:{self.config.target} "
+                f"mode={self.mode} state={self.state} degraded={self.degraded_total}>")
+
+
+class SwitchRegistry:
+    """Every switch of the running config, by name."""
+
+    def __init__(self, configs: Iterable[SwitchConfig] = (), *, clock: Clock,
+                 events: EventLog | None = None) -> None:
+        self._clock = clock
+        self._events = events
+        self._switches: dict[str, Switch] = {}
+        self.reload(configs)
+
+    def reload(self, configs: Iterable[SwitchConfig]) -> None:
+        """Swap in a new set; switches with an unchanged config keep their state and
+        admin-set mode. Duplicate names are refused and change nothing."""
+        new: dict[str, SwitchConfig] = {}
+        for c in configs:
+            if c.name in new:
+                raise ValueError(f"duplicate degradation switch name {c.name!r}")
+            new[c.name] = c
+        self._switches = rebuild(self._switches, new, lambda _n, c: Switch(
+            c, clock=self._clock, events=self._events))
+
+    def applicable(self, *, route: str, function: str | None,
+                   cluster: str) -> tuple[Switch, ...]:
+        """Switches for a route, most specific first (interface, function, service).
+        Resolve once per route when the config is built, not per request."""
+        by_level: Mapping[Level, str | None] = {"interface": route, "function": function,
+                                                "service": cluster}
+        order = {"interface": 0, "function": 1, "service": 2}
+        hits = [s for s in self._switches.values()
+                if by_level[s.config.level] is not None
+                and s.config.target == by_level[s.config.level]]
+        return tuple(sorted(hits, key=lambda s: order[s.config.level]))
+
+    def get(self, name: str) -> Switch:
+        try:
+            return self._switches[name]
+        except KeyError:
+            raise KeyError(f"no degradation switch named {name!r}") from None
+
+    def flip(self, name: str, mode: Mode, *, source: str = "admin") -> SwitchStatus:
+        """The admin API's ``POST /switches/{name}``: set a switch's mode."""
+        s = self.get(name)
+        s.set_mode(mode, source=source)
+        return s.status()
+
+    def list(self) -> list[SwitchStatus]:
+        return [s.status() for s in self._switches.values()]
+
+    def __len__(self) -> int:
+        return len(self._switches)
