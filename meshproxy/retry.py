@@ -1,0 +1,367 @@
+"""Retries: which failures retry, how long to wait, and the budget that stops a storm.
+
+Pure objects with no I/O, for the engine's retry layer to drive (see ``hedge`` for the
+second user of the budget and ``deadline`` for the time left to retry in):
+
+- :class:`RetryConfig` (frozen, per route) and the runtime :class:`RetryPolicy` built
+  from it: ``should_retry(outcome, attempt, method, body_replayable=...)`` returns a
+  :data:`Verdict` (``"retry"`` or why not, usable as a metric label);
+  ``policy.backoff.delay(retry_number, rng)`` is exponential backoff with full jitter
+  (AWS's "Exponential Backoff And Jitter": uniform in [0, min(max, base * 2^(n-1))]).
+- :class:`RetryBudget` (per route, shared by retries and hedges): a retry may start only
+  when ``try_acquire_retry()`` says so, and ``release_retry()`` is called when it ends.
+  Two limits, each with a floor, because each catches what the other misses:
+
+  * concurrency (Envoy's retry budget): retries in flight <= ``budget_percent`` of the
+    route's requests in flight, but at least ``min_retry_concurrency``. This bounds the
+    extra load on a *slow* upstream, where failures take long and pile up.
+  * rate (Linkerd's and Finagle's budget): retries started in the last ``window_s`` <=
+    ``budget_percent`` of requests started in it, plus ``min_retries_per_second`` *
+    ``window_s``. A *dead* upstream fails in microseconds, so nothing piles up and the
+    concurrency limit never bites; this one still caps retries at a fixed share.
+
+  Counters (``statistics()``): attempts, retries, hedges, refused by the budget.
+- :class:`ReplayBuffer`: keeps a request body for replay up to a bound; beyond it the
+  body is dropped and the request is not retried (Linkerd's 64 KiB rule).
+
+The engine describes each finished attempt as an :class:`Outcome`. Mapping from the
+request path's error tree (``meshproxy.errors``): ConnectFailure and ConnectTimeout →
+``connect-failure``; UpstreamReset and UpstreamProtocolError → ``reset``; the per-try
+timer firing → ``per-try-timeout``; a response → ``Outcome.response(status)``.
+A connect failure is retried for any method: no byte of the request reached the
+upstream. Every other retry needs an idempotent method (RFC 9110 §9.2.2) unless the
+route sets ``retry_non_idempotent``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Condition = Literal["connect-failure", "reset", "per-try-timeout", "502", "503", "504"]
+OutcomeKind = Literal["response", "connect-failure", "reset", "per-try-timeout"]
+Verdict = Literal["retry", "answered", "not-retriable", "attempts-exhausted",
+                  "non-idempotent", "body-not-replayable"]
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackoffConfig(_Frozen):
+    # First retry waits up to 25 ms (Envoy's default base): long enough for a restarting
+    # endpoint's listener to come back, short next to typical route timeouts.
+    base_s: float = Field(0.025, gt=0.0, le=60.0)
+    # Cap on the wait; 10x the base is Envoy's default and keeps tail latency bounded.
+    max_s: float = Field(0.250, gt=0.0, le=300.0)
+
+    @model_validator(mode="after")
+    def _max_not_below_base(self) -> BackoffConfig:
+        if self.max_s < self.base_s:
+            raise ValueError(f"max_s ({self.max_s}) must be >= base_s ({self.base_s})")
+        return self
+
+
+class RetryBudgetConfig(_Frozen):
+    # Retries (and hedges) may add at most this share on top of the route's requests;
+    # 20% is Linkerd's and Envoy's default: enough to hide sporadic failures, too
+    # little to double the load on a struggling upstream.
+    budget_percent: float = Field(20.0, ge=0.0, le=100.0)
+    # Rate floor so a quiet route can still retry (Linkerd's default 10/s).
+    min_retries_per_second: float = Field(10.0, ge=0.0, le=10_000.0)
+    # Concurrency floor, Envoy's default 3 retries in flight.
+    min_retry_concurrency: int = Field(3, ge=0, le=10_000)
+    # Seconds over which requests and retries are counted for the rate limit (Linkerd's
+    # 10 s TTL): long enough to smooth bursts, short enough to follow load changes.
+    window_s: float = Field(10.0, gt=0.0, le=600.0)
+
+
+class RetryConfig(_Frozen):
+    """A route's retry settings."""
+
+    # Total tries including the first; 2 = one retry, Envoy's default num_retries: 1.
+    attempts: int = Field(2, ge=1, le=10)
+    # Failures that retry. The default covers failures where another endpoint is likely
+    # to succeed; per-try-timeout is opt-in since the first try may still be working.
+    retry_on: frozenset[Condition] = frozenset(
+        {"connect-failure", "reset", "502", "503", "504"})
+    # Further response codes that retry (e.g. 429, 409), Envoy's retriable_status_codes.
+    retriable_status_codes: frozenset[int] = frozenset()
+    # Retry POST/PATCH/... too. Off by default: a reset or a 503 may come after the
+    # upstream acted on the request, and replaying it would act twice.
+    retry_non_idempotent: bool = False
+    # Seconds per try; None lets each try run until the route deadline.
+    per_try_timeout_s: float | None = Field(None, gt=0.0, le=3600.0)
+    # Bytes of request body kept for replay (Linkerd's 64 KiB); larger bodies stream
+    # through unbuffered and their requests are not retried.
+    max_replay_body_bytes: int = Field(64 * 1024, ge=0, le=64 * 1024 * 1024)
+    backoff: BackoffConfig = BackoffConfig()
+
+    @field_validator("retriable_status_codes")
+    @classmethod
+    def _error_codes(cls, codes: frozenset[int]) -> frozenset[int]:
+        bad = sorted(c for c in codes if not 400 <= c <= 599)
+        if bad:
+            raise ValueError(f"retriable status codes must be 400-599, got {bad}")
+        return codes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended, as the retry decision needs it."""
+
+    kind: OutcomeKind
+    status: int = 0  # the response status when kind == "response"
+
+    @classmethod
+    def response(cls, status: int) -> Outcome:
+        return cls("response", status)
+
+
+CONNECT_FAILURE = Outcome("connect-failure")
+RESET = Outcome("reset")
+PER_TRY_TIMEOUT = Outcome("per-try-timeout")
+
+
+class Backoff:
+    """Exponential backoff with full jitter."""
+
+    __slots__ = ("base", "cap")
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        if not 0 < base_s <= max_s:
+            raise ValueError(f"backoff needs 0 < base_s <= max_s, got {base_s}, {max_s}")
+        self.base = base_s
+        self.cap = max_s
+
+    def ceiling(self, retry: int) -> float:
+        """The upper bound of the wait before retry number ``retry`` (1-based)."""
+        if retry < 1:
+            raise ValueError(f"retry number starts at 1, got {retry}")
+        return min(self.cap, self.base * 2.0 ** min(retry - 1, 62))
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``retry``: uniform in [0, ceiling]."""
+        return rng.uniform(0.0, self.ceiling(retry))
+
+
+class RetryPolicy:
+    """A route's retry decisions, built from its :class:`RetryConfig`."""
+
+    def __init__(self, config: RetryConfig) -> None:
+        self.config = config
+        self.backoff = Backoff(config.backoff.base_s, config.backoff.max_s)
+        on = config.retry_on
+        self._connect = "connect-failure" in on
+        self._reset = "reset" in on
+        self._timeout = "per-try-timeout" in on
+        self._codes = frozenset(int(c) for c in on if c.isdigit()) | config.retriable_status_codes
+
+    def retriable(self, outcome: Outcome) -> bool:
+        """Whether ``outcome`` is one of the configured retry conditions."""
+        match outcome.kind:
+            case "response":
+                return outcome.status in self._codes
+            case "connect-failure":
+                return self._connect
+            case "reset":
+                return self._reset
+            case "per-try-timeout":
+                return self._timeout
+        return False
+
+    def should_retry(self, outcome: Outcome, attempt: int, method: str, *,
+                     body_replayable: bool = True) -> Verdict:
+        """Whether to try again after ``attempt`` (1-based) ended with ``outcome``.
+
+        Does not consult the budget: after ``"retry"`` the caller still needs
+        ``budget.try_acquire_retry()``. Checks run cheapest-first and the first
+        refusal names itself.
+        """
+        if attempt < 1:
+            raise ValueError(f"attempt numbers start at 1, got {attempt}")
+        if outcome.kind == "response" and outcome.status < 500 \
+                and outcome.status not in self._codes:
+            return "answered"  # a final answer, not a failure
+        if not self.retriable(outcome):
+            return "not-retriable"
+        if attempt >= self.config.attempts:
+            return "attempts-exhausted"
+        if outcome.kind != "connect-failure" and not self.config.retry_non_idempotent \
+                and method.upper() not in IDEMPOTENT_METHODS:
+            return "non-idempotent"
+        if not body_replayable:
+            return "body-not-replayable"
+        return "retry"
+
+    def attempt_timeout(self, remaining_s: float | None) -> float | None:
+        """Timeout for the next try: the per-try timeout, cut to what the deadline leaves."""
+        per_try = self.config.per_try_timeout_s
+        if remaining_s is None:
+            return per_try
+        return remaining_s if per_try is None else min(per_try, remaining_s)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatistics:
+    """A snapshot of a :class:`RetryBudget` (counters are totals since creation)."""
+
+    active_requests: int
+    active_retries: int
+    window_requests: int
+    window_retries: int
+    attempts_total: int
+    retries_total: int
+    hedges_total: int
+    refused_total: int
+
+
+class _Window:
+    """Event counts over the last ``span`` seconds, in ``buckets`` slices."""
+
+    __slots__ = ("_counts", "_stamps", "_width")
+
+    def __init__(self, span: float, buckets: int = 10) -> None:
+        self._width = span / buckets
+        self._counts = [0] * buckets
+        self._stamps = [-1] * buckets  # which slice index each bucket currently holds
+
+    def _bucket(self, now: float) -> int:
+        index = int(now // self._width)
+        b = index % len(self._counts)
+        if self._stamps[b] != index:
+            self._stamps[b] = index
+            self._counts[b] = 0
+        return b
+
+    def add(self, now: float) -> None:
+        self._counts[self._bucket(now)] += 1
+
+    def total(self, now: float) -> int:
+        index = int(now // self._width)
+        oldest = index - len(self._counts) + 1
+        return sum(c for c, s in zip(self._counts, self._stamps, strict=True) if s >= oldest)
+
+
+class RetryBudget:
+    """Per-route limit on retries and hedges (see the module docstring for the rules).
+
+    Not a rate limiter for first attempts: requests always go through; only the extra
+    attempts are refused when the budget is spent.
+    """
+
+    def __init__(self, config: RetryBudgetConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or RetryBudgetConfig()
+        self._clock = clock
+        self._share = self.config.budget_percent / 100.0
+        self._floor = self.config.min_retries_per_second * self.config.window_s
+        self._requests = _Window(self.config.window_s)
+        self._retries = _Window(self.config.window_s)
+        self.active_requests = 0
+        self.active_retries = 0
+        self.attempts_total = 0
+        self.retries_total = 0
+        self.hedges_total = 0
+        self.refused_total = 0
+
+    def request_started(self) -> None:
+        """A request entered the route (call once per request, not per attempt)."""
+        self.active_requests += 1
+        self._requests.add(self._clock())
+
+    def request_finished(self) -> None:
+        if self.active_requests <= 0:
+            raise RuntimeError("request_finished() without a matching request_started()")
+        self.active_requests -= 1
+
+    def attempt_started(self) -> None:
+        """Count one attempt (first tries, retries and hedges alike)."""
+        self.attempts_total += 1
+
+    def retry_allowed(self) -> bool:
+        """Whether a retry could start now (does not take it or count anything)."""
+        concurrency = max(self.config.min_retry_concurrency,
+                          int(self._share * self.active_requests))
+        if self.active_retries >= concurrency:
+            return False
+        now = self._clock()
+        rate = self._share * self._requests.total(now) + self._floor
+        return self._retries.total(now) + 1 <= rate
+
+    def try_acquire_retry(self, kind: Literal["retry", "hedge"] = "retry") -> bool:
+        """Take budget for one retry (or hedge); False, and counted, when it is spent.
+        After True the caller must call :meth:`release_retry` when that attempt ends."""
+        if not self.retry_allowed():
+            self.refused_total += 1
+            return False
+        self.active_retries += 1
+        self._retries.add(self._clock())
+        if kind == "hedge":
+            self.hedges_total += 1
+        else:
+            self.retries_total += 1
+        return True
+
+    def release_retry(self) -> None:
+        if self.active_retries <= 0:
+            raise RuntimeError("release_retry() without a matching try_acquire_retry()")
+        self.active_retries -= 1
+
+    def statistics(self) -> BudgetStatistics:
+        now = self._clock()
+        return BudgetStatistics(
+            active_requests=self.active_requests, active_retries=self.active_retries,
+            window_requests=self._requests.total(now), window_retries=self._retries.total(now),
+            attempts_total=self.attempts_total, retries_total=self.retries_total,
+            hedges_total=self.hedges_total, refused_total=self.refused_total)
+
+    def __repr__(self) -> str:
+        return (f"<RetryBudget {self.config.budget_percent}% active={self.active_requests} "
+                f"retrying={self.active_retries} refused={self.refused_total}>")
+
+
+class ReplayBuffer:
+    """A request body kept for replay, up to ``limit`` bytes.
+
+    ``append`` returns False once the body outgrows the limit: the chunks are dropped
+    (memory stays bounded) and ``replayable`` turns False for good.
+    """
+
+    __slots__ = ("_chunks", "_size", "limit", "replayable")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"replay buffer limit must be >= 0 bytes, got {limit}")
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.replayable = True
+
+    def append(self, chunk: bytes) -> bool:
+        if not self.replayable:
+            return False
+        self._size += len(chunk)
+        if self._size > self.limit:
+            self.replayable = False
+            self._chunks = []
+            return False
+        self._chunks.append(bytes(chunk))
+        return True
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def chunks(self) -> list[bytes]:
+        """The buffered body, for a replay; an error if it was not kept."""
+        if not self.replayable:
+            raise RuntimeError(f"body of {self._size} bytes exceeded the {self.limit}-byte "
+                               "replay buffer and cannot be replayed")
+        return list(self._chunks)
