@@ -94,10 +94,12 @@ class LoopLagMonitor:
         self.interval = interval
         self.lag = 0.0
         self.max_lag = 0.0
+        self.samples = 0
         self._handle: asyncio.TimerHandle | None = None
 
     def feed(self, lateness: float) -> None:
         lateness = max(0.0, lateness)
+        self.samples += 1
         self.lag = lateness if lateness >= self.lag else (self.lag + lateness) / 2
         self.max_lag = max(self.max_lag, lateness)
 
