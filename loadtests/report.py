@@ -1,0 +1,216 @@
+"""The proxy benchmark's tables, ratios and verdicts, computed from its JSON results.
+
+Everything here reads the plain ``dict`` that ``bench`` builds (and writes with
+``--json``), so a saved run can be re-printed or checked without re-measuring. A cell is
+either a measurement or ``{"unavailable": reason}``; an unavailable cell prints its
+reason where the numbers would be, and a verdict that depends on it says
+"not measured" with that reason. Nothing is ever filled in.
+
+Ratios are to the reference of the target's layer (``targets.REFERENCE``): nginx for L7,
+haproxy in tcp mode for L4. Added latency is the target's open-loop percentile minus
+direct's at the same rate and percentile (so the generator's own overhead, which both
+include, cancels out); it can come out slightly negative when the proxy's run was less
+disturbed by the other work on this machine than direct's was.
+
+Neighbours: ``bench`` builds the results; ``targets`` names the layers and references.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+from loadtests.targets import LAYER, REFERENCE, TARGETS
+
+Status = Literal["met", "NOT met", "not measured"]
+
+#: The issue's targets for meshproxy on one worker.
+L7_RPS_SHARE = 0.6
+L7_P99_FACTOR = 2.0
+L4_RPS_SHARE = 0.9
+RSS_LIMIT_MB = 40.0
+ADDED_P50_MS = 1.0
+ADDED_P99_MS = 3.0
+ADDED_RATE = 1000
+
+_MODE_TITLE = {"keepalive": "keep-alive", "close": "connection per request"}
+
+
+def _measured(cell: dict | None) -> bool:
+    return cell is not None and "unavailable" not in cell
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    rows = list(rows)
+    full = [r for r in [header, *rows] if len(r) == len(header)]
+    widths = [max(len(r[i]) for r in full) for i in range(len(header))]
+    def line(r: list[str]) -> str:
+        if len(r) == 2 and len(header) > 2:  # "name, reason" spans the row
+            return f"{r[0]:<{widths[0]}}  {r[1]}"
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                         enumerate(zip(r, widths, strict=True)))
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def ratios(by_target: dict[str, dict], name: str) -> tuple[float | None, float | None]:
+    """(req/s ratio, p99 ratio) of ``name`` to its layer's reference, None if unmeasured."""
+    layer = LAYER[name]  # type: ignore[index]
+    if layer == "-":
+        return None, None
+    cell, ref = by_target.get(name), by_target.get(REFERENCE[layer])
+    if not (_measured(cell) and _measured(ref)) or not ref["rps"] or not ref["p99_ms"]:
+        return None, None
+    return cell["rps"] / ref["rps"], cell["p99_ms"] / ref["p99_ms"]
+
+
+def added(by_target: dict[str, dict], name: str) -> dict[str, float] | None:
+    """Open-loop percentiles of ``name`` minus direct's, in ms; None if either is missing."""
+    cell, direct = by_target.get(name), by_target.get("direct")
+    if not (_measured(cell) and _measured(direct)):
+        return None
+    return {k: cell["latency"][k] - direct["latency"][k]
+            for k in ("p50_ms", "p99_ms", "p999_ms")}
+
+
+def wrk_table(results: dict, mode: str) -> list[str]:
+    s = results["settings"]
+    cells = results["wrk"].get(mode, {})
+    out = [f"Closed loop: wrk, 1 thread, {s['connections']} connections, {s['duration']:g} s "
+           f"per target in {s['rounds']} interleaved rounds, {_MODE_TITLE[mode]}"]
+    header = ["target", "layer", "req/s", "p50 ms", "p99 ms", "errors", "req/s vs ref",
+              "p99 vs ref", "cpu %", "peak RSS MB"]
+    rows = []
+    for name in TARGETS:
+        if name not in cells:
+            continue
+        cell = cells[name]
+        if not _measured(cell):
+            rows.append([name, f"not available ({cell['unavailable']})"])
+            continue
+        rr, pr = ratios(cells, name)
+        rows.append([name, LAYER[name], f"{cell['rps']:.0f}", _fmt(cell["p50_ms"]),
+                     _fmt(cell["p99_ms"]), str(cell["error_count"]),
+                     "-" if rr is None else f"{rr:.2f}x", "-" if pr is None else f"{pr:.2f}x",
+                     _fmt(cell.get("cpu_percent"), 0),
+                     _fmt(cell.get("peak_rss_bytes", 0) / 2**20, 1)])
+    return out + _table(header, rows)
+
+
+def openloop_table(results: dict, rate: str) -> list[str]:
+    s = results["settings"]
+    cells = results["openloop"].get(rate, {})
+    out = [f"Open loop: {float(rate):.0f} req/s for {s['ol_duration']:g} s per target in "
+           f"{s['rounds']} interleaved rounds over {s['ol_connections']} connections, latency "
+           "from scheduled send time (ms); added = target - direct"]
+    header = ["target", "achieved/s", "p50", "p99", "p99.9", "added p50", "added p99",
+              "added p99.9", "errors", "gen lag p99", "rate kept"]
+    rows = []
+    for name in TARGETS:
+        if name not in cells:
+            continue
+        cell = cells[name]
+        if not _measured(cell):
+            rows.append([name, f"not available ({cell['unavailable']})"])
+            continue
+        lat, add = cell["latency"], added(cells, name)
+        kept = "yes" if cell["rate_kept"] else "NO: " + cell["rate_note"]
+        rows.append([name, f"{cell['achieved_rate']:.0f}", _fmt(lat["p50_ms"]),
+                     _fmt(lat["p99_ms"]), _fmt(lat["p999_ms"]),
+                     "-" if name == "direct" or add is None else f"{add['p50_ms']:+.2f}",
+                     "-" if name == "direct" or add is None else f"{add['p99_ms']:+.2f}",
+                     "-" if name == "direct" or add is None else f"{add['p999_ms']:+.2f}",
+                     str(sum(cell["errors"].values()) + cell["unfinished"]),
+                     _fmt(cell["lag"]["p99_ms"]), kept])
+    return out + _table(header, rows)
+
+
+def verdicts(results: dict) -> list[dict]:
+    """The issue's targets for meshproxy, each met / NOT met / not measured, with detail."""
+    out: list[dict] = []
+
+    def add(target: str, status: Status, detail: str) -> None:
+        out.append({"target": target, "status": status, "detail": detail})
+
+    for mode, cells in results.get("wrk", {}).items():
+        title = _MODE_TITLE[mode]
+        for name, share, what in (("meshproxy-l7", L7_RPS_SHARE, "nginx"),
+                                  ("meshproxy-l4", L4_RPS_SHARE, "haproxy tcp")):
+            goal = f"{name} req/s >= {share}x {what} ({title})"
+            rr, pr = ratios(cells, name)
+            if rr is None:
+                add(goal, "not measured", _why_missing(cells, name))
+                continue
+            add(goal, "met" if rr >= share else "NOT met", f"{rr:.2f}x")
+            if name == "meshproxy-l7":
+                goal = f"meshproxy-l7 p99 <= {L7_P99_FACTOR:g}x nginx ({title})"
+                add(goal, "met" if pr <= L7_P99_FACTOR else "NOT met", f"{pr:.2f}x")
+    for name in ("meshproxy-l7", "meshproxy-l4"):
+        goal = f"{name} resident memory <= {RSS_LIMIT_MB:g} MB per worker under load"
+        peaks = [c["peak_rss_max_process_bytes"] for c in
+                 (results.get("wrk", {}).get(m, {}).get(name) for m in ("keepalive", "close"))
+                 if _measured(c)]
+        if not peaks:
+            add(goal, "not measured", _why_missing(results.get("wrk", {}).get("keepalive", {}),
+                                                   name))
+            continue
+        mb = max(peaks) / 2**20
+        add(goal, "met" if mb <= RSS_LIMIT_MB else "NOT met", f"peak {mb:.1f} MB")
+    cells = results.get("openloop", {}).get(str(ADDED_RATE), {})
+    for name in ("meshproxy-l7", "meshproxy-l4"):
+        goal = (f"{name} added latency at {ADDED_RATE}/s <= {ADDED_P50_MS:g} ms p50 and "
+                f"<= {ADDED_P99_MS:g} ms p99")
+        if not cells:
+            add(goal, "not measured", f"no open-loop run at {ADDED_RATE}/s")
+            continue
+        diff = added(cells, name)
+        if diff is None:
+            add(goal, "not measured", _why_missing(cells, name if name in cells else "direct"))
+            continue
+        if not cells["direct"]["rate_kept"]:
+            add(goal, "not measured", "direct run did not keep the rate: "
+                + cells["direct"]["rate_note"])
+            continue
+        detail = f"p50 {diff['p50_ms']:+.2f} ms, p99 {diff['p99_ms']:+.2f} ms"
+        if not cells[name]["rate_kept"]:
+            add(goal, "NOT met", detail + "; rate not kept: " + cells[name]["rate_note"])
+            continue
+        ok = diff["p50_ms"] <= ADDED_P50_MS and diff["p99_ms"] <= ADDED_P99_MS
+        add(goal, "met" if ok else "NOT met", detail)
+    return out
+
+
+def _why_missing(cells: dict, name: str) -> str:
+    cell = cells.get(name)
+    if cell is None:
+        return f"{name} was not part of this run"
+    if "unavailable" in cell:
+        return f"{name} not available ({cell['unavailable']})"
+    for ref in REFERENCE.values():
+        if ref in cells and "unavailable" in cells[ref]:
+            return f"{ref} not available ({cells[ref]['unavailable']})"
+    return "reference not part of this run"
+
+
+def render(results: dict) -> str:
+    """The whole report as text: machine, wrk tables, open-loop tables, verdicts."""
+    m = results["machine"]
+    lines = [f"Proxy benchmark, {m['date']}: {m['nproc']} CPUs ({m['cpu']}), "
+             f"load average {m['loadavg_start']} at start, {m.get('loadavg_end', '?')} at end",
+             f"nginx {m['versions'].get('nginx', '?')}, haproxy "
+             f"{m['versions'].get('haproxy', '?')}, wrk {m['versions'].get('wrk', '?')}, "
+             f"Python {m['python']}", ""]
+    for mode in results.get("wrk", {}):
+        lines += [*wrk_table(results, mode), ""]
+    for rate in results.get("openloop", {}):
+        lines += [*openloop_table(results, rate), ""]
+    lines.append("Targets (issue #3, one worker):")
+    for v in results.get("verdicts", []):
+        lines.append(f"  [{v['status']}] {v['target']}: {v['detail']}")
+    return "\n".join(lines) + "\n"
