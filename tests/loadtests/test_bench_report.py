@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import yaml
 
 from loadtests import bench, report, wrk
+from loadtests.targets import meshproxy_config
+from meshproxy.config.load import parse_config
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -142,3 +145,17 @@ def test_quick_settings_are_short_and_keep_the_canonical_order() -> None:
     assert s["targets"] == ["direct", "nginx", "meshproxy-l7"]
     assert (s["duration"], s["ol_duration"], s["rounds"]) == (1.0, 1.5, 1)
     assert bench.budget(s) < 600
+
+
+@pytest.mark.parametrize("layer", ["l7", "l4"])
+def test_meshproxy_config_written_by_the_bench_is_valid_for_meshproxy(layer: str) -> None:
+    """The bench's meshproxy config is checked by meshproxy's own loader, so a schema
+    change in the engine breaks this test instead of turning the benchmark's meshproxy
+    rows into "not available"."""
+    doc = meshproxy_config(layer=layer, port=18080, backend_port=18081, admin_port=18082)
+    cfg = parse_config(yaml.safe_dump(doc)).config
+    (listener,) = cfg.listeners
+    assert listener.protocol == ("http" if layer == "l7" else "tcp")
+    assert (listener.address, listener.port) == ("127.0.0.1", 18080)
+    assert [e.address for e in cfg.cluster("backend").endpoints] == ["127.0.0.1:18081"]
+    assert cfg.process.workers == 1
