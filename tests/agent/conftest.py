@@ -36,7 +36,7 @@ from support import system
 from support.procs import Managed
 
 APPLETS = ("sh", "httpd", "sleep", "cat", "echo", "ls", "rm", "mkdir", "kill", "true",
-           "false", "wget", "dd", "head")
+           "false", "wget", "dd", "head", "test", "touch")
 
 
 

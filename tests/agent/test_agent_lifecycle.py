@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from agent_kit import HTTPD, container, http_get, pod, wait_until
+from agent_kit import DOCKER_MARK, HTTPD, container, http_get, pod, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -258,3 +258,52 @@ async def test_logs_exec_and_stats_reach_the_running_container(make_worker, runt
 
 async def _has_log(runtime, cid: str, needle: bytes) -> bool:
     return needle in await runtime.logs(cid)
+
+
+async def test_startup_exec_probe_gates_started_and_ready(make_worker, clock, runtime):
+    """Until the startup probe (exec in the container) passes, the container is not
+    started and not ready; once it passes, both turn true (no readiness probe)."""
+    probe = {"exec": {"command": ["busybox", "test", "-f", "booted"]}, "periodSeconds": 1,
+             "failureThreshold": 30}
+    w = make_worker(pod("boot", container("app", "while true; do busybox sleep 0.2; done",
+                                          startupProbe=probe)))
+    await w.sync()
+    clock.advance(1)
+    await w.sync()
+    cs = _status(w)
+    assert (cs["started"], cs["ready"]) == (False, False)
+    res = await runtime.exec(w.container_id("app"), ["busybox", "touch", "booted"],
+                             timeout=10)
+    assert res.exit_code == 0, res.output
+    clock.advance(1)
+    await w.sync()
+    cs = _status(w)
+    assert (cs["started"], cs["ready"]) == (True, True)
+    assert cs["restartCount"] == 0
+
+
+@pytest.mark.parametrize("runtime", [pytest.param("docker", marks=DOCKER_MARK)],
+                         indirect=True)
+async def test_empty_dir_volume_is_shared_by_the_pods_containers(make_worker, runtime):
+    """An emptyDir is one host directory bind-mounted into every container that mounts
+    it: what one container writes, the other reads."""
+    mount = [{"name": "shared", "mountPath": "/data"}]
+    w = make_worker(pod("vols",
+                        container("writer", "echo from-writer > /data/note; "
+                                  "while true; do busybox sleep 0.2; done",
+                                  volumeMounts=mount),
+                        container("reader", "while true; do busybox sleep 0.2; done",
+                                  volumeMounts=[dict(mount[0], readOnly=True)]),
+                        volumes=[{"name": "shared", "emptyDir": {}}]))
+    await w.sync()
+    reader = w.container_id("reader")
+
+    async def note() -> bytes:
+        res = await runtime.exec(reader, ["busybox", "cat", "/data/note"], timeout=10)
+        return res.output if res.exit_code == 0 else b""
+
+    assert await wait_until(note, what="the writer's note") == b"from-writer\n"
+    denied = await runtime.exec(reader, ["busybox", "touch", "/data/x"], timeout=10)
+    assert denied.exit_code != 0  # mounted read-only
+    await w.terminate(grace=0)
+    assert not w.volume_root.exists()
