@@ -1,0 +1,173 @@
+"""A cluster: a named set of endpoints, its balancer, and a connection pool per endpoint.
+
+The same :class:`Cluster` object serves the config file today and discovery from the
+control plane later: both call :meth:`Cluster.set_endpoints`, which updates the set IN
+PLACE. An address that stays keeps its :class:`~meshproxy.endpoint.Endpoint` object
+(health, counters, balancer state) and its pool; a new address gets both; a removed
+one leaves the balancer at once, and its pool closes idle connections now and busy
+ones when their exchange ends (no request in flight fails because the set changed).
+
+A reload that keeps a cluster's name keeps the object too (:meth:`Cluster.configure`).
+Requests go through :meth:`Cluster.pick` and account for their outcome through
+:meth:`Cluster.attempt_done`, which keeps ``Endpoint.active_requests`` and tells the
+balancer (``observe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from meshproxy.balance import Balancer, PickContext, RoundRobin
+from meshproxy.endpoint import Endpoint
+from meshproxy.errors import NoHealthyUpstream
+from meshproxy.http.pool import Pool
+
+if TYPE_CHECKING:
+    from meshproxy.config.clusters import ClusterConfig
+    from meshproxy.metrics import Stats
+
+
+def make_balancer(policy: str, endpoints: list[Endpoint]) -> Balancer:
+    """The balancer for ``lb_policy``. The balance package owns the policies."""
+    if policy == "round_robin":
+        return RoundRobin(endpoints)
+    raise ValueError(f"unknown lb_policy {policy!r}")
+
+
+class Cluster:
+    """Endpoints of one upstream service, with their pools and balancer."""
+
+    def __init__(self, config: ClusterConfig, *, loop: asyncio.AbstractEventLoop,
+                 stats: Stats) -> None:
+        self.name = config.name
+        self.loop = loop
+        self.stats = stats
+        self.config = config
+        self.endpoints: list[Endpoint] = []
+        self.pools: dict[tuple[str, int], Pool] = {}
+        self.balancer: Balancer = make_balancer(config.lb_policy, [])
+        self._ep_metrics: dict[tuple[str, int], tuple] = {}
+        self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
+
+    def configure(self, config: ClusterConfig) -> None:
+        """Apply a reloaded config of the same name, keeping endpoints that stay."""
+        if config.lb_policy != self.config.lb_policy:
+            self.balancer = make_balancer(config.lb_policy, self.endpoints)
+        self.config = config
+        for pool in self.pools.values():
+            pool.configure(config)
+        self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
+
+    def set_endpoints(self, specs: Iterable[tuple[str, int, int] | Endpoint]) -> None:
+        """Replace the endpoint set in place: ``(host, port, weight)`` tuples or
+        Endpoint objects (whose fields are copied). Duplicate addresses are refused
+        before anything changes."""
+        wanted: dict[tuple[str, int], int] = {}
+        for spec in specs:
+            if isinstance(spec, Endpoint):
+                host, port, weight = spec.host, spec.port, spec.weight
+            else:
+                host, port, weight = spec
+            if (host, port) in wanted:
+                raise ValueError(f"cluster {self.name}: endpoint {host}:{port} given twice")
+            if not 0 < port < 65536 or weight < 1:
+                raise ValueError(f"cluster {self.name}: bad endpoint {host}:{port} "
+                                 f"weight {weight}")
+            wanted[(host, port)] = weight
+        current = {e.key: e for e in self.endpoints}
+        new_list: list[Endpoint] = []
+        for key, weight in wanted.items():
+            ep = current.get(key)
+            if ep is None:
+                ep = Endpoint(key[0], key[1], weight)
+                self.pools[key] = Pool(ep, self.config, self.loop)
+            else:
+                ep.weight = weight
+            new_list.append(ep)
+        for key, ep in current.items():
+            if key not in wanted:
+                pool = self.pools.pop(key, None)
+                if pool is not None:
+                    pool.close()
+                self._ep_metrics.pop(key, None)
+                del ep
+        self.endpoints = new_list
+        self.balancer.update(new_list)
+
+    def pick(self, ctx: PickContext, exclude: Iterable[Endpoint] = ()) -> Endpoint:
+        ep = self.balancer.pick(ctx, tuple(exclude) if exclude else ())
+        if ep is None:
+            raise NoHealthyUpstream(f"cluster {self.name} has no endpoint")
+        return ep
+
+    def pool(self, ep: Endpoint) -> Pool:
+        pool = self.pools.get(ep.key)
+        if pool is None:  # picked just before a removal: give it a short-lived pool
+            pool = Pool(ep, self.config, self.loop)
+            pool.closing = True
+        return pool
+
+    def endpoint_metrics(self, ep: Endpoint) -> tuple:
+        """(requests-by-class children, duration child) for an endpoint, bound once."""
+        m = self._ep_metrics.get(ep.key)
+        if m is None:
+            s, addr = self.stats, ep.address
+            m = ({i: s.upstream_requests.labels(self.name, addr, f"{i}xx") for i in range(1, 6)},
+                 s.upstream_duration.labels(self.name, addr))
+            self._ep_metrics[ep.key] = m
+        return m
+
+    def attempt_done(self, ep: Endpoint, started: float, ok: bool, status: int,
+                     reason: str = "") -> None:
+        """Account for one finished attempt to ``ep``."""
+        ep.active_requests -= 1
+        latency = self.loop.time() - started
+        self.balancer.observe(ep, latency, ok and status < 500)
+        codes, duration = self.endpoint_metrics(ep)
+        if ok:
+            codes[min(max(status // 100, 1), 5)].inc()
+            duration.observe(latency)
+            ep.stats["requests"] = ep.stats.get("requests", 0) + 1
+            if status >= 500:
+                ep.stats["5xx"] = ep.stats.get("5xx", 0) + 1
+        else:
+            self.stats.upstream_errors.labels(self.name, ep.address, reason or "error").inc()
+            ep.stats["errors"] = ep.stats.get("errors", 0) + 1
+
+    def sweep(self, now: float) -> None:
+        """Close expired idle connections and sample pool sizes (about once a second)."""
+        idle = busy = 0
+        for pool in self.pools.values():
+            pool.sweep(now)
+            idle += len(pool.idle)
+            busy += pool.busy_count()
+        self.stats.pool_connections.labels(self.name, "idle").set(idle)
+        self.stats.pool_connections.labels(self.name, "busy").set(busy)
+
+    def close(self) -> None:
+        """The cluster left the config: close idle connections; busy ones finish."""
+        for pool in self.pools.values():
+            pool.close()
+
+    def snapshot(self) -> dict:
+        """State for the admin API's /clusters."""
+        now = self.loop.time()
+        eps = []
+        for ep in self.endpoints:
+            pool = self.pools.get(ep.key)
+            eps.append({
+                "address": ep.address, "weight": ep.weight, "healthy": ep.healthy,
+                "ejected": ep.ejected_until > now, "active_requests": ep.active_requests,
+                "requests": int(ep.stats.get("requests", 0)),
+                "errors": int(ep.stats.get("errors", 0)),
+                "responses_5xx": int(ep.stats.get("5xx", 0)),
+                "pool": {"idle": len(pool.idle), "busy": pool.busy_count(),
+                         "waiting": len(pool.waiters), "connects": pool.connects,
+                         "connect_failures": pool.connect_failures} if pool else None,
+            })
+        return {"name": self.name, "lb_policy": self.config.lb_policy, "endpoints": eps}
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.name} {[e.address for e in self.endpoints]}>"

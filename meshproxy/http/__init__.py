@@ -1,0 +1,9 @@
+"""HTTP/1.1 wire protocols, apart from policy (as uvicorn's ``protocols/http``).
+
+- ``message``: the request/response objects one exchange passes along the layers
+- ``headers``: hop-by-hop filtering and serialising heads
+- ``flow``: pause/resume bookkeeping for backpressure
+- ``server``: the downstream protocol (clients → proxy)
+- ``upstream``: the upstream protocol (proxy → endpoint) and its keep-alive reuse
+- ``pool``: per-endpoint upstream connection pools
+"""

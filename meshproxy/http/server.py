@@ -1,0 +1,609 @@
+"""The downstream side: an HTTP/1.1 server protocol that hands requests to routes.
+
+One :class:`HttpServerProtocol` per client connection, an asyncio ``Protocol`` with an
+httptools request parser. Parser callbacks only collect bytes, enforce limits and flip
+flags; a complete request head becomes an :class:`~meshproxy.http.message.Exchange`
+and is dispatched to its route's handler stack (one task per request: the layers
+await). The response is written by exactly one method, :meth:`_send_response`, which
+frames it for this client (content-length, chunked, or close-delimited for HTTP/1.0),
+adds ``x-mesh-reason`` to local replies, and then streams the upstream body with
+backpressure both ways.
+
+Defences against hostile input, each a local reply and a closed connection: malformed
+request line or headers (400 ``bad_request``), Content-Length with Transfer-Encoding
+or conflicting Content-Lengths or a bad chunk size (400, no request smuggling), a
+request line over its limit (414), a header block over its limit (431), a body over
+its limit (413), a head that arrives too slowly (408, slowloris). Pipelined requests
+are answered in order; ``Upgrade`` (WebSocket) becomes a tunnel after a 101, but
+``Upgrade: h2c`` is stripped and the request served as HTTP/1.1.
+
+Timeouts (header, idle) are checked by one periodic tick per connection rather than a
+timer per request. Neighbours: :mod:`meshproxy.listener` owns these protocols,
+:mod:`meshproxy.http.upstream` is the other side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from meshproxy.errors import DownstreamError, ProxyError
+from meshproxy.http.flow import FlowControl
+from meshproxy.http.headers import HOP_BY_HOP, connection_tokens, serialize
+from meshproxy.http.message import Exchange, RequestBody, Response
+from meshproxy.http.reply import local_reply
+
+if TYPE_CHECKING:
+    from meshproxy.http.upstream import UpstreamBody
+    from meshproxy.listener import HttpListener
+
+log = logging.getLogger(__name__)
+
+_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
+                      b"upgrade", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+                      b"x-request-id", b"te", b"keep-alive", b"proxy-connection", b"trailer",
+                      b"proxy-authorization", b"proxy-authenticate", b"http2-settings"})
+_STANDARD_CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te",
+                                   b"http2-settings"})
+
+
+class _Head:
+    """A request head being parsed: what the callbacks collect."""
+
+    __slots__ = ("chunked", "cl", "conn_tokens", "expect", "headers", "host", "lowered",
+                 "rid", "size", "start", "upgrade", "url", "xff")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.url = b""
+        self.size = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.lowered: list[bytes] = []
+        self.cl: int | None = None
+        self.chunked = False
+        self.conn_tokens: set[bytes] | None = None
+        self.host: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.expect = False
+        self.xff: bytes | None = None
+        self.rid = False
+
+
+class HttpServerProtocol(asyncio.Protocol):
+    """One downstream client connection."""
+
+    def __init__(self, listener: HttpListener) -> None:
+        self.listener = listener
+        self.limits = listener.config.limits
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.client = ""
+        self.closed = False
+        self._head: _Head | None = None
+        self._reading: Exchange | None = None     # request whose body is being received
+        self._active: Exchange | None = None      # request being answered
+        self._queue: deque[Exchange] = deque()    # pipelined requests waiting their turn
+        self._task: asyncio.Task[None] | None = None
+        self._streaming: UpstreamBody | None = None
+        self._head_sent = False
+        self._chunked = False
+        self._close_after = False
+        self._no_more = False                     # client said Connection: close
+        self._pending_error: DownstreamError | None = None
+        self._refused: DownstreamError | None = None
+        self._tunnel: UpstreamBody | None = None
+        self._early_tunnel = b""
+        self._since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._rx = 0
+        self._tx = 0
+        self._status = 0
+
+    # --- connection lifecycle -----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        self._since = self.loop.time()
+        self.listener.connection_opened(self)
+        self._arm_tick()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+        if self._streaming is not None:
+            self._streaming.discard()
+            self._streaming = None
+        if self._tunnel is not None:
+            self._tunnel.tunnel_close()
+            self._tunnel = None
+        self._flush_bytes()
+        self.listener.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the upstream sends: stop reading the upstream.
+        if self._streaming is not None:
+            self._streaming.pause_reading()
+        if self._tunnel is not None:
+            self._tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._streaming is not None:
+            self._streaming.resume_reading()
+        if self._tunnel is not None:
+            self._tunnel.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._rx += len(data)
+        if self._tunnel is not None:
+            self._tunnel.tunnel_write(data)
+            return
+        if self._no_more or self._refused is not None:
+            return  # after Connection: close or a refusal nothing more is read
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, DownstreamError):
+                self._refuse(cause)
+            else:
+                log.error("request parser callback failed", exc_info=cause)
+                self._refuse(DownstreamError(400, "bad_request", str(cause)))
+        except httptools.HttpParserError as e:
+            self._refuse(DownstreamError(400, "bad_request", str(e)))
+
+    # --- parser callbacks: collect, enforce limits, flip flags ------------------------
+    def on_message_begin(self) -> None:
+        self._head = _Head(self.loop.time())
+
+    def on_url(self, url: bytes) -> None:
+        head = self._head
+        head.url += url  # type: ignore[union-attr]
+        if len(head.url) > self.limits.max_request_line_bytes:  # type: ignore[union-attr]
+            raise DownstreamError(414, "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head: _Head = self._head  # type: ignore[assignment]
+        head.size += len(name) + len(value) + 4
+        if head.size > self.limits.max_header_bytes:
+            raise DownstreamError(431, "header_too_large")
+        if len(head.headers) >= self.limits.max_headers:
+            raise DownstreamError(431, "too_many_headers")
+        low = name.lower()
+        if low in _SPECIAL and self._special(head, low, value):
+            return
+        head.headers.append((name, value))
+        head.lowered.append(low)
+
+    def _special(self, head: _Head, low: bytes, value: bytes) -> bool:
+        """Handle a header the proxy interprets; True when it must not be forwarded."""
+        if low == b"content-length":
+            if not value.strip().isdigit():
+                raise DownstreamError(400, "bad_content_length")
+            n = int(value)
+            if head.cl is not None and head.cl != n:
+                raise DownstreamError(400, "conflicting_content_length")
+            head.cl = n
+        elif low == b"transfer-encoding":
+            head.chunked = True
+        elif low == b"host":
+            if head.host is not None:
+                raise DownstreamError(400, "duplicate_host")
+            head.host = value
+            return False
+        elif low == b"connection":
+            tokens = connection_tokens(value)
+            head.conn_tokens = tokens if head.conn_tokens is None else head.conn_tokens | tokens
+        elif low == b"upgrade":
+            head.upgrade = value
+        elif low == b"expect":
+            if value.lower() != b"100-continue":
+                raise DownstreamError(417, "unsupported_expectation")
+            head.expect = True
+        elif low == b"x-forwarded-for":
+            if self.listener.config.forwarded_headers:
+                head.xff = value if head.xff is None else head.xff + b", " + value
+                return True
+            return False
+        elif low == b"x-forwarded-proto":
+            return self.listener.config.forwarded_headers
+        elif low == b"x-request-id":
+            head.rid = True
+            return False
+        return low in HOP_BY_HOP
+
+    def on_headers_complete(self) -> None:
+        head: _Head = self._head  # type: ignore[assignment]
+        parser = self.parser
+        method = parser.get_method()
+        version = parser.get_http_version()
+        if head.chunked and head.cl is not None:
+            raise DownstreamError(400, "content_length_with_transfer_encoding")
+        if method == b"CONNECT":
+            raise DownstreamError(405, "connect_not_allowed")
+        url = head.url
+        if url.startswith(b"/"):
+            path, _, query = url.partition(b"?")
+            target = url
+        elif url == b"*" and method == b"OPTIONS":
+            path, query, target = url, b"", url
+        else:  # absolute-form: the authority wins over Host (RFC 9112 §3.2.2)
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise DownstreamError(400, "bad_request_target") from None
+            if parsed.host is None:
+                raise DownstreamError(400, "bad_request_target")
+            path = parsed.path or b"/"
+            query = parsed.query or b""
+            target = path + (b"?" + query if query else b"")
+            authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            headers = head.headers
+            for i, low in enumerate(head.lowered):
+                if low == b"host":
+                    headers[i] = (headers[i][0], authority)
+                    break
+            else:
+                headers.append((b"Host", authority))
+                head.lowered.append(b"host")
+            head.host = authority
+        if head.host is None:
+            if version != "1.0":
+                raise DownstreamError(400, "missing_host")
+            host = b""
+        else:
+            host = head.host.lower()
+            host = host[:host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+        if head.cl is not None and head.cl > self.limits.max_body_bytes:
+            raise DownstreamError(413, "body_too_large")
+        tokens = head.conn_tokens
+        upgrade = None
+        if head.upgrade is not None and tokens is not None and b"upgrade" in tokens:
+            # h2c is never forwarded: it would bypass everything this proxy enforces.
+            h2c = head.upgrade.strip().lower().startswith(b"h2c")
+            upgrade = None if h2c else head.upgrade
+        headers, lowered = head.headers, head.lowered
+        if tokens and not tokens <= _STANDARD_CONN_TOKENS:
+            keep = [i for i, low in enumerate(lowered) if low not in tokens]
+            headers = [headers[i] for i in keep]
+            lowered = [lowered[i] for i in keep]
+        cfg = self.listener.config
+        if cfg.forwarded_headers:
+            xff = self.client.encode()
+            headers.append((b"x-forwarded-for", head.xff + b", " + xff if head.xff else xff))
+            headers.append((b"x-forwarded-proto", b"http"))
+            lowered += (b"x-forwarded-for", b"x-forwarded-proto")
+        if cfg.request_id and not head.rid:
+            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+            lowered.append(b"x-request-id")
+        body = RequestBody(length=head.cl, chunked=head.chunked, flow=self.flow)
+        keep_alive = parser.should_keep_alive() and upgrade is None and (
+            head.upgrade is None or tokens is None or b"upgrade" not in tokens)
+        ex = Exchange(method=method, target=target, path=path, query=query, version=version,
+                      headers=headers, lowered=lowered, host=host, client=self.client,
+                      body=body, keep_alive=keep_alive, upgrade=upgrade, start=head.start,
+                      listener=self.listener.name)
+        if head.expect and not body.empty and version == "1.1":
+            body.on_first_attach = self._send_continue
+        self._head = None
+        self._reading = ex if not body.done else None
+        if not keep_alive:
+            self._no_more = True
+        if self._active is None:
+            self._dispatch(ex)
+        else:
+            self._queue.append(ex)
+            if len(self._queue) >= self.limits.max_pipelined:
+                self.flow.pause("pipeline")
+
+    def on_body(self, data: bytes) -> None:
+        ex = self._reading
+        if ex is None:
+            return
+        body = ex.body
+        if body.received + len(data) > self.limits.max_body_bytes:
+            raise DownstreamError(413, "body_too_large")
+        body.feed(data)
+
+    def on_message_complete(self) -> None:
+        ex, self._reading = self._reading, None
+        if ex is not None:
+            ex.body.end()
+
+    def _upgraded(self, rest: bytes) -> None:
+        """The parser stopped after an Upgrade (or h2c) request head."""
+        ex = self._queue[-1] if self._queue else self._active
+        if ex is not None and ex.upgrade is not None:
+            self._early_tunnel += rest  # bytes the client sent before our 101
+            self._no_more = True
+            self.flow.pause("upgrade")
+            return
+        # h2c (or Upgrade without Connection: upgrade): the request was served as
+        # plain HTTP/1.1; continue parsing with a fresh parser.
+        self.parser = httptools.HttpRequestParser(self)
+        if rest:
+            self.data_received(rest)
+
+    # --- dispatching and answering --------------------------------------------------
+    def _dispatch(self, ex: Exchange) -> None:
+        self._active = ex
+        self._head_sent = False
+        route = self.listener.router.match(ex)
+        if route is None:
+            self._send_response(ex, local_reply(404, "no_route"))
+            return
+        ex.route = route
+        self._task = self.loop.create_task(self._run(ex, route.handler))
+
+    async def _run(self, ex: Exchange, handler) -> None:
+        try:
+            resp = await handler(ex)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("handler failed for %r", ex)
+            resp = local_reply(500, "internal_error")
+        self._task = None
+        if self._active is ex and not self.closed:
+            self._send_response(ex, resp)
+        else:
+            resp.discard()
+
+    def _send_continue(self) -> None:
+        if self.transport is not None and not self.closed and not self._head_sent:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _send_response(self, ex: Exchange, resp: Response) -> None:
+        """Write a response head and start its body: the only place that answers."""
+        transport = self.transport
+        if transport is None or self.closed:
+            resp.discard()
+            return
+        status = resp.status
+        self._status = status
+        self._head_sent = True
+        extra: list[bytes] = []
+        if resp.local_reason is not None:
+            extra.append(b"x-mesh-reason: " + resp.local_reason.encode())
+            self.listener.count_local_reply(resp.local_reason, status)
+        if resp.upgrade and ex.upgrade is not None:
+            self._start_tunnel(ex, resp)
+            return
+        if resp.upgrade:  # a 101 we did not ask for: refuse it
+            resp.discard()
+            resp = local_reply(502, "upstream_protocol_error")
+            status = self._status = 502
+            extra = [b"x-mesh-reason: upstream_protocol_error"]
+            self.listener.count_local_reply("upstream_protocol_error", 502)
+        close = (self._close_after or not ex.keep_alive or self.listener.draining
+                 or (self._no_more and not self._queue))
+        no_body = ex.method == b"HEAD" or status in (204, 304) or status < 200
+        chunked = False
+        if no_body:
+            if resp.content_length is not None and status != 204:
+                extra.append(b"content-length: %d" % resp.content_length)
+        elif resp.content_length is not None:
+            extra.append(b"content-length: %d" % resp.content_length)
+        elif ex.version == "1.1":
+            extra.append(b"transfer-encoding: chunked")
+            chunked = True
+        else:
+            close = True  # HTTP/1.0 client, unknown length: the close delimits the body
+        if close:
+            extra.append(b"connection: close")
+            self._close_after = True
+        elif ex.version == "1.0":
+            extra.append(b"connection: keep-alive")
+        phrase = resp.phrase or b"-"
+        head = serialize(b"HTTP/1.1 %d %b" % (status, phrase), resp.headers, extra)
+        self._chunked = chunked
+        if resp.source is None:
+            data = head if no_body or not resp.body else head + resp.body
+            self._tx += len(data)
+            transport.write(data)
+            self._response_done()
+            return
+        source = resp.source
+        try:
+            chunks, complete = source.start(self)
+        except ProxyError as e:  # failed between head and start: cut the connection
+            self.abort_body(e)
+            return
+        if no_body:
+            chunks = []
+        if chunks:
+            if chunked:
+                parts = [head]
+                for c in chunks:
+                    parts.append(b"%x\r\n%b\r\n" % (len(c), c))
+                data = b"".join(parts)
+            else:
+                data = head + b"".join(chunks)
+        else:
+            data = head
+        if complete:
+            if chunked:
+                data += b"0\r\n\r\n"
+            self._tx += len(data)
+            transport.write(data)
+            self._response_done()
+            return
+        self._tx += len(data)
+        transport.write(data)
+        self._streaming = source
+        if no_body:  # a 204/304 with a body still arriving: not for this client
+            self._streaming = None
+            source.discard()
+            self._response_done()
+
+    # ResponseSink: the upstream body streams here.
+    def write_body(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            return
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._tx += len(data)
+        self.transport.write(data)
+
+    def end_body(self) -> None:
+        if self._tunnel is not None:
+            self.end_tunnel()
+            return
+        if self._streaming is None:
+            return
+        self._streaming = None
+        if self._chunked and self.transport is not None and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+            self._tx += 5
+        self._response_done()
+
+    def abort_body(self, exc: ProxyError) -> None:
+        # The upstream failed mid-body: the client cannot be told with a status any
+        # more; cutting the connection is the only honest signal.
+        self._streaming = None
+        self._record(self._active, failed=True)
+        self._active = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _response_done(self) -> None:
+        ex, self._active = self._active, None
+        self._record(ex, failed=False)
+        if self._close_after:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._queue:
+            nxt = self._queue.popleft()
+            self.flow.resume("pipeline")
+            self._dispatch(nxt)
+        elif self._pending_error is not None:
+            err, self._pending_error = self._pending_error, None
+            self._reply_and_close(err)
+        else:
+            self._since = self.loop.time()
+
+    def _record(self, ex: Exchange | None, *, failed: bool) -> None:
+        if ex is None:
+            return
+        route = ex.route
+        if route is not None:
+            route.requests[min(max(self._status // 100, 1), 5)].inc()
+            route.duration.observe(self.loop.time() - ex.start)
+        self._flush_bytes()
+
+    def _flush_bytes(self) -> None:
+        if self._rx or self._tx:
+            self.listener.count_bytes(self._rx, self._tx)
+            self._rx = self._tx = 0
+
+    # --- refusals ---------------------------------------------------------------------
+    def _refuse(self, err: DownstreamError) -> None:
+        """The client sent something we refuse: answer (in order) and close."""
+        self._refused = err
+        self.flow.pause("refused")
+        if self._active is None:
+            self._reply_and_close(err)
+        elif self._reading is self._active and not self._head_sent:
+            # The request being answered is itself bad (body over the limit, a bad
+            # chunk): drop its upstream exchange and answer now.
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+            self._reply_and_close(err)
+        elif self._reading is self._active:
+            self.abort_body(err)
+        else:
+            self._pending_error = err
+
+    def _reply_and_close(self, err: DownstreamError) -> None:
+        self._close_after = True
+        self._queue.clear()
+        ex = self._active
+        if ex is None:
+            self._active = None
+        self._status = err.status
+        resp = local_reply(err.status, err.reason)
+        head = serialize(b"HTTP/1.1 %d %b" % (err.status, resp.phrase),
+                         resp.headers, [b"x-mesh-reason: " + err.reason.encode(),
+                                        b"content-length: %d" % len(resp.body or b""),
+                                        b"connection: close"])
+        self.listener.count_local_reply(err.reason, err.status)
+        if self.transport is not None and not self.closed:
+            data = head + (resp.body or b"")
+            self._tx += len(data)
+            self.transport.write(data)
+            self.transport.close()
+        self._active = None
+
+    # --- upgrade tunnel -------------------------------------------------------------
+    def _start_tunnel(self, ex: Exchange, resp: Response) -> None:
+        source: UpstreamBody = resp.source  # type: ignore[assignment]
+        head = serialize(b"HTTP/1.1 101 %b" % (resp.phrase or b"Switching Protocols"),
+                         resp.headers, [b"connection: upgrade", b"upgrade: " + ex.upgrade])
+        self._tunnel = source
+        chunks, complete = source.start(self)
+        source.set_peer_flow(self.flow)
+        self._chunked = False
+        data = head + b"".join(chunks)
+        self._tx += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+        self._record(ex, failed=False)
+        self._active = None
+        if self._early_tunnel:
+            source.tunnel_write(self._early_tunnel)
+            self._early_tunnel = b""
+        self.flow.resume("upgrade")
+        if complete:
+            self.end_tunnel()
+
+    def end_tunnel(self) -> None:
+        self._tunnel = None
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- timeouts: one periodic tick per connection ------------------------------------
+    def _arm_tick(self) -> None:
+        period = max(min(self.limits.header_timeout, self.limits.idle_timeout) / 4, 0.05)
+        self._timer = self.loop.call_later(period, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        if self._refused is None and self._active is None:
+            now = self.loop.time()
+            head = self._head
+            if head is not None:
+                if now - head.start > self.limits.header_timeout:
+                    self._refuse(DownstreamError(408, "header_timeout"))
+                    return
+            elif (self._reading is None and self._tunnel is None
+                  and now - self._since > self.limits.idle_timeout):
+                self.transport.close()  # type: ignore[union-attr]
+                return
+        self._arm_tick()
+
+    def drain(self) -> None:
+        """Graceful shutdown: close now when idle, else after the current response."""
+        if self._active is None and self._head is None and self._tunnel is None:
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self._close_after = True
+            self._no_more = True

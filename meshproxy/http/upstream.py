@@ -1,0 +1,392 @@
+"""The upstream side of an exchange: one keep-alive HTTP/1.1 connection to an endpoint.
+
+:class:`UpstreamConnection` is an asyncio ``Protocol`` with an httptools response
+parser. It carries one exchange at a time: :meth:`UpstreamConnection.send` writes the
+request head, attaches the request body (it is the body's sink, adding chunked
+framing when the length is unknown) and returns a future for the response head. The
+response body streams through a per-exchange :class:`UpstreamBody` (the
+:class:`~meshproxy.http.message.BodySource` the downstream protocol reads), so the
+connection can go back to its pool the moment the response is complete, even before
+the client has been sent the last bytes.
+
+Errors are translated here, once: a connection lost before the response is complete
+is :class:`~meshproxy.errors.UpstreamReset`, an unparseable response
+:class:`~meshproxy.errors.UpstreamProtocolError`, silence past the cluster's stream
+idle timeout :class:`~meshproxy.errors.UpstreamTimeout` (reason ``upstream_idle``).
+Neighbours: :mod:`meshproxy.http.pool` owns these connections; the downstream side is
+:mod:`meshproxy.http.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+from meshproxy.errors import ProxyError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
+from meshproxy.http.flow import FlowControl
+from meshproxy.http.headers import HOP_BY_HOP, connection_tokens
+from meshproxy.http.message import BODY_HIGH_WATER, RequestBody, Response
+
+if TYPE_CHECKING:
+    from meshproxy.http.pool import Pool
+
+
+class ResponseSink(Protocol):
+    """The downstream side of a response body."""
+
+    def write_body(self, data: bytes) -> None: ...
+    def end_body(self) -> None: ...
+    def abort_body(self, exc: ProxyError) -> None: ...
+
+
+#: Called once per exchange when it is over: (ok, status or 0, failure reason or "").
+DoneCallback = Callable[[bool, int, str], None]
+
+
+class _HeadResponseDone(Exception):
+    """Raised from the parser callback to stop after the head of a HEAD response."""
+
+
+class UpstreamBody:
+    """The body of one upstream response, from the connection to the downstream sink."""
+
+    __slots__ = ("chunks", "complete", "conn", "error", "sink", "size")
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn: UpstreamConnection | None = conn
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.error: ProxyError | None = None
+        self.sink: ResponseSink | None = None
+
+    def start(self, sink: ResponseSink) -> tuple[list[bytes], bool]:
+        if self.error is not None:
+            raise self.error
+        self.sink = sink
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        if self.conn is not None:
+            self.conn.flow.resume("unconsumed")
+        return chunks, self.complete
+
+    def feed(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.write_body(data)
+            return
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > BODY_HIGH_WATER and self.conn is not None:
+            self.conn.flow.pause("unconsumed")
+
+    def finish(self) -> None:
+        self.complete = True
+        self.conn = None
+        if self.sink is not None:
+            self.sink.end_body()
+
+    def fail(self, exc: ProxyError) -> None:
+        self.conn = None
+        self.error = exc
+        if self.sink is not None:
+            self.sink.abort_body(exc)
+
+    def pause_reading(self) -> None:
+        if self.conn is not None:
+            self.conn.flow.pause("downstream")
+
+    def resume_reading(self) -> None:
+        if self.conn is not None:
+            self.conn.flow.resume("downstream")
+
+    def discard(self) -> None:
+        """Not forwarded (a retry or the rescue replaced it): drop it and, when it is
+        still arriving, the connection with it."""
+        conn, self.conn = self.conn, None
+        self.sink = None
+        self.chunks = []
+        if conn is not None and not self.complete:
+            conn.abort()
+
+    # --- tunnel (after 101 Switching Protocols) -----------------------------------
+    def set_peer_flow(self, flow: FlowControl) -> None:
+        """In a tunnel: the client's reading, paused when the upstream cannot keep up."""
+        if self.conn is not None:
+            self.conn.peer_flow = flow
+
+    def tunnel_write(self, data: bytes) -> None:
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.write(data)
+
+    def tunnel_close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to one endpoint, reused for sequential exchanges."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl = None  # type: ignore[assignment]  # set on connect
+        self.parser = httptools.HttpResponseParser(self)
+        self.busy = False
+        self.closed = False
+        self.reused = 0             # exchanges completed on this connection
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[Response] | None = None
+        self._body: UpstreamBody | None = None
+        self._on_done: DoneCallback | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._phrase = b""
+        self._status = 0
+        self._cl: int | None = None
+        self._close_after = False
+        self._informational = False
+        self._head_only = False
+        self._req_done = True
+        self._chunked_out = False
+        self._tunnel = False
+        self._rx = False
+        self._silent = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._req_body: RequestBody | None = None
+        self.peer_flow: FlowControl | None = None  # the client's reading, for backpressure
+
+    # --- asyncio.Protocol ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
+        self._arm_idle_check()
+
+    def data_received(self, data: bytes) -> None:
+        self._rx = True
+        if self._tunnel:
+            if self._body is not None:
+                self._body.feed(data)
+            return
+        if not self.busy:
+            self.abort()  # bytes nobody asked for: the connection is out of step
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._start_tunnel(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadResponseDone):
+                self._message_complete(reuse=False)
+            else:
+                self._fail(UpstreamProtocolError(f"bad response: {e}"))
+        except httptools.HttpParserError as e:
+            self._fail(UpstreamProtocolError(f"bad response: {e}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._tunnel:
+            body, self._body = self._body, None
+            if body is not None:
+                body.finish()
+            self._done(True, 101, "")
+        elif self.busy:
+            self._fail(UpstreamReset("upstream closed the connection" + (
+                f": {exc}" if exc else "")))
+        self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        # The upstream is slower than the client sends (request body or tunnel bytes):
+        # stop reading the client until the upstream's buffer drains.
+        if self.peer_flow is not None:
+            self.peer_flow.pause("upstream")
+
+    def resume_writing(self) -> None:
+        if self.peer_flow is not None:
+            self.peer_flow.resume("upstream")
+
+    # --- sending ---------------------------------------------------------------------
+    def send(self, head: bytes, body: RequestBody | None, *, head_only: bool,
+             on_done: DoneCallback) -> asyncio.Future[Response]:
+        """Write a request; the future resolves with the response head."""
+        assert not self.busy
+        assert self.transport is not None
+        self.busy = True
+        self._silent = 0
+        self._waiter = waiter = self.loop.create_future()
+        self._on_done = on_done
+        self._head_only = head_only
+        self._informational = False
+        self._close_after = False
+        self._body = None
+        self.transport.write(head)
+        if body is None or body.empty:
+            self._req_done = True
+            self._req_body = None
+            self.peer_flow = None
+        else:
+            self.peer_flow = body._flow
+            self._req_done = False
+            self._chunked_out = body.chunked
+            self._req_body = body
+            if not body.attach(self):
+                raise UpstreamReset("request body cannot be replayed")
+        return waiter
+
+    def write_body(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            return
+        if self._chunked_out:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def end_body(self) -> None:
+        if self._chunked_out and self.transport is not None and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+        self._req_done = True
+        body, self._req_body = self._req_body, None
+        if body is not None:
+            body.detach()
+
+    # --- parser callbacks: they only move bytes and flip flags ------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._phrase = b""
+        self._cl = None
+
+    def on_status(self, status: bytes) -> None:
+        self._phrase += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self._informational = True  # 100 Continue / 103 Early Hints: not forwarded
+            return
+        self._status = status
+        headers = []
+        extra: set[bytes] | None = None
+        cl: int | None = None
+        for name, value in self._headers:
+            low = name.lower()
+            if low in HOP_BY_HOP:
+                if low == b"content-length":
+                    cl = int(value)
+                elif low == b"connection":
+                    extra = connection_tokens(value)
+                continue
+            headers.append((name, value))
+        if extra:
+            headers = [h for h in headers if h[0].lower() not in extra]
+        self._body = body = UpstreamBody(self)
+        resp = Response(status, headers, phrase=self._phrase, source=body,
+                        content_length=cl, upgrade=status == 101,
+                        version=self.parser.get_http_version())
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(resp)
+        if self._head_only and status != 101:
+            raise _HeadResponseDone
+
+    def on_body(self, data: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._status == 101:
+            return  # llhttp ends the 101 "message" before the upgrade: the tunnel follows
+        self._message_complete(reuse=self.parser.should_keep_alive())
+
+    # --- outcomes ----------------------------------------------------------------------
+    def _message_complete(self, *, reuse: bool) -> None:
+        body, self._body = self._body, None
+        status = self._status
+        self.busy = False
+        self._waiter = None
+        if not self._req_done:
+            reuse = False  # answered before the request body was sent: framing is lost
+            self.end_body()
+        self.reused += 1
+        if reuse and not self._close_after:
+            self.pool.release(self)
+        else:
+            self.abort()
+        self._done(True, status, "")
+        if body is not None:
+            body.finish()
+
+    def _fail(self, exc: ProxyError) -> None:
+        if not self.busy:
+            return
+        self.busy = False
+        waiter, self._waiter = self._waiter, None
+        body, self._body = self._body, None
+        if self._req_body is not None:
+            self._req_body.detach()
+            self._req_body = None
+        self.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if body is not None:
+            body.fail(exc)
+        self._done(False, 0, exc.reason)
+
+    def _done(self, ok: bool, status: int, reason: str) -> None:
+        cb, self._on_done = self._on_done, None
+        if cb is not None:
+            cb(ok, status, reason)
+
+    def _start_tunnel(self, rest: bytes) -> None:
+        self._tunnel = True
+        self.busy = False
+        self.pool.detach(self)  # a tunnel never returns to the pool
+        if rest and self._body is not None:
+            self._body.feed(rest)
+
+    def abort(self) -> None:
+        """Close now; an exchange in progress fails with a reset."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+        self.pool.forget(self)
+
+    def cancel(self) -> None:
+        """The exchange's caller gave up (timeout, cancelled): drop the connection."""
+        if self.busy:
+            self._fail(UpstreamTimeout("cancelled", reason="route_timeout"))
+
+    # --- stream idle timeout: a periodic check, not a timer per exchange ---------------
+    def _arm_idle_check(self) -> None:
+        self._timer = self.loop.call_later(self.pool.stream_idle_timeout / 2, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        if self.busy or self._tunnel:
+            if self._rx:
+                self._silent = 0
+            else:
+                self._silent += 1
+                if self._silent >= 2 and not self._tunnel:
+                    self._fail(UpstreamTimeout("no byte from upstream within the stream idle "
+                                               "timeout", reason="upstream_idle"))
+                    return
+        self._rx = False
+        self._arm_idle_check()
+
+    def __repr__(self) -> str:
+        return (f"<UpstreamConnection {self.pool.endpoint.address} busy={self.busy} "
+                f"closed={self.closed} reused={self.reused}>")

@@ -1,0 +1,136 @@
+"""HTTP listeners: a bound socket, its router, and the connections it accepted.
+
+An :class:`HttpListener` owns an ``asyncio.Server`` (bound with ``SO_REUSEPORT`` so
+that worker processes can share the port), the set of live
+:class:`~meshproxy.http.server.HttpServerProtocol` connections (for drain), the
+current :class:`~meshproxy.router.Router` (swapped whole on reload) and its bound
+metrics. TCP listeners live in :mod:`meshproxy.tcp`; :mod:`meshproxy.proxy` creates,
+updates and retires both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING
+
+from meshproxy.http.server import HttpServerProtocol
+
+if TYPE_CHECKING:
+    from meshproxy.config.listeners import HttpListenerConfig
+    from meshproxy.metrics import Stats
+    from meshproxy.router import Router
+
+BACKLOG = 2048
+
+
+async def bind(loop: asyncio.AbstractEventLoop, factory, host: str, port: int,
+               ) -> asyncio.Server:
+    """Listen on ``host:port`` with SO_REUSEPORT (workers share the port)."""
+    return await loop.create_server(factory, host, port, reuse_port=True, backlog=BACKLOG,
+                                    family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
+class HttpListener:
+    """An L7 listener."""
+
+    kind = "http"
+
+    def __init__(self, config: HttpListenerConfig, router: Router, *,
+                 loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
+        self.name = config.name
+        self.config = config
+        self.router = router
+        self.loop = loop
+        self.stats = stats
+        self.server: asyncio.Server | None = None
+        self.connections: set[HttpServerProtocol] = set()
+        self.draining = False
+        self._empty: asyncio.Event | None = None  # set when draining and none is left
+        self._active = stats.downstream_connections.labels(self.name)
+        self._accepted = stats.downstream_connections_total.labels(self.name)
+        self._rx = stats.bytes_received.labels(self.name)
+        self._tx = stats.bytes_sent.labels(self.name)
+
+    @property
+    def bind_key(self) -> tuple[str, str, int]:
+        return ("http", self.config.address, self.config.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (differs from the config's when it says 0)."""
+        assert self.server is not None
+        assert self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self.server = await bind(self.loop, lambda: HttpServerProtocol(self),
+                                 self.config.address, self.config.port)
+
+    def update(self, config: HttpListenerConfig, router: Router) -> None:
+        """A reload kept this listener's address: new routes and limits, same socket.
+        Requests in flight keep their route; the next request on any connection uses
+        the new router."""
+        self.config = config
+        self.router = router
+        for conn in self.connections:
+            conn.limits = config.limits
+
+    # --- called by the connections -------------------------------------------------
+    def connection_opened(self, conn: HttpServerProtocol) -> None:
+        self.connections.add(conn)
+        self._active.inc()
+        self._accepted.inc()
+        if self.draining:
+            conn.drain()
+
+    def connection_closed(self, conn: HttpServerProtocol) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self._active.dec()
+            if not self.connections and self._empty is not None:
+                self._empty.set()
+
+    def count_local_reply(self, reason: str, status: int) -> None:
+        self.stats.local_replies.labels(self.name, reason, str(status)).inc()
+
+    def count_bytes(self, rx: int, tx: int) -> None:
+        if rx:
+            self._rx.inc(rx)
+        if tx:
+            self._tx.inc(tx)
+
+    # --- shutdown --------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, close idle connections, let the others finish their current
+        response (up to ``timeout`` seconds), then cut what is left."""
+        self.stop_accepting()
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        await self._wait_empty(timeout)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _wait_empty(self, timeout: float) -> None:
+        self._empty = asyncio.Event()
+        if self.connections:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._empty.wait()
+            except TimeoutError:
+                pass
+
+    def snapshot(self) -> dict:
+        return {"name": self.name, "protocol": "http", "address": self.config.address,
+                "port": self.port if self.server else self.config.port,
+                "connections": len(self.connections),
+                "routes": [{"name": r.name, "cluster": r.cluster.name}
+                           for r in self.router.routes]}

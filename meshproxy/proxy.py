@@ -1,0 +1,212 @@
+"""The proxy runtime: clusters and listeners built from a config, and swapped on reload.
+
+:class:`Proxy` holds the config in force (a :class:`~meshproxy.config.load.Loaded`),
+the :class:`~meshproxy.cluster.Cluster` objects by name and the listeners by name.
+:meth:`Proxy.apply` moves it to a new config atomically, in two phases:
+
+1. prepare, with no visible effect: new clusters, new routers (each route's layer
+   stack), and sockets for listeners that are new or moved to another address; if
+   binding fails, what was bound is closed and the old config keeps serving;
+2. commit: clusters that stay are reconfigured in place (their endpoints, pools and
+   balancer state survive), kept listeners get their new router, new listeners start
+   serving, removed or moved ones drain in the background, removed clusters close.
+
+Requests in flight hold their route (and its stack) and finish on the config they
+started with. :meth:`Proxy.reload` wraps this with reading and validating the file
+and counting ``meshproxy_config_reload_total{result}``. :meth:`Proxy.drain` is the
+SIGTERM path. Neighbours: :mod:`meshproxy.run` drives a Proxy in a process,
+:mod:`meshproxy.admin` reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from meshproxy.cluster import Cluster
+from meshproxy.config import ConfigError, Loaded, load_config
+from meshproxy.config.listeners import HttpListenerConfig
+from meshproxy.listener import HttpListener
+from meshproxy.metrics import Stats
+from meshproxy.router import Router
+from meshproxy.tcp import TcpListener
+
+log = logging.getLogger(__name__)
+
+Listener = HttpListener | TcpListener
+
+#: Seconds between pool sweeps (idle connection expiry, pool-size gauges).
+SWEEP_INTERVAL = 1.0
+
+
+class Proxy:
+    """One process's listeners and clusters."""
+
+    def __init__(self, loaded: Loaded, *, stats: Stats | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loaded = loaded
+        self.stats = stats if stats is not None else Stats()
+        self.loop = loop or asyncio.get_running_loop()
+        self.clusters: dict[str, Cluster] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.started = False
+        self.draining = False
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def config(self):
+        return self.loaded.config
+
+    async def start(self) -> None:
+        """Bind every listener of the initial config; raises OSError if one cannot."""
+        await self.apply(self.loaded, initial=True)
+        self.stats.config_loaded.set(self.loaded.loaded_at)
+        self.started = True
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    # --- reload -------------------------------------------------------------------
+    async def reload(self, path: str | Path, *, count: bool = True) -> bool:
+        """Load ``path`` and apply it; False (old config kept) when it is refused."""
+        async with self._reload_lock:
+            if self.draining:
+                return False
+            try:
+                loaded = load_config(path)
+            except ConfigError as e:
+                for field, msg in e.problems:
+                    log.error("config reload refused: %s: %s: %s", e.source, field, msg)
+                if count:
+                    self.stats.config_reloads.labels("failure").inc()
+                return False
+            if loaded.version == self.loaded.version:
+                return True  # nothing changed (a touch, or a SIGHUP without an edit)
+            try:
+                await self.apply(loaded)
+            except OSError as e:
+                log.error("config reload refused: %s: cannot bind: %s", path, e)
+                if count:
+                    self.stats.config_reloads.labels("failure").inc()
+                return False
+            if count:
+                self.stats.config_reloads.labels("success").inc()
+            self.stats.config_loaded.set(loaded.loaded_at)
+            log.info("config %s loaded from %s", loaded.version, path)
+            return True
+
+    async def apply(self, loaded: Loaded, *, initial: bool = False) -> None:
+        """Switch to ``loaded`` (see the module docstring for the two phases)."""
+        cfg = loaded.config
+        # Phase 1: prepare. Nothing here is visible to traffic yet.
+        fresh = {c.name: Cluster(c, loop=self.loop, stats=self.stats)
+                 for c in cfg.clusters if c.name not in self.clusters}
+        clusters = {c.name: self.clusters.get(c.name) or fresh[c.name] for c in cfg.clusters}
+        plan: list[tuple[Listener | None, object, object]] = []
+        started: list[Listener] = []
+        try:
+            for lc in cfg.listeners:
+                old = self.listeners.get(lc.name)
+                target = (Router(lc, clusters, stats=self.stats, version=loaded.version)
+                          if isinstance(lc, HttpListenerConfig) else clusters[lc.cluster])
+                key = (lc.protocol, lc.address, lc.port)
+                if old is not None and old.bind_key == key:
+                    plan.append((old, lc, target))
+                    continue
+                new: Listener
+                if isinstance(lc, HttpListenerConfig):
+                    new = HttpListener(lc, target, loop=self.loop, stats=self.stats)  # type: ignore[arg-type]
+                else:
+                    new = TcpListener(lc, target, loop=self.loop, stats=self.stats)  # type: ignore[arg-type]
+                if old is not None and old.config.port == lc.port:
+                    # Moving to another address on the same port: free it first, or
+                    # the new bind could fail on our own socket.
+                    old.stop_accepting()
+                await new.start()
+                started.append(new)
+                plan.append((None, new, old))
+        except BaseException:
+            for lst in started:
+                lst.stop_accepting()
+            for c in fresh.values():
+                c.close()
+            raise
+        # Phase 2: commit.
+        for c in cfg.clusters:
+            if c.name not in fresh:
+                clusters[c.name].configure(c)
+        listeners: dict[str, Listener] = {}
+        for old, a, b in plan:
+            if old is not None:
+                old.update(a, b)  # type: ignore[arg-type]
+                listeners[old.name] = old
+            else:
+                listeners[a.name] = a  # type: ignore[union-attr]
+                if b is not None:
+                    self._retire(b)  # type: ignore[arg-type]
+        for name, lst in self.listeners.items():
+            if name not in listeners:
+                self._retire(lst)
+        for name, cluster in self.clusters.items():
+            if name not in clusters:
+                cluster.close()
+        self.clusters = clusters
+        self.listeners = listeners
+        self.loaded = loaded
+
+    def _retire(self, lst: Listener) -> None:
+        """Drain a listener that left the config, in the background."""
+        task = self.loop.create_task(lst.drain(self.config.drain.timeout))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    # --- periodic sweep -----------------------------------------------------------
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for cluster in self.clusters.values():
+            cluster.sweep(now)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    # --- shutdown -----------------------------------------------------------------
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting everywhere, let requests in flight finish (up to the drain
+        timeout), close idle keep-alive connections and upstream pools."""
+        self.draining = True
+        timeout = self.config.drain.timeout if timeout is None else timeout
+        for lst in self.listeners.values():
+            lst.stop_accepting()
+        await asyncio.gather(*(lst.drain(timeout) for lst in self.listeners.values()),
+                             *self._retiring)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close everything now (tests, and the end of a drain)."""
+        self.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for lst in self.listeners.values():
+            lst.stop_accepting()
+            for conn in list(lst.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        for task in list(self._retiring):
+            task.cancel()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        for lst in self.listeners.values():
+            if lst.server is not None:
+                await lst.server.wait_closed()
+        for cluster in self.clusters.values():
+            cluster.close()
+            for pool in cluster.pools.values():
+                for conn in list(pool.owned):
+                    conn.abort()
+        await asyncio.sleep(0)  # let transports deliver connection_lost
+
+    def snapshot(self) -> dict:
+        """State for /clusters and the worker snapshot files."""
+        return {"version": self.loaded.version, "ready": self.started and not self.draining,
+                "clusters": [c.snapshot() for c in self.clusters.values()],
+                "listeners": [lst.snapshot() for lst in self.listeners.values()]}

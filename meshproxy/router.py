@@ -1,0 +1,104 @@
+"""Routing: which route (and so which cluster and layer stack) answers a request.
+
+An HTTP listener's routes are tried in order; the first whose every condition holds
+wins (host, then path, then headers: cheapest test first). Hosts compare without the
+port and case-insensitively; ``*.example.com`` matches any subdomain. A
+:class:`Router` is immutable and built per config load; a reload swaps the
+listener's router, so a keep-alive connection's next request already sees the new one
+while the request in flight keeps its route.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from meshproxy.config.listeners import HeaderMatch, HttpListenerConfig, RouteConfig
+from meshproxy.stack import build_handler
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Cluster
+    from meshproxy.http.message import Exchange
+    from meshproxy.layers.base import Handler
+    from meshproxy.metrics import Stats
+
+
+class _HeaderRule:
+    __slots__ = ("invert", "name", "present", "regex", "value")
+
+    def __init__(self, m: HeaderMatch) -> None:
+        self.name = m.name.lower().encode()
+        self.value = m.value.encode() if m.value is not None else None
+        self.regex = re.compile(m.regex.encode()) if m.regex is not None else None
+        self.present = m.present
+        self.invert = m.invert
+
+    def holds(self, ex: Exchange) -> bool:
+        v = ex.header(self.name)
+        if self.present is not None:
+            ok = (v is not None) == self.present
+        elif v is None:
+            ok = False
+        elif self.value is not None:
+            ok = v == self.value
+        else:
+            ok = self.regex.fullmatch(v) is not None  # type: ignore[union-attr]
+        return ok != self.invert
+
+
+class Route:
+    """One route of a listener, with its handler stack and bound metrics."""
+
+    __slots__ = ("_exact_host", "_headers", "_path", "_prefix", "_regex", "_suffix",
+                 "cluster", "config", "duration", "handler", "name", "requests")
+
+    def __init__(self, config: RouteConfig, cluster: Cluster, *, listener: str,
+                 stats: Stats) -> None:
+        self.name = config.name
+        self.config = config
+        self.cluster = cluster
+        self.handler: Handler = build_handler(config, cluster)
+        m = config.match
+        host = m.host.lower().encode() if m.host else None
+        self._suffix = host[1:] if host and host.startswith(b"*.") else None
+        self._exact_host = host if host and self._suffix is None else None
+        self._prefix = m.prefix.encode() if m.prefix else None
+        self._path = m.path.encode() if m.path else None
+        self._regex = re.compile(m.regex.encode()) if m.regex else None
+        self._headers = tuple(_HeaderRule(h) for h in m.headers)
+        self.requests = {i: stats.downstream_requests.labels(listener, self.name, f"{i}xx")
+                         for i in range(1, 6)}
+        self.duration = stats.downstream_duration.labels(listener, self.name)
+
+    def matches(self, ex: Exchange) -> bool:
+        if self._exact_host is not None and ex.host != self._exact_host:
+            return False
+        if self._suffix is not None and not ex.host.endswith(self._suffix):
+            return False
+        path = ex.path
+        if self._prefix is not None and not path.startswith(self._prefix):
+            return False
+        if self._path is not None and path != self._path:
+            return False
+        if self._regex is not None and self._regex.fullmatch(path) is None:
+            return False
+        return all(rule.holds(ex) for rule in self._headers)
+
+
+class Router:
+    """The ordered routes of one HTTP listener."""
+
+    __slots__ = ("listener", "routes", "version")
+
+    def __init__(self, config: HttpListenerConfig, clusters: dict[str, Cluster], *,
+                 stats: Stats, version: str = "") -> None:
+        self.listener = config.name
+        self.version = version
+        self.routes = tuple(Route(r, clusters[r.cluster], listener=config.name, stats=stats)
+                            for r in config.routes)
+
+    def match(self, ex: Exchange) -> Route | None:
+        for route in self.routes:
+            if route.matches(ex):
+                return route
+        return None

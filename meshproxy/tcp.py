@@ -1,0 +1,280 @@
+"""L4 TCP proxying: each accepted connection is piped to one endpoint of a cluster.
+
+The downstream protocol stops reading until the upstream connection is open (so no
+byte is buffered without bound), then bytes flow both ways with backpressure: when
+one side's write buffer fills, the other side's reading pauses. Half-close (EOF) is
+passed through. A connect failure closes the client's connection (at L4 there is no
+status to send) and is counted by outcome. An idle timeout closes both sides after a
+period with no byte in either direction, checked by a periodic tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from meshproxy.balance import PickContext
+from meshproxy.errors import ProxyError
+from meshproxy.listener import bind
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Cluster
+    from meshproxy.config.listeners import TcpListenerConfig
+    from meshproxy.endpoint import Endpoint
+    from meshproxy.metrics import Stats
+
+log = logging.getLogger(__name__)
+
+
+class _Upstream(asyncio.Protocol):
+    def __init__(self, down: TcpDownstream) -> None:
+        self.down = down
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        d = self.down
+        d.active = True
+        if d.transport is not None:
+            d.tx += len(data)
+            d.transport.write(data)
+
+    def eof_received(self) -> bool:
+        if self.down.transport is not None and self.down.transport.can_write_eof():
+            self.down.transport.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.down.upstream_lost()
+
+    def pause_writing(self) -> None:
+        if self.down.transport is not None:
+            self.down.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.down.transport is not None:
+            self.down.transport.resume_reading()
+
+
+class TcpDownstream(asyncio.Protocol):
+    """One client connection of a TCP listener."""
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _Upstream | None = None
+        self.endpoint: Endpoint | None = None
+        self.active = False
+        self.rx = self.tx = 0
+        self._pending: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.listener.connections.add(self)
+        self._task = self.loop.create_task(self._connect(self.listener.cluster))
+        self._arm_tick()
+
+    async def _connect(self, cluster: Cluster) -> None:
+        started = self.loop.time()
+        try:
+            ep = cluster.pick(PickContext(started))
+        except ProxyError:
+            self.listener.count("no_healthy_upstream")
+            self._close()
+            return
+        self.endpoint = ep
+        ep.active_requests += 1
+        try:
+            async with asyncio.timeout(cluster.config.connect_timeout):
+                _, up = await self.loop.create_connection(lambda: _Upstream(self),
+                                                          ep.host, ep.port)
+        except (OSError, TimeoutError) as e:
+            reason = "connect_timeout" if isinstance(e, TimeoutError) else "connect_failure"
+            cluster.attempt_done(ep, started, False, 0, reason)
+            self.endpoint = None
+            self.listener.count(reason)
+            self._close()
+            return
+        finally:
+            self._task = None
+        cluster.balancer.observe(ep, self.loop.time() - started, True)
+        self.upstream = up
+        self._cluster = cluster
+        if self._closed:
+            up.transport.close()  # type: ignore[union-attr]
+            return
+        self.listener.count("connected")
+        if self._pending:
+            up.transport.write(b"".join(self._pending))  # type: ignore[union-attr]
+            self._pending = []
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        self.rx += len(data)
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+        else:
+            self._pending.append(data)
+            if sum(map(len, self._pending)) > 256 * 1024 and self.transport is not None:
+                self.transport.pause_reading()  # resumed by the upstream's connect
+
+    def eof_received(self) -> bool:
+        up = self.upstream
+        if up is not None and up.transport is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.transport = None
+        if self._task is not None:
+            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.close()
+        self._finish()
+        self.listener.connection_closed(self)
+
+    def upstream_lost(self) -> None:
+        self._finish()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _finish(self) -> None:
+        ep, self.endpoint = self.endpoint, None
+        if ep is not None and self.upstream is not None:
+            ep.active_requests -= 1
+        self.listener.count_bytes(self.rx, self.tx)
+        self.rx = self.tx = 0
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm_tick(self) -> None:
+        self._timer = self.loop.call_later(max(self.listener.config.idle_timeout / 2, 0.05),
+                                           self._tick)
+
+    def _tick(self) -> None:
+        # Two quiet ticks in a row: idle for at least idle_timeout.
+        self._timer = None
+        if self._closed:
+            return
+        if not self.active and self.upstream is not None:
+            self.listener.count("idle_timeout")
+            self._close()
+            return
+        self.active = False
+        self._arm_tick()
+
+    def drain(self) -> None:
+        """TCP has no message boundary to wait for: a draining listener leaves open
+        connections alone until the drain timeout."""
+
+
+class TcpListener:
+    """An L4 listener."""
+
+    kind = "tcp"
+
+    def __init__(self, config: TcpListenerConfig, cluster: Cluster, *,
+                 loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
+        self.name = config.name
+        self.config = config
+        self.cluster = cluster
+        self.loop = loop
+        self.stats = stats
+        self.server: asyncio.Server | None = None
+        self.connections: set[TcpDownstream] = set()
+        self.draining = False
+        self._empty: asyncio.Event | None = None  # set when draining and none is left
+        self._rx = stats.bytes_received.labels(self.name)
+        self._tx = stats.bytes_sent.labels(self.name)
+
+    @property
+    def bind_key(self) -> tuple[str, str, int]:
+        return ("tcp", self.config.address, self.config.port)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        assert self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self.server = await bind(self.loop, lambda: TcpDownstream(self),
+                                 self.config.address, self.config.port)
+
+    def update(self, config: TcpListenerConfig, cluster: Cluster) -> None:
+        """New connections go to ``cluster``; open ones keep their upstream."""
+        self.config = config
+        self.cluster = cluster
+
+    def connection_closed(self, conn: TcpDownstream) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._empty is not None:
+            self._empty.set()
+
+    def count(self, outcome: str) -> None:
+        self.stats.tcp_connections.labels(self.name, outcome).inc()
+
+    def count_bytes(self, rx: int, tx: int) -> None:
+        if rx:
+            self._rx.inc(rx)
+        if tx:
+            self._tx.inc(tx)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; open connections may run until ``timeout``, then are cut."""
+        self.stop_accepting()
+        self.draining = True
+        await self._wait_empty(timeout)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+            if conn.upstream is not None and conn.upstream.transport is not None:
+                conn.upstream.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def _wait_empty(self, timeout: float) -> None:
+        self._empty = asyncio.Event()
+        if self.connections:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._empty.wait()
+            except TimeoutError:
+                pass
+
+    def snapshot(self) -> dict:
+        return {"name": self.name, "protocol": "tcp", "address": self.config.address,
+                "port": self.port if self.server else self.config.port,
+                "connections": len(self.connections), "cluster": self.cluster.name}
