@@ -20,8 +20,11 @@ succeed. pybreaker lives here and nowhere else; it is driven, not wrapped around
   least ``minimum_calls`` in a rolling ``window``) is computed here with a
   :class:`~.window.RollingWindow` and trips pybreaker through ``open()``.
 - pybreaker admits every call in half-open; the bound on concurrent trials
-  (``half_open_trials``) is ours, which is why :meth:`allow` returns an
-  :class:`Admission` that the caller hands back to :meth:`record`.
+  (``half_open_trials``) is ours, which is why :meth:`allow` returns a token (an int:
+  0 refused, 1 normal pass, 2 and up a trial of one half-open episode) that the caller
+  hands back to :meth:`record`. A trial token from an earlier episode (the breaker
+  re-opened and half-opened again meanwhile) is stale and ignored, so slow trials of a
+  past episode can never let more than ``half_open_trials`` into the current one.
 
 Every transition (a pybreaker listener) updates the cached state, counts a transition for
 the metrics layer and records an explainable event. Outcomes of requests admitted before a
@@ -84,11 +87,15 @@ class BreakerConfig(BaseModel):
 
 
 class Admission(enum.IntEnum):
-    """What :meth:`Breaker.allow` decided. Falsy when refused."""
+    """The kinds of token :meth:`Breaker.allow` returns (see :func:`admission_kind`)."""
 
     REFUSED = 0
     PASS = 1    # normal request while closed
-    TRIAL = 2   # one of the bounded half-open trials
+    TRIAL = 2   # one of the bounded half-open trials (tokens 2, 3, ...: one per episode)
+
+
+def admission_kind(token: int) -> Admission:
+    return Admission(min(token, Admission.TRIAL))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +140,7 @@ class Breaker:
         self._state: BreakerState = "closed"
         self._opened_at = 0.0
         self._trials = 0
+        self._episode = 0                # half-open episodes so far: trial tokens name one
         self._reason = ""
         self.rejected_total = 0
         self.transitions: dict[tuple[str, str], int] = {}
@@ -148,9 +156,9 @@ class Breaker:
     def state(self) -> BreakerState:
         return self._state
 
-    def allow(self, now: float) -> Admission:
-        """May a request go through now? O(1); call :meth:`record` (or :meth:`cancel`)
-        with the returned admission when it ends."""
+    def allow(self, now: float) -> int:
+        """May a request go through now? A token, falsy when refused. O(1); hand the
+        token to :meth:`record` (or :meth:`cancel`) when the request ends."""
         state = self._state
         if state == "closed":
             return Admission.PASS
@@ -162,19 +170,21 @@ class Breaker:
             self._cb.half_open()          # pybreaker's state API; our listener follows
         if self._trials < self.config.half_open_trials:
             self._trials += 1
-            return Admission.TRIAL
+            return Admission.TRIAL + self._episode
         self.rejected_total += 1
         return Admission.REFUSED
 
-    def record(self, admission: Admission, ok: bool, now: float) -> None:
+    def _current_trial(self, token: int) -> bool:
+        return token == Admission.TRIAL + self._episode and self._state == "half_open"
+
+    def record(self, admission: int, ok: bool, now: float) -> None:
         """The classified outcome of a request ``allow`` admitted (ok: not a failure as
         the route defines failure; the caller classifies, e.g. 5xx and resets fail)."""
-        if admission == Admission.TRIAL:
-            if self._trials > 0:
+        if admission >= Admission.TRIAL:
+            if self._current_trial(admission):
                 self._trials -= 1
-            if self._state == "half_open":
                 self._feed(ok)
-            return
+            return                       # a trial of an earlier episode: stale
         if admission != Admission.PASS or self._state != "closed":
             return                       # refused, or admitted before a trip: stale
         ratio = self.config.failure_ratio
@@ -190,10 +200,10 @@ class Breaker:
                                 f"{self.config.window:g} s (threshold {ratio:.0%})")
                 self._cb.open()
 
-    def cancel(self, admission: Admission) -> None:
+    def cancel(self, admission: int) -> None:
         """A request admitted by :meth:`allow` ended without an outcome (cancelled by the
         client): frees its trial slot, judges nothing."""
-        if admission == Admission.TRIAL and self._trials > 0:
+        if admission >= Admission.TRIAL and self._current_trial(admission):
             self._trials -= 1
 
     def _feed(self, ok: bool) -> None:
@@ -238,6 +248,8 @@ class Breaker:
                                 if old == "closed" else "trial request failed")
         self._state = new
         self._trials = 0
+        if new == "half_open":
+            self._episode += 1
         if new != "half_open":
             self._window.reset()
         key = (old, new)

@@ -33,6 +33,7 @@ import hashlib
 import mmap
 import os
 import struct
+import weakref
 from pathlib import Path
 
 from meshproxy.resilience.ratelimit import refill_and_take
@@ -41,11 +42,18 @@ MAGIC = b"MPRLBKT1"
 HEADER = struct.Struct("<8sII48x")      # magic, version, slots
 SLOT = struct.Struct("<Qdd8x")          # key hash, tokens, last
 PROBE = 16
+_HASH_CACHE = 4096                      # keys whose hash is remembered per process
 
 
 def key_hash(key: bytes) -> int:
     h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
     return h or 1                        # 0 means "empty slot"
+
+
+def _mark_forked(ref: weakref.ref[SharedBucketTable]) -> None:
+    table = ref()
+    if table is not None:
+        table._forked = True
 
 
 class SharedBucketTable:
@@ -59,7 +67,14 @@ class SharedBucketTable:
         self._fd = -1
         self._map: mmap.mmap | None = None
         self._pid = 0
+        self._hashes: dict[bytes, int] = {}
+        self._forked = False
         self._open()
+        # A fork shares the open file description and so the lock: the child must reopen.
+        # Learn of forks from the fork hook instead of a getpid() call on every take (the
+        # hook cannot be unregistered; it holds only a weak reference).
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _mark_forked(ref))
 
     def _open(self) -> None:
         size = HEADER.size + self.slots * SLOT.size
@@ -86,7 +101,7 @@ class SharedBucketTable:
             raise
         self._fd, self._map, self._pid = fd, m, os.getpid()
 
-    def _ensure_own_descriptor(self) -> None:
+    def _reopen_after_fork(self) -> None:
         if self._pid != os.getpid():     # forked: the inherited lock would be shared
             old_map, old_fd = self._map, self._fd
             self._map, self._fd = None, -1
@@ -97,11 +112,17 @@ class SharedBucketTable:
 
     def take(self, key: bytes, now: float, rate: float, burst: float,
              cost: float = 1.0) -> tuple[bool, float]:
-        self._ensure_own_descriptor()
+        if self._forked:
+            self._forked = False
+            self._reopen_after_fork()
         m = self._map
         if m is None:
             raise ValueError(f"bucket table {self.path} is closed")
-        h = key_hash(key)
+        h = self._hashes.get(key)
+        if h is None:
+            if len(self._hashes) >= _HASH_CACHE:
+                self._hashes.clear()
+            h = self._hashes[key] = key_hash(key)
         start = h % self.slots
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:

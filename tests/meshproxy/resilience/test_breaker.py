@@ -4,9 +4,19 @@ transitions counted and explained, reload keeps state."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from meshproxy.resilience.breaker import Admission, Breaker, BreakerConfig, BreakerGroup
+from meshproxy.resilience.breaker import (
+    Admission,
+    Breaker,
+    BreakerConfig,
+    BreakerGroup,
+    admission_kind,
+)
+
+from .conftest import ManualClock
 
 
 def make(clock, events, **cfg) -> Breaker:
@@ -41,7 +51,7 @@ def test_breaker_stays_open_until_reset_timeout_on_the_injected_clock(clock, eve
     clock.advance(29.9)
     assert not b.allow(clock())
     clock.advance(0.2)
-    assert b.allow(clock()) == Admission.TRIAL
+    assert admission_kind(b.allow(clock())) == Admission.TRIAL
     assert b.state == "half_open"
 
 
@@ -51,11 +61,12 @@ def test_half_open_admits_a_bounded_number_of_trials(clock, events) -> None:
     fail(b, clock, 1)
     clock.advance(1)
     t1, t2, t3 = b.allow(clock()), b.allow(clock()), b.allow(clock())
-    assert (t1, t2, t3) == (Admission.TRIAL, Admission.TRIAL, Admission.REFUSED)
+    assert [admission_kind(t) for t in (t1, t2, t3)] == [
+        Admission.TRIAL, Admission.TRIAL, Admission.REFUSED]
     b.record(t1, True, clock())
     assert b.state == "half_open"          # one success of the two needed
     t4 = b.allow(clock())                   # the finished trial freed a slot
-    assert t4 == Admission.TRIAL
+    assert admission_kind(t4) == Admission.TRIAL
     b.record(t2, True, clock())
     assert b.state == "closed"
     b.record(t4, False, clock())            # a late trial outcome after closing is ignored
@@ -74,7 +85,7 @@ def test_breaker_reopens_after_failed_probe(clock, events) -> None:
     clock.advance(4.9)                      # a fresh full timeout from the re-open
     assert not b.allow(clock())
     clock.advance(0.1)
-    assert b.allow(clock()) == Admission.TRIAL
+    assert admission_kind(b.allow(clock())) == Admission.TRIAL
 
 
 def test_failure_ratio_trips_only_past_minimum_calls(clock, events) -> None:
@@ -124,6 +135,25 @@ def test_transitions_are_counted_for_metrics(clock, events) -> None:
     assert [e.kind for e in events] == ["breaker.open", "breaker.half_open", "breaker.closed"]
 
 
+def test_trials_of_an_earlier_episode_are_stale(clock, events) -> None:
+    """A slow trial that outlives its half-open episode neither frees a slot nor judges
+    the next episode: at most ``half_open_trials`` are ever in flight per episode."""
+    b = make(clock, events, consecutive_failures=1, reset_timeout=1, half_open_trials=1)
+    fail(b, clock, 1)
+    clock.advance(1)
+    slow = b.allow(clock())                  # trial of episode 1, still in flight...
+    clock.advance(1)
+    b.force_open("test")                     # (e.g. another signal re-opened it)
+    clock.advance(1)
+    fresh = b.allow(clock())                 # episode 2's only trial slot
+    assert admission_kind(fresh) == Admission.TRIAL
+    b.record(slow, True, clock())            # ...finishes now: stale, ignored
+    assert b.state == "half_open"
+    assert not b.allow(clock())              # the slot is still fresh's
+    b.record(fresh, True, clock())
+    assert b.state == "closed"
+
+
 def test_cancelled_trial_frees_its_slot(clock, events) -> None:
     b = make(clock, events, consecutive_failures=1, reset_timeout=1)
     fail(b, clock, 1)
@@ -131,7 +161,7 @@ def test_cancelled_trial_frees_its_slot(clock, events) -> None:
     t = b.allow(clock())
     assert not b.allow(clock())
     b.cancel(t)
-    assert b.allow(clock()) == Admission.TRIAL
+    assert admission_kind(b.allow(clock())) == Admission.TRIAL
 
 
 def test_reconfigure_keeps_an_open_breaker_open(clock, events) -> None:
@@ -173,3 +203,35 @@ def test_group_keeps_per_endpoint_state_and_drops_departed(clock, events) -> Non
     g.retain(["10.0.0.2:80"])
     assert len(g) == 1
     assert g.get("10.0.0.1:80").state == "closed"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["allow", "ok", "fail", "wait"]),
+                          st.floats(0, 3)), max_size=80))
+def test_invariants_hold_for_any_sequence(steps) -> None:
+    """Whatever happens: a closed breaker never refuses, trials in flight never exceed
+    half_open_trials, and only an open breaker within its reset timeout or a full
+    half-open refuses."""
+    clock = ManualClock()
+    b = Breaker("p", BreakerConfig(consecutive_failures=2, failure_ratio=0.5,
+                                   minimum_calls=4, reset_timeout=2, half_open_trials=2,
+                                   success_threshold=2), clock=clock)
+    held: list[Admission] = []
+    for op, dt in steps:
+        if op == "wait":
+            clock.advance(dt)
+        elif op == "allow":
+            before = b.state
+            a = b.allow(clock())
+            if before == "closed":
+                assert a == Admission.PASS
+            if a:
+                held.append(a)
+            kind = admission_kind(a)
+            assert (kind == Admission.TRIAL) == (b.state == "half_open" and bool(a))
+        elif held:
+            b.record(held.pop(0), op == "ok", clock())
+        current = Admission.TRIAL + b._episode
+        in_flight = sum(1 for a in held if a == current) if b.state == "half_open" else 0
+        assert b.statistics().trials_in_flight == in_flight
+        assert in_flight <= 2
