@@ -49,6 +49,8 @@ from meshproxy.resilience.events import Clock, EventLog
 from meshproxy.resilience.window import RollingWindow
 
 BreakerState = Literal["closed", "open", "half_open"]
+REASON = "circuit_open"
+"""The ``x-mesh-reason`` of a request refused by an open breaker (503)."""
 STATE_VALUE: dict[str, int] = {"closed": 0, "open": 1, "half_open": 2}
 """Values for the ``state`` gauge (0 closed, 1 open, 2 half-open)."""
 

@@ -59,8 +59,10 @@ class LimiterStats:
 class Limiter:
     """At most ``limit`` holders at once; up to ``max_waiting`` more may wait in line."""
 
-    def __init__(self, limit: int, *, name: str, max_waiting: int = 0) -> None:
+    def __init__(self, limit: int, *, name: str, max_waiting: int = 0,
+                 code: str = "overflow") -> None:
         self.name = name
+        self.code = code                   # the x-mesh-reason / metric label of a refusal
         self._limit = self._check("limit", limit, minimum=0)
         self._max_waiting = self._check("max_waiting", max_waiting, minimum=0)
         self._in_use = 0
@@ -172,10 +174,14 @@ class LimitSet:
     def __init__(self, name: str, config: ConcurrencyConfig) -> None:
         self.name = name
         self.config = config
-        self.requests = Limiter(config.max_requests, name=f"{name} max_requests")
-        self.retries = Limiter(config.max_retries, name=f"{name} max_retries")
+        self.requests = Limiter(config.max_requests, name=f"{name} max_requests",
+                                code="max_requests")
+        self.retries = Limiter(config.max_retries, name=f"{name} max_retries",
+                               code="max_retries")
+        # a refusal here means the line of pending requests was full
         self.connections = Limiter(config.max_connections, name=f"{name} max_connections",
-                                   max_waiting=config.max_pending_requests)
+                                   max_waiting=config.max_pending_requests,
+                                   code="max_pending_requests")
 
     def reconfigure(self, config: ConcurrencyConfig) -> bool:
         """Resize in place: holders and waiters are kept."""

@@ -36,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from meshproxy.resilience.events import Clock
 
 KeyKind = Literal["none", "client_address", "header"]
+REASON = "rate_limited"
+"""The ``x-mesh-reason`` of a refused request (429 by default)."""
 
 
 class RateLimitConfig(BaseModel):

@@ -152,6 +152,8 @@ def test_limit_set_reconfigure_resizes_in_place() -> None:
     assert not s.requests.try_acquire()
     assert not s.retries.try_acquire()
     assert s.connections.max_waiting == 0
+    assert (s.requests.code, s.retries.code, s.connections.code) == (
+        "max_requests", "max_retries", "max_pending_requests")
     assert "requests 1/1" in repr(s)
 
 
