@@ -34,7 +34,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from meshproxy.endpoint import Endpoint
-from meshproxy.retry import IDEMPOTENT_METHODS, RetryBudget
+from meshproxy.retry import RetryBudget, is_idempotent
 
 T = TypeVar("T")
 
@@ -107,10 +107,10 @@ class HedgePolicy:
         self._clock = clock
         self._windows: dict[Endpoint, LatencyWindow] = {}
 
-    def allows(self, method: str, hedges_sent: int) -> bool:
+    def allows(self, method: str | bytes, hedges_sent: int) -> bool:
         """Whether a request with ``method`` that already sent ``hedges_sent`` hedges
         may send another (the budget is asked separately)."""
-        return method.upper() in IDEMPOTENT_METHODS and hedges_sent < self.config.max_hedges
+        return is_idempotent(method) and hedges_sent < self.config.max_hedges
 
     def observe(self, endpoint: Endpoint, latency_s: float) -> None:
         window = self._windows.get(endpoint)
@@ -140,7 +140,7 @@ class HedgePolicy:
 
 async def run_hedged(send: Callable[[Endpoint], Awaitable[T]],
                      pick: Callable[[Sequence[Endpoint]], Endpoint | None], *,
-                     policy: HedgePolicy, budget: RetryBudget, method: str,
+                     policy: HedgePolicy, budget: RetryBudget, method: str | bytes,
                      succeeded: Callable[[T], bool] = lambda _: True,
                      clock: Callable[[], float] = time.monotonic) -> tuple[T, Endpoint]:
     """Send to ``pick(())``; while unanswered after the hedge delay, and while policy

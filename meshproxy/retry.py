@@ -50,6 +50,13 @@ Verdict = Literal["retry", "answered", "not-retriable", "attempts-exhausted",
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+def is_idempotent(method: str | bytes) -> bool:
+    """Whether ``method`` (as text or as the parser's bytes) is idempotent."""
+    if isinstance(method, bytes):
+        method = method.decode("latin-1")
+    return method.upper() in IDEMPOTENT_METHODS
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -176,7 +183,7 @@ class RetryPolicy:
                 return self._timeout
         return False
 
-    def should_retry(self, outcome: Outcome, attempt: int, method: str, *,
+    def should_retry(self, outcome: Outcome, attempt: int, method: str | bytes, *,
                      body_replayable: bool = True) -> Verdict:
         """Whether to try again after ``attempt`` (1-based) ended with ``outcome``.
 
@@ -194,7 +201,7 @@ class RetryPolicy:
         if attempt >= self.config.attempts:
             return "attempts-exhausted"
         if outcome.kind != "connect-failure" and not self.config.retry_non_idempotent \
-                and method.upper() not in IDEMPOTENT_METHODS:
+                and not is_idempotent(method):
             return "non-idempotent"
         if not body_replayable:
             return "body-not-replayable"

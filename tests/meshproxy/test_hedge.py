@@ -81,6 +81,8 @@ def test_only_idempotent_methods_hedge_and_at_most_max_hedges() -> None:
     assert not p.allows("GET", 2)
     assert not p.allows("POST", 0)
     assert not p.allows("PATCH", 0)
+    assert p.allows(b"HEAD", 0)
+    assert not p.allows(b"POST", 0)
 
 
 def picker(eps: list[Endpoint]):

@@ -6,7 +6,7 @@ import random
 import statistics
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -67,6 +67,12 @@ def test_route_may_allow_retrying_non_idempotent_methods() -> None:
     assert p.should_retry(Outcome.response(503), 1, "post") == "retry"
 
 
+def test_method_may_be_the_parsers_bytes() -> None:
+    """The engine holds methods as bytes from httptools; both spellings work."""
+    assert DEFAULT.should_retry(RESET, 1, b"GET") == "retry"
+    assert DEFAULT.should_retry(RESET, 1, b"POST") == "non-idempotent"
+
+
 def test_body_beyond_the_replay_buffer_is_not_retried() -> None:
     """A request whose body was not kept cannot be replayed, even on a connect failure."""
     assert DEFAULT.should_retry(CONNECT_FAILURE, 1, "PUT",
@@ -106,6 +112,7 @@ def test_backoff_is_full_jitter_uniform_over_the_ceiling() -> None:
     assert max(delays) > 0.39
 
 
+@settings(deadline=None)  # no per-example time limit: the machine is shared
 @given(base=st.floats(0.001, 1.0), factor=st.floats(1.0, 100.0), retry=st.integers(1, 200),
        seed=st.integers(0, 2**32))
 def test_backoff_delay_always_within_zero_and_cap(base: float, factor: float, retry: int,

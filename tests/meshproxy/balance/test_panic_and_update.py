@@ -140,3 +140,21 @@ def test_any_sequence_of_updates_health_flips_and_picks_stays_consistent(
                 if any(e not in excluded for e in available):
                     assert got not in excluded
             lb.observe(got, 0.01, True)
+
+
+def test_pool_reports_panic_without_counting_and_validates_threshold() -> None:
+    """``in_panic`` lets the engine export a panic gauge without inflating the counter;
+    a threshold outside [0, 1] is refused with the value named."""
+    from meshproxy.balance import EndpointPool
+
+    eps = [Endpoint(f"h{i}", 80) for i in range(4)]
+    pool = EndpointPool(eps, panic_threshold=0.5)
+    assert not pool.in_panic(0.0)
+    eps[0].healthy = eps[1].healthy = False
+    assert not pool.in_panic(0.0)  # 2 of 4 is exactly the threshold: not below it
+    eps[2].ejected_until = 10.0
+    assert pool.in_panic(0.0)
+    assert not pool.in_panic(10.0)  # the ejection has run out by then
+    assert pool.panic_total == 0
+    with pytest.raises(ValueError, match=r"between 0 and 1, got 1\.5"):
+        EndpointPool(eps, panic_threshold=1.5)
