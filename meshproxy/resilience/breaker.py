@@ -8,7 +8,10 @@ succeed. pybreaker lives here and nowhere else; it is driven, not wrapped around
   the timeout check when open) and later reports the classified outcome with
   :meth:`Breaker.record`. The outcome is fed to pybreaker through its ``calling()``
   context manager (a failure is raised inside it), so pybreaker's own state machine counts
-  consecutive failures, trips, and counts half-open successes up to ``success_threshold``.
+  consecutive failures, trips, re-opens on a failed trial and closes on a trial success.
+  Successful trials are counted here up to ``success_threshold`` and only the last is
+  fed to pybreaker (its own ``success_threshold`` exists only from pybreaker 1.4 on,
+  and this keeps the module working with every version the project's range allows).
 - Two pybreaker features are *not* used, on purpose. Its open-to-half-open timer compares
   ``datetime.now()`` (wall clock) with its ``opened_at``: a wall clock jumps, and a test
   would have to sleep. So no outcome is ever fed while open; :meth:`allow` checks the
@@ -79,7 +82,7 @@ class BreakerConfig(BaseModel):
     half_open_trials: int = Field(1, ge=1, le=10000)
     """Trial requests in flight at once while half-open; others are refused."""
     success_threshold: int = Field(1, ge=1, le=10000)
-    """Successful trials needed to close (pybreaker's ``success_threshold``)."""
+    """Successful trials needed to close."""
 
     @model_validator(mode="after")
     def _one_rule(self) -> BreakerConfig:
@@ -143,6 +146,7 @@ class Breaker:
         self._opened_at = 0.0
         self._trials = 0
         self._episode = 0                # half-open episodes so far: trial tokens name one
+        self._trial_successes = 0        # in the current half-open episode
         self._reason = ""
         self.rejected_total = 0
         self.transitions: dict[tuple[str, str], int] = {}
@@ -150,7 +154,6 @@ class Breaker:
         self._cb = pybreaker.CircuitBreaker(
             fail_max=config.consecutive_failures or _NO_CONSECUTIVE,
             reset_timeout=config.reset_timeout,
-            success_threshold=config.success_threshold,
             listeners=[_Listener(self)], name=name)
 
     # -- the gate -------------------------------------------------------------------
@@ -185,6 +188,10 @@ class Breaker:
         if admission >= Admission.TRIAL:
             if self._current_trial(admission):
                 self._trials -= 1
+                if ok:
+                    self._trial_successes += 1
+                    if self._trial_successes < self.config.success_threshold:
+                        return
                 self._feed(ok)
             return                       # a trial of an earlier episode: stale
         if admission != Admission.PASS or self._state != "closed":
@@ -229,7 +236,6 @@ class Breaker:
         """Apply a reloaded config in place, keeping state (an open breaker stays open)."""
         self._cb.fail_max = config.consecutive_failures or _NO_CONSECUTIVE
         self._cb.reset_timeout = config.reset_timeout
-        self._cb.success_threshold = config.success_threshold
         if config.window != self.config.window:
             self._window = RollingWindow(config.window)
         self.config = config
@@ -249,7 +255,7 @@ class Breaker:
                 self._reason = (f"{self._cb.fail_counter} consecutive failures"
                                 if old == "closed" else "trial request failed")
         self._state = new
-        self._trials = 0
+        self._trials = self._trial_successes = 0
         if new == "half_open":
             self._episode += 1
         if new != "half_open":
