@@ -103,7 +103,11 @@ class EndpointPool:
         self.endpoints = check_endpoints(endpoints)
 
     def candidates(self, now: float, exclude: Collection[Endpoint] = ()) -> list[Endpoint]:
-        """The endpoints a policy may choose from now (see the module docstring)."""
+        """The endpoints a policy may choose from now (see the module docstring).
+
+        May be ``self.endpoints`` itself (everything available, nothing excluded):
+        callers must not modify it, and may use ``is self.endpoints`` as a fast path.
+        Counts one panic pick when in panic."""
         every = self.endpoints
         pool = [e for e in every if e.healthy and e.ejected_until <= now]
         if len(pool) == len(every):

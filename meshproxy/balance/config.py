@@ -86,8 +86,10 @@ class RingHashSettings(_Frozen):
 
 class MaglevSettings(_Frozen):
     # Lookup-table slots, a prime (Envoy's default 65537): at least 100x the endpoints
-    # keeps each endpoint's share within about 1% of its weight.
-    table_size: int = Field(65537, ge=2, le=5_000_011)
+    # keeps each endpoint's share within about 1% of its weight. Capped at 131071
+    # (Envoy allows 5000011) because the table is built in Python on the event loop at
+    # each endpoint change: 65537 slots take ~60 ms here, 524287 took 1.5 s.
+    table_size: int = Field(65537, ge=2, le=131071)
 
     @field_validator("table_size")
     @classmethod

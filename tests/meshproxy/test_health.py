@@ -231,6 +231,22 @@ async def test_on_change_is_called_on_each_transition(backend: BackendServer,
     assert seen[:2] == [(ep.address, False), (ep.address, True)]
 
 
+async def test_reconfigure_applies_from_the_next_probe_and_keeps_state(
+        backend: BackendServer, checkers) -> None:
+    """A reload that accepts 503 as healthy brings a 503-answering endpoint back; its
+    counters carry over rather than restarting."""
+    backend.mode = "503"
+    ep = Endpoint("127.0.0.1", backend.port)
+    checker = checkers(HealthCheckConfig(unhealthy_threshold=1, healthy_threshold=1, **FAST))
+    checker.update([ep])
+    await wait_until(lambda: not ep.healthy, "unhealthy verdict")
+    failures = checker.state(ep).failures_total
+    checker.reconfigure(HealthCheckConfig(unhealthy_threshold=1, healthy_threshold=1,
+                                          expected_statuses={200, 503}, **FAST))
+    await wait_until(lambda: ep.healthy, "healthy under the new config")
+    assert checker.state(ep).failures_total >= failures >= 1
+
+
 async def test_aclose_cancels_every_probe_even_mid_request(backend: BackendServer) -> None:
     """Closing while probes hang on silent backends leaves no task behind (the leak
     guard of the test harness checks it) and refuses further updates."""
