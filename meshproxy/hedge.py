@@ -148,6 +148,10 @@ async def run_hedged(send: Callable[[Endpoint], Awaitable[T]],
     ``succeeded`` holds and its endpoint; the losers are cancelled. When none succeeds,
     returns the first unsuccessful result, or raises the first exception if every
     attempt raised. ``LookupError`` when there is no endpoint at all.
+
+    Each attempt is counted with ``budget.attempt_started()``; bracketing the request
+    with ``budget.request_started()``/``request_finished()`` is the caller's (the
+    retry layer's) job, once per request however many attempts it makes.
     """
     first = pick(())
     if first is None:

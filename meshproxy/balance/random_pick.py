@@ -6,8 +6,8 @@ picks with probability proportional to weight. Both take a ``random.Random`` so 
 and simulations can seed it; with none they use a private unseeded one.
 
 Weighted choice is a binary search over cumulative weights. The cumulative table of the
-full endpoint list is cached between picks (the common case: everything healthy, no
-retry exclusion); a pick over a smaller candidate list builds its own.
+full endpoint list is cached until the next ``update()`` (the common case: everything
+healthy, no retry exclusion); a pick over a smaller candidate list builds its own.
 """
 
 from __future__ import annotations
@@ -58,27 +58,24 @@ class WeightedRandom:
                  rng: _random.Random | None = None) -> None:
         self._pool = EndpointPool(endpoints, panic_threshold=panic_threshold)
         self._rng = rng or _random.Random()
-        self._cached_for: list[Endpoint] = []
-        self._cached_weights: tuple[int, ...] = ()
-        self._cumulative: list[int] = []
+        self._cumulative: list[int] | None = None  # of the full list; reset by update()
 
     @property
     def panic_total(self) -> int:
         return self._pool.panic_total
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
+        # Weights change only through an update (the cluster sets them, then calls
+        # this), so the cached table of the full list is dropped here, not per pick.
         self._pool.replace(endpoints)
+        self._cumulative = None
 
     def _table(self, candidates: list[Endpoint]) -> list[int]:
-        weights = tuple(e.weight for e in candidates)
         if candidates is self._pool.endpoints:
-            # Weights may change in place on an endpoint update: compare them too.
-            if self._cached_for is not candidates or weights != self._cached_weights:
-                self._cached_for = candidates
-                self._cached_weights = weights
-                self._cumulative = list(accumulate(weights))
+            if self._cumulative is None:
+                self._cumulative = list(accumulate(e.weight for e in candidates))
             return self._cumulative
-        return list(accumulate(weights))
+        return list(accumulate(e.weight for e in candidates))
 
     def pick(self, ctx: PickContext, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         candidates = self._pool.candidates(ctx.now, exclude)
