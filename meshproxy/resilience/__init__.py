@@ -32,7 +32,9 @@ Where each belongs in a route's chain, outermost first (the second wave wires th
 3. **degradation switch** (``Switch.check`` for each of ``SwitchRegistry.applicable``,
    resolved per route at build time): a switched-off route answers its fallback even
    under overload, and a fallback costs no capacity, so it sits before shedding.
-   ``observe`` gets the final outcome.
+   ``observe`` gets the final answer of everything below it, local refusals included:
+   a service whose breaker is open *is* failing, and its fallback beats a 503
+   (``tests/meshproxy/resilience/test_scenarios.py`` shows the whole order at work).
 4. **load shedding** (``LoadShedder.admit(rank)``; ``done`` at the end): protects this
    process; refusing by priority before queueing anything for a cluster.
 5. **cluster concurrency** (``ClusterResilience.limits.requests.try_acquire``): the
