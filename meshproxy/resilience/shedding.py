@@ -51,7 +51,8 @@ class SheddingConfig(BaseModel):
     max_requests: int = Field(1024, ge=1)
     """Capacity when ``adaptive`` is not set: requests in flight through this proxy."""
     adaptive: AdaptiveConfig | None = None
-    """Learn the capacity from latency instead (see adaptive.py)."""
+    """Learn the capacity from latency instead (see adaptive.py). Here only its limit is
+    used; enforcement follows this config's ``mode``, not the adaptive config's."""
     shares: dict[Priority, float] = Field(default_factory=lambda: {
         "critical": 1.0, "high": 0.95, "normal": 0.85, "low": 0.7, "best_effort": 0.5})
     """Share of capacity each priority may fill. Gaps between them are what keeps room
