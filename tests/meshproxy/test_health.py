@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from pydantic import ValidationError
 
+from meshproxy.balance import PickContext, make_balancer
 from meshproxy.endpoint import Endpoint
 from meshproxy.health import HealthCheckConfig, HealthChecker, HealthState, probe_http, probe_tcp
 
@@ -245,6 +246,39 @@ async def test_reconfigure_applies_from_the_next_probe_and_keeps_state(
                                           expected_statuses={200, 503}, **FAST))
     await wait_until(lambda: ep.healthy, "healthy under the new config")
     assert checker.state(ep).failures_total >= failures >= 1
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_request", "peak_ewma"])
+async def test_balancer_stops_and_resumes_sending_to_a_checked_endpoint(
+        policy: str, checkers) -> None:
+    """Health checks and balancing together, on three real backends: once one answers
+    503 and is marked unhealthy, no pick goes to it (1 of 3 down is above the panic
+    threshold); once it recovers, it is picked again."""
+    servers = [BackendServer() for _ in range(3)]
+    for srv in servers:
+        await srv.start()
+    try:
+        eps = [Endpoint("127.0.0.1", srv.port) for srv in servers]
+        lb = make_balancer(policy, eps, rng=random.Random(5))
+        checker = checkers(HealthCheckConfig(unhealthy_threshold=2, healthy_threshold=1,
+                                             **FAST))
+        checker.update(eps)
+        loop = asyncio.get_running_loop()
+
+        def picks() -> set[Endpoint]:
+            return {lb.pick(PickContext(now=loop.time())) for _ in range(300)}
+
+        assert picks() == set(eps)
+        servers[1].mode = "503"
+        await wait_until(lambda: not eps[1].healthy, "unhealthy verdict")
+        assert picks() == {eps[0], eps[2]}
+        assert lb.panic_total == 0
+        servers[1].mode = "200"
+        await wait_until(lambda: eps[1].healthy, "recovery")
+        assert eps[1] in picks()
+    finally:
+        for srv in servers:
+            await srv.stop()
 
 
 async def test_aclose_cancels_every_probe_even_mid_request(backend: BackendServer) -> None:
