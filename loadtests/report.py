@@ -12,18 +12,26 @@ direct's at the same rate and percentile (so the generator's own overhead, which
 include, cancels out); it can come out slightly negative when the proxy's run was less
 disturbed by the other work on this machine than direct's was.
 
+``python -m loadtests.report results.json --markdown`` re-prints a saved run as the
+markdown that ``README.md`` holds.
+
 Neighbours: ``bench`` builds the results; ``targets`` names the layers and references.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Literal
 
 from loadtests.targets import LAYER, REFERENCE, TARGETS
 
 Status = Literal["met", "NOT met", "not measured"]
+Style = Literal["text", "markdown"]
 
 #: The issue's targets for meshproxy on one worker.
 L7_RPS_SHARE = 0.6
@@ -47,10 +55,16 @@ def _fmt(v: float | None, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+def _table(header: list[str], rows: Iterable[list[str]], style: Style = "text") -> list[str]:
     rows = list(rows)
+    if style == "markdown":
+        def md(r: list[str]) -> str:
+            r = r + [""] * (len(header) - len(r))  # a "name, reason" row leaves cells empty
+            return "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |"
+        return [md(header), md(["---"] * len(header)), *(md(r) for r in rows)]
     full = [r for r in [header, *rows] if len(r) == len(header)]
     widths = [max(len(r[i]) for r in full) for i in range(len(header))]
+
     def line(r: list[str]) -> str:
         if len(r) == 2 and len(header) > 2:  # "name, reason" spans the row
             return f"{r[0]:<{widths[0]}}  {r[1]}"
@@ -79,7 +93,7 @@ def added(by_target: dict[str, dict], name: str) -> dict[str, float] | None:
             for k in ("p50_ms", "p99_ms", "p999_ms")}
 
 
-def wrk_table(results: dict, mode: str) -> list[str]:
+def wrk_table(results: dict, mode: str, style: Style = "text") -> list[str]:
     s = results["settings"]
     cells = results["wrk"].get(mode, {})
     out = [f"Closed loop: wrk, 1 thread, {s['connections']} connections, {s['duration']:g} s "
@@ -100,10 +114,10 @@ def wrk_table(results: dict, mode: str) -> list[str]:
                      "-" if rr is None else f"{rr:.2f}x", "-" if pr is None else f"{pr:.2f}x",
                      _fmt(cell.get("cpu_percent"), 0),
                      _fmt(cell.get("peak_rss_bytes", 0) / 2**20, 1)])
-    return out + _table(header, rows)
+    return out + _table(header, rows, style)
 
 
-def openloop_table(results: dict, rate: str) -> list[str]:
+def openloop_table(results: dict, rate: str, style: Style = "text") -> list[str]:
     s = results["settings"]
     cells = results["openloop"].get(rate, {})
     out = [f"Open loop: {float(rate):.0f} req/s for {s['ol_duration']:g} s per target in "
@@ -128,7 +142,7 @@ def openloop_table(results: dict, rate: str) -> list[str]:
                      "-" if name == "direct" or add is None else f"{add['p999_ms']:+.2f}",
                      str(sum(cell["errors"].values()) + cell["unfinished"]),
                      _fmt(cell["lag"]["p99_ms"]), kept])
-    return out + _table(header, rows)
+    return out + _table(header, rows, style)
 
 
 def verdicts(results: dict) -> list[dict]:
@@ -145,7 +159,7 @@ def verdicts(results: dict) -> list[dict]:
             goal = f"{name} req/s >= {share}x {what} ({title})"
             rr, pr = ratios(cells, name)
             if rr is None:
-                add(goal, "not measured", _why_missing(cells, name))
+                add(goal, "not measured", _why_missing(cells, name, REFERENCE[LAYER[name]]))
                 continue
             add(goal, "met" if rr >= share else "NOT met", f"{rr:.2f}x")
             if name == "meshproxy-l7":
@@ -158,7 +172,7 @@ def verdicts(results: dict) -> list[dict]:
                  if _measured(c)]
         if not peaks:
             add(goal, "not measured", _why_missing(results.get("wrk", {}).get("keepalive", {}),
-                                                   name))
+                                                   name, name))
             continue
         mb = max(peaks) / 2**20
         add(goal, "met" if mb <= RSS_LIMIT_MB else "NOT met", f"peak {mb:.1f} MB")
@@ -171,7 +185,7 @@ def verdicts(results: dict) -> list[dict]:
             continue
         diff = added(cells, name)
         if diff is None:
-            add(goal, "not measured", _why_missing(cells, name if name in cells else "direct"))
+            add(goal, "not measured", _why_missing(cells, name, "direct"))
             continue
         if not cells["direct"]["rate_kept"]:
             add(goal, "not measured", "direct run did not keep the rate: "
@@ -186,31 +200,55 @@ def verdicts(results: dict) -> list[dict]:
     return out
 
 
-def _why_missing(cells: dict, name: str) -> str:
-    cell = cells.get(name)
-    if cell is None:
-        return f"{name} was not part of this run"
-    if "unavailable" in cell:
-        return f"{name} not available ({cell['unavailable']})"
-    for ref in REFERENCE.values():
-        if ref in cells and "unavailable" in cells[ref]:
-            return f"{ref} not available ({cells[ref]['unavailable']})"
-    return "reference not part of this run"
+def _why_missing(cells: dict, name: str, against: str) -> str:
+    """Why ``name`` or what it is compared with (``against``) has no measurement."""
+    for who in (name, against):
+        cell = cells.get(who)
+        if cell is None:
+            return f"{who} was not part of this run"
+        if "unavailable" in cell:
+            return f"{who} not available ({cell['unavailable']})"
+    return "no measurement"
 
 
-def render(results: dict) -> str:
-    """The whole report as text: machine, wrk tables, open-loop tables, verdicts."""
+def render(results: dict, style: Style = "text") -> str:
+    """The whole report: machine, wrk tables, open-loop tables, verdicts."""
     m = results["machine"]
+    md = style == "markdown"
+    gap = [""] if md else []
     lines = [f"Proxy benchmark, {m['date']}: {m['nproc']} CPUs ({m['cpu']}), "
-             f"load average {m['loadavg_start']} at start, {m.get('loadavg_end', '?')} at end",
+             f"load average {m['loadavg_start']} at start, {m.get('loadavg_end', '?')} at end;",
              f"nginx {m['versions'].get('nginx', '?')}, haproxy "
              f"{m['versions'].get('haproxy', '?')}, wrk {m['versions'].get('wrk', '?')}, "
              f"Python {m['python']}", ""]
     for mode in results.get("wrk", {}):
-        lines += [*wrk_table(results, mode), ""]
+        title, *table = wrk_table(results, mode, style)
+        lines += [f"**{title}**" if md else title, *gap, *table, ""]
     for rate in results.get("openloop", {}):
-        lines += [*openloop_table(results, rate), ""]
-    lines.append("Targets (issue #3, one worker):")
+        title, *table = openloop_table(results, rate, style)
+        lines += [f"**{title}**" if md else title, *gap, *table, ""]
+    lines += ["Targets (issue #3, one worker):", *gap]
     for v in results.get("verdicts", []):
-        lines.append(f"  [{v['status']}] {v['target']}: {v['detail']}")
+        status = f"**{v['status']}**" if md else f"[{v['status']}]"
+        lines.append(f"{'-' if md else ' '} {status} {v['target']}: {v['detail']}")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m loadtests.report results.json [--markdown]``: re-print a saved run."""
+    p = argparse.ArgumentParser(prog="python -m loadtests.report",
+                                description="Print the report of a run saved with --json.")
+    p.add_argument("results", help="the file written by python -m loadtests.bench --json")
+    p.add_argument("--markdown", action="store_true", help="markdown tables (for README.md)")
+    args = p.parse_args(argv)
+    try:
+        results = json.loads(Path(args.results).read_text())
+    except (OSError, ValueError) as e:
+        print(f"report: cannot read {args.results}: {e}", file=sys.stderr)
+        return 2
+    print(render(results, "markdown" if args.markdown else "text"), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,8 @@ targets (met / NOT met / not measured -- never a number that was not measured)."
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,11 +110,11 @@ def test_wrk_result_line_is_parsed_exactly() -> None:
 
 
 def test_connection_per_request_mode_sends_connection_close() -> None:
-    argv = wrk.command("http://127.0.0.1:1/", script=bench.Path("s.lua"), mode="close",
+    argv = wrk.command("http://127.0.0.1:1/", script=Path("s.lua"), mode="close",
                        duration=2, connections=8)
     assert argv[argv.index("-H") + 1] == "Connection: close"
     assert {"-c8", "-t1", "-d2s"} <= set(argv)
-    keep = wrk.command("http://127.0.0.1:1/", script=bench.Path("s.lua"), mode="keepalive",
+    keep = wrk.command("http://127.0.0.1:1/", script=Path("s.lua"), mode="keepalive",
                        duration=2, connections=8)
     assert "-H" not in keep
 
@@ -159,3 +161,26 @@ def test_meshproxy_config_written_by_the_bench_is_valid_for_meshproxy(layer: str
     assert (listener.address, listener.port) == ("127.0.0.1", 18080)
     assert [e.address for e in cfg.cluster("backend").endpoints] == ["127.0.0.1:18081"]
     assert cfg.process.workers == 1
+
+
+def test_a_missing_reference_is_named_in_the_verdict() -> None:
+    results = _results()
+    del results["wrk"]["keepalive"]["nginx"]
+    v = _by_goal(results)
+    assert v["meshproxy-l7 req/s >= 0.6x nginx (keep-alive)"] == (
+        "not measured", "nginx was not part of this run")
+
+
+def test_markdown_report_has_one_row_per_target_and_reasons_in_place_of_numbers(
+        tmp_path: Path) -> None:
+    results = _results()
+    results["wrk"]["keepalive"]["meshproxy-l4"] = {"unavailable": "exited with status 1"}
+    results["verdicts"] = report.verdicts(results)
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(results))
+    text = report.render(results, "markdown")
+    assert "| nginx | L7 | 20000 | 0.67 | 2.00 | 0 | 1.00x | 1.00x | 50 | 10.0 |" in text
+    assert "| meshproxy-l4 | not available (exited with status 1) |" in text
+    assert "- **NOT met** meshproxy-l7 resident memory" not in text  # 35 MB is within 40
+    assert report.main([str(saved), "--markdown"]) == 0
+    assert report.main([str(tmp_path / "missing.json")]) == 2
