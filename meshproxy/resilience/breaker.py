@@ -99,6 +99,9 @@ class Admission(enum.IntEnum):
     TRIAL = 2   # one of the bounded half-open trials (tokens 2, 3, ...: one per episode)
 
 
+_PASS, _TRIAL = int(Admission.PASS), int(Admission.TRIAL)  # plain ints: cheaper compares
+
+
 def admission_kind(token: int) -> Admission:
     return Admission(min(token, Admission.TRIAL))
 
@@ -166,7 +169,7 @@ class Breaker:
         token to :meth:`record` (or :meth:`cancel`) when the request ends."""
         state = self._state
         if state == "closed":
-            return Admission.PASS
+            return _PASS
         if state == "open":
             if now < self._opened_at + self.config.reset_timeout:
                 self.rejected_total += 1
@@ -175,17 +178,17 @@ class Breaker:
             self._cb.half_open()          # pybreaker's state API; our listener follows
         if self._trials < self.config.half_open_trials:
             self._trials += 1
-            return Admission.TRIAL + self._episode
+            return _TRIAL + self._episode
         self.rejected_total += 1
         return Admission.REFUSED
 
     def _current_trial(self, token: int) -> bool:
-        return token == Admission.TRIAL + self._episode and self._state == "half_open"
+        return token == _TRIAL + self._episode and self._state == "half_open"
 
     def record(self, admission: int, ok: bool, now: float) -> None:
         """The classified outcome of a request ``allow`` admitted (ok: not a failure as
         the route defines failure; the caller classifies, e.g. 5xx and resets fail)."""
-        if admission >= Admission.TRIAL:
+        if admission >= _TRIAL:
             if self._current_trial(admission):
                 self._trials -= 1
                 if ok:
@@ -194,7 +197,7 @@ class Breaker:
                         return
                 self._feed(ok)
             return                       # a trial of an earlier episode: stale
-        if admission != Admission.PASS or self._state != "closed":
+        if admission != _PASS or self._state != "closed":
             return                       # refused, or admitted before a trip: stale
         ratio = self.config.failure_ratio
         if ratio is not None:
@@ -212,7 +215,7 @@ class Breaker:
     def cancel(self, admission: int) -> None:
         """A request admitted by :meth:`allow` ended without an outcome (cancelled by the
         client): frees its trial slot, judges nothing."""
-        if admission >= Admission.TRIAL and self._current_trial(admission):
+        if admission >= _TRIAL and self._current_trial(admission):
             self._trials -= 1
 
     def _feed(self, ok: bool) -> None:

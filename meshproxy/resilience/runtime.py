@@ -201,6 +201,9 @@ class ResilienceRuntime:
     def _set_shedding(self, cfg: SheddingConfig | None) -> None:
         if cfg is None:
             self.shedder = None
+            if self.lag is not None:
+                self.lag.stop()
+                self.lag = None
             return
         if self.shedder is not None and (self.shedder.config == cfg
                                          or self.shedder.reconfigure(cfg)):

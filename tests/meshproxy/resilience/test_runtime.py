@@ -159,3 +159,15 @@ async def test_start_and_stop_run_and_cancel_the_timers() -> None:
     rt.stop()
     assert rt.clusters["catalog"].outlier._timer is None
     assert rt.lag._handle is None
+
+
+async def test_turning_shedding_off_stops_the_lag_timer() -> None:
+    loop = asyncio.get_running_loop()
+    rt = ResilienceRuntime(ProxyResilienceConfig(shedding=SheddingConfig()), clock=loop.time)
+    rt.start(loop)
+    lag = rt.lag
+    rt.apply(ProxyResilienceConfig(), clusters={}, routes={})
+    assert rt.shedder is None
+    assert rt.lag is None
+    assert lag._handle is None
+    rt.stop()
