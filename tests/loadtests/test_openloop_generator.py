@@ -47,8 +47,11 @@ class _Backend(asyncio.Protocol):
             self.transport.abort()
             return
         body = b"ok"
-        self.transport.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s"
-                             % (self.app.status, len(body), body))
+        close = b"Connection: close\r\n" if self.app.close_after_answer else b""
+        self.transport.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n%s"
+                             % (self.app.status, len(body), close, body))
+        if self.app.close_after_answer:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -58,6 +61,7 @@ class _App:
     def __init__(self) -> None:
         self.status = 200
         self.drop_every = 0
+        self.close_after_answer = False
         self.requests = 0
         self.connections = 0
         self.gate = asyncio.Event()
@@ -162,6 +166,16 @@ async def test_dropped_connections_fail_their_request_and_are_replaced(backend: 
     assert res.completed == 40
     assert res.unfinished == 0
     assert backend.connections > 2  # replaced after each reset
+
+
+async def test_connection_close_answers_are_counted_and_the_connection_replaced(
+        backend: _App) -> None:
+    backend.close_after_answer = True
+    res = await OpenLoopGenerator(f"http://127.0.0.1:{backend.port}/", rate=200,
+                                  duration=0.2, connections=2).run()
+    assert res.completed == 40
+    assert res.errors == {}
+    assert backend.connections >= 40  # a fresh connection for every request
 
 
 async def test_a_server_that_never_answers_ends_the_run_with_unfinished_requests(
