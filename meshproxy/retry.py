@@ -23,6 +23,9 @@ second user of the budget and ``deadline`` for the time left to retry in):
   Counters (``statistics()``): attempts, retries, hedges, refused by the budget.
 - :class:`ReplayBuffer`: keeps a request body for replay up to a bound; beyond it the
   body is dropped and the request is not retried (Linkerd's 64 KiB rule).
+- :func:`run_with_retries`: the retry loop that composes all of the above with a
+  :class:`~meshproxy.deadline.Deadline`; what the engine's retry layer runs around its
+  inner handler, and what the tests drive with coroutine endpoints.
 
 The engine describes each finished attempt as an :class:`Outcome`. Mapping from the
 request path's error tree (``meshproxy.errors``): ConnectFailure and ConnectTimeout →
@@ -35,13 +38,19 @@ route sets ``retry_non_idempotent``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from meshproxy.deadline import Deadline
+from meshproxy.endpoint import Endpoint
+
+T = TypeVar("T")
 
 Condition = Literal["connect-failure", "reset", "per-try-timeout", "502", "503", "504"]
 OutcomeKind = Literal["response", "connect-failure", "reset", "per-try-timeout"]
@@ -372,3 +381,74 @@ class ReplayBuffer:
             raise RuntimeError(f"body of {self._size} bytes exceeded the {self.limit}-byte "
                                "replay buffer and cannot be replayed")
         return list(self._chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt(Generic[T]):
+    """One finished attempt: how it ended, what it produced (a response, or the error
+    it raised) and the endpoint it went to."""
+
+    outcome: Outcome
+    value: T
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult(Generic[T]):
+    """The attempt that ends the request, and why no further one was made."""
+
+    last: Attempt[T]
+    attempts: int
+    stopped: Verdict | Literal["budget-refused", "deadline-expired"]
+
+
+async def run_with_retries(attempt: Callable[[Sequence[Endpoint], float | None],
+                                             Awaitable[Attempt[T]]], *,
+                           policy: RetryPolicy, budget: RetryBudget, method: str | bytes,
+                           rng: random.Random, deadline: Deadline | None = None,
+                           now: Callable[[], float] = time.monotonic,
+                           body_replayable: Callable[[], bool] = lambda: True,
+                           discard: Callable[[T], None] = lambda _: None,
+                           sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                           ) -> RetryResult[T]:
+    """Make attempts until one is final. ``attempt(tried, timeout)`` sends one try,
+    avoiding the endpoints in ``tried`` (the balancer's ``exclude``) within
+    ``timeout`` seconds (None: no per-try limit), and reports it as an :class:`Attempt`
+    rather than raising. ``discard`` releases a result that a retry replaces.
+    ``now`` must be the clock of ``deadline`` (the loop's time in the engine). Failing
+    fast on a deadline already spent before the first attempt is the caller's job
+    (it answers 504 without calling this); later attempts are not started when the
+    deadline would be spent by the end of the backoff.
+    """
+    tried: list[Endpoint] = []
+    number = 0
+    budget.request_started()
+    holding = False  # budget taken for the attempt in flight
+    try:
+        while True:
+            number += 1
+            remaining = deadline.remaining(now()) if deadline is not None else None
+            budget.attempt_started()
+            if remaining is not None:
+                remaining = max(remaining, 0.0)
+            last = await attempt(tuple(tried), policy.attempt_timeout(remaining))
+            if holding:
+                budget.release_retry()
+                holding = False
+            tried.append(last.endpoint)
+            verdict = policy.should_retry(last.outcome, number, method,
+                                          body_replayable=body_replayable())
+            if verdict != "retry":
+                return RetryResult(last, number, verdict)
+            wait = policy.backoff.delay(number, rng)
+            if deadline is not None and deadline.expired(now() + wait):
+                return RetryResult(last, number, "deadline-expired")
+            if not budget.try_acquire_retry():
+                return RetryResult(last, number, "budget-refused")
+            holding = True
+            discard(last.value)
+            await sleep(wait)
+    finally:
+        if holding:
+            budget.release_retry()
+        budget.request_finished()
