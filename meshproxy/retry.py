@@ -1,7 +1,7 @@
 """Retries: which failures retry, how long to wait, and the budget that stops a storm.
 
-Pure objects with no I/O, for the engine's retry layer to drive (see ``hedge`` for the
-second user of the budget and ``deadline`` for the time left to retry in):
+Objects with no I/O of their own, for the engine's retry layer to drive (see ``hedge``
+for the second user of the budget and ``deadline`` for the time left to retry in):
 
 - :class:`RetryConfig` (frozen, per route) and the runtime :class:`RetryPolicy` built
   from it: ``should_retry(outcome, attempt, method, body_replayable=...)`` returns a
