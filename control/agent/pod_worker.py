@@ -11,7 +11,7 @@ status, never exceptions out of ``sync``: one broken Pod cannot stop the agent.
 
 :meth:`PodWorker.status` renders Kubernetes' PodStatus (phase, conditions,
 containerStatuses with state/lastState/restartCount/ready, hostIP, podIP, startTime)
-plus ``hostPorts``, the host ports this node published for the Pod (the endpoints
+plus ``portMappings``, the host ports this node published for the Pod (the endpoints
 controller needs them: pods here are reached at ``hostIP:hostPort``).
 :meth:`PodWorker.terminate` is the graceful delete: every container gets SIGTERM, then
 SIGKILL after the grace period, then is removed, and the Pod's ports are released.
@@ -345,7 +345,7 @@ class PodWorker:
             "podIP": self.node_ip,
             "startTime": _rfc3339(self._start_time),
             "containerStatuses": statuses,
-            "hostPorts": [dict(b.to_json(), container=name)
+            "portMappings": [dict(b.to_json(), container=name)
                           for name, bs in self._bindings.items() for b in bs],
         }
 

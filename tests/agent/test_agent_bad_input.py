@@ -21,7 +21,7 @@ def _waiting(worker, name: str = "app") -> tuple[str, str]:
 async def _good_pod_still_runs(make_worker) -> None:
     w = make_worker(pod("fine", container("app", HTTPD, ports=[{"containerPort": 8080}])))
     await w.sync()
-    url = f"http://127.0.0.1:{w.status()['hostPorts'][0]['hostPort']}/index.html"
+    url = f"http://127.0.0.1:{w.status()['portMappings'][0]['hostPort']}/index.html"
     await wait_until(lambda: asyncio.to_thread(http_get, url), what="the good pod")
 
 

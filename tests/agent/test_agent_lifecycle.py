@@ -23,7 +23,7 @@ def _status(worker, name: str = "app") -> dict:
 async def _serving(worker) -> str:
     """Sync until the pod's first published port answers; return its base URL."""
     await worker.sync()
-    binding = worker.status()["hostPorts"][0]
+    binding = worker.status()["portMappings"][0]
     url = f"http://127.0.0.1:{binding['hostPort']}"
     await wait_until(lambda: asyncio.to_thread(http_get, url + "/index.html"),
                      what=f"{url} to answer")
@@ -32,7 +32,7 @@ async def _serving(worker) -> str:
 
 async def test_pod_serves_on_published_host_port_and_becomes_ready(make_worker, runtime):
     """The container starts, answers through the host port allocated for it, and the Pod
-    reports Running with Ready=True and the port in status.hostPorts."""
+    reports Running with Ready=True and the port in status.portMappings."""
     w = make_worker(pod("web", container("app", HTTPD, ports=[{"containerPort": 8080,
                                                                "name": "http"}])))
     url = await _serving(w)
@@ -41,7 +41,7 @@ async def test_pod_serves_on_published_host_port_and_becomes_ready(make_worker, 
     st = await w.sync()
     assert st["phase"] == "Running"
     assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
-    [hp] = st["hostPorts"]
+    [hp] = st["portMappings"]
     assert hp["containerPort"] == 8080
     assert hp["container"] == "app"
     assert w.ports.range[0] <= hp["hostPort"] <= w.ports.range[1]
@@ -194,7 +194,7 @@ async def test_restarted_agent_adopts_running_containers(make_worker, runtime, t
                          uid="uid-adopt-1"))
     url = await _serving(w1)
     cid = w1.container_id("app")
-    port = w1.status()["hostPorts"][0]["hostPort"]
+    port = w1.status()["portMappings"][0]["hostPort"]
 
     rt2 = _reopen(runtime, tmp_path)
     try:
@@ -205,7 +205,7 @@ async def test_restarted_agent_adopts_running_containers(make_worker, runtime, t
         st = await w2.sync()
         assert w2.container_id("app") == cid
         assert [i.id for i in await rt2.list()] == [cid]
-        assert st["hostPorts"][0]["hostPort"] == port
+        assert st["portMappings"][0]["hostPort"] == port
         assert w2.ports.held(w2.pod.uid) == [port]
         assert _status(w2)["restartCount"] == 0
         assert (await asyncio.to_thread(http_get, url + "/index.html"))[0] == 200

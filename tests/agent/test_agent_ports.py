@@ -64,10 +64,10 @@ def test_requested_host_port_is_exclusive():
 
 def test_adopted_ports_are_not_handed_out_again():
     """Ports read back from running containers after a restart count as held."""
-    lo, hi = _range(2)
+    lo, hi = _range(20)
     ports = HostPorts("127.0.0.1", (lo, hi))
     ports.adopt("pod-a", [lo])
-    assert ports.allocate("pod-b") == lo + 1
+    assert ports.allocate("pod-b") != lo  # (lo + 1 unless another process holds it)
     assert ports.held("pod-a") == [lo]
 
 

@@ -189,7 +189,7 @@ class DockerRuntime:
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         status, raw = await self._call("GET", f"/containers/{container_id}/json")
-        if status == 404:
+        if status == 404 or _gone(raw):
             raise ContainerNotFound(f"no container {container_id[:12]}")
         if status != 200:
             raise ContainerRuntimeError(f"inspect {container_id[:12]}: {_message(raw)}")
@@ -276,6 +276,12 @@ class DockerRuntime:
         except TimeoutError as e:
             raise RuntimeUnavailable(
                 f"engine at {self.socket_path}: {method} {path} timed out") from e
+
+
+def _gone(raw: bytes) -> bool:
+    """Podman answers 500 (not 404) for a container removed while it was being looked
+    up ("does not exist in database: no such container")."""
+    return b"no such container" in raw.lower()
 
 
 def _message(raw: bytes) -> str:

@@ -1,0 +1,260 @@
+"""The agent's pod manager: one task per Pod, fed with the desired set of Pods.
+
+Wherever the Pods come from (the API server's watch of Pods bound to this node, or a
+directory of static manifests, see ``static.py``), the agent is told the *whole
+desired set* (:meth:`Agent.set_pods`), level-triggered like the kubelet's pod config:
+
+- a Pod not yet known gets a :class:`~control.agent.pod_worker.PodWorker` and a task
+  that syncs it whenever something is due (probe, back-off, a 1 s resync to notice
+  exits) and reports its status when it changed;
+- a Pod that disappears from the set is terminated gracefully (its
+  ``terminationGracePeriodSeconds``) and forgotten;
+- a Pod whose spec changed (same uid, different spec) is restarted with the new spec,
+  since containers cannot be changed in place;
+- a Pod dict the agent cannot run is reported once with its PodSpecError (a Failed
+  status and a Warning event) and not retried until it changes.
+
+Housekeeping after the first desired set: containers in the runtime that belong to
+this node but to no desired Pod (left by a crash, or Pods deleted while the agent was
+down) are stopped and removed, so an agent restart leaves no orphans.
+
+Status and events leave through two callbacks, so the API server writer and the static
+mode's status files are interchangeable. Stopping the agent (:meth:`Agent.close`)
+leaves containers running, as a kubelet restart does; they are adopted on the next
+start. ``stop_pods=True`` stops them too (the all-in-one's Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from control.agent.clock import Clock
+from control.agent.pod_worker import EventType, PodWorker
+from control.agent.ports import HostPorts
+from control.agent.restart import BackOff
+from control.agent.runtime.base import ContainerRuntimeError, Runtime
+from control.agent.spec import Pod, PodSpecError, parse_pod
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+StatusSink = Callable[[Obj, Obj], Awaitable[None]]
+"""``(pod dict, status)``: publish a Pod's new status (API server or file)."""
+EventSink = Callable[[Obj, EventType, str, str], Awaitable[None]]
+"""``(pod dict, type, reason, message)``: record an Event about a Pod."""
+
+
+class _Entry:
+    def __init__(self, obj: Obj, pod: Pod, worker: PodWorker) -> None:
+        self.obj = obj
+        self.pod = pod
+        self.worker = worker
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.last_status: Obj | None = None
+
+
+class Agent:
+    """Runs the desired Pods of one node on one runtime."""
+
+    def __init__(self, *, node: str, node_ip: str, runtime: Runtime, ports: HostPorts,
+                 clock: Clock, state_dir: Path, status_sink: StatusSink,
+                 event_sink: EventSink | None = None) -> None:
+        self.node = node
+        self.node_ip = node_ip
+        self.runtime = runtime
+        self.ports = ports
+        self.clock = clock
+        self.state_dir = Path(state_dir)
+        self.backoff = BackOff(clock)
+        self._status_sink = status_sink
+        self._event_sink = event_sink
+        self._pods: dict[str, _Entry] = {}  # uid -> entry
+        self._rejected: dict[str, str] = {}  # uid -> repr of the refused spec
+        self._background: set[asyncio.Task[None]] = set()  # terminations, event writes
+        self._housekept = False
+
+    # -- desired state -----------------------------------------------------------
+
+    async def set_pods(self, objs: list[Obj]) -> None:
+        """Make the running set match ``objs`` (every Pod bound to this node)."""
+        desired: dict[str, tuple[Obj, Pod]] = {}
+        for obj in objs:
+            uid = str((obj.get("metadata") or {}).get("uid", ""))
+            if (obj.get("metadata") or {}).get("deletionTimestamp"):
+                continue  # being deleted: treat as gone (graceful termination below)
+            try:
+                pod = parse_pod(obj)
+            except PodSpecError as e:
+                await self._reject(obj, uid, e)
+                continue
+            self._rejected.pop(uid, None)
+            desired[pod.uid] = (obj, pod)
+        for uid in list(self._pods):
+            entry = self._pods[uid]
+            if uid not in desired:
+                self._retire(uid, grace=_deletion_grace(entry.obj, objs))
+            elif desired[uid][1] != entry.pod:
+                log.info("pod %s: spec changed, recreating its containers", entry.pod.key)
+                self._retire(uid, grace=entry.pod.termination_grace_period)
+        for uid, (obj, pod) in desired.items():
+            if uid in self._pods:
+                self._pods[uid].obj = obj
+                continue
+            self._start(obj, pod)
+        if not self._housekept:
+            self._housekept = True
+            await self._housekeeping(set(desired))
+
+    def _start(self, obj: Obj, pod: Pod) -> None:
+        def events(kind: EventType, reason: str, message: str) -> None:
+            if self._event_sink is not None:
+                t = asyncio.get_running_loop().create_task(
+                    self._event_sink(obj, kind, reason, message))
+                self._background.add(t)
+                t.add_done_callback(self._background.discard)
+
+        worker = PodWorker(pod, runtime=self.runtime, ports=self.ports, node=self.node,
+                           node_ip=self.node_ip, clock=self.clock, backoff=self.backoff,
+                           state_dir=self.state_dir, events=events)
+        entry = _Entry(obj, pod, worker)
+        entry.task = asyncio.get_running_loop().create_task(
+            self._run_pod(entry), name=f"pod {pod.key}")
+        self._pods[pod.uid] = entry
+
+    def _retire(self, uid: str, *, grace: float) -> None:
+        entry = self._pods.pop(uid)
+        t = asyncio.get_running_loop().create_task(self._terminate(entry, grace),
+                                                   name=f"terminate {entry.pod.key}")
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    async def _terminate(self, entry: _Entry, grace: float) -> None:
+        if entry.task is not None:
+            entry.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await entry.task
+        try:
+            await entry.worker.terminate(grace)
+        except ContainerRuntimeError as e:
+            log.error("pod %s: terminating failed: %s", entry.pod.key, e)
+        await self._publish(entry, entry.worker.status())
+
+    async def _reject(self, obj: Obj, uid: str, err: PodSpecError) -> None:
+        if self._rejected.get(uid) == str(err):
+            return
+        self._rejected[uid] = str(err)
+        log.warning("pod %s/%s refused: %s", (obj.get("metadata") or {}).get("namespace"),
+                    (obj.get("metadata") or {}).get("name"), err)
+        status = {"phase": "Failed", "reason": "InvalidPodSpec", "message": str(err),
+                  "hostIP": self.node_ip}
+        await self._status_sink(obj, status)
+        if self._event_sink is not None:
+            await self._event_sink(obj, "Warning", "FailedCreate", str(err))
+
+    async def _housekeeping(self, desired: set[str]) -> None:
+        """Remove this node's containers that belong to no desired Pod (orphans)."""
+        try:
+            infos = await self.runtime.list()
+        except ContainerRuntimeError as e:
+            log.warning("housekeeping skipped: %s", e)
+            return
+        for info in infos:
+            if info.pod_uid in desired:
+                continue
+            log.info("removing orphaned container %s (pod uid %s)", info.id[:12], info.pod_uid)
+            with contextlib.suppress(ContainerRuntimeError):
+                if info.state == "running":
+                    await self.runtime.stop(info.id, grace=0)
+                await self.runtime.remove(info.id)
+
+    # -- the per-Pod loop ----------------------------------------------------------
+
+    async def _run_pod(self, entry: _Entry) -> None:
+        while True:
+            entry.wake.clear()
+            try:
+                status = await entry.worker.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not kill the agent; the next pass retries
+                log.exception("pod %s: sync failed", entry.pod.key)
+                status = entry.worker.status()
+            await self._publish(entry, status)
+            await self._sleep(entry)
+
+    async def _sleep(self, entry: _Entry) -> None:
+        sleeper = asyncio.ensure_future(self.clock.sleep(entry.worker.next_wake()))
+        waker = asyncio.ensure_future(entry.wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (sleeper, waker):
+                f.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+
+    async def _publish(self, entry: _Entry, status: Obj) -> None:
+        # Timestamps aside, publish only real changes: a write per pod per second
+        # would be a load on the API server for nothing.
+        if _stable(status) == _stable(entry.last_status):
+            return
+        entry.last_status = status
+        try:
+            await self._status_sink(entry.obj, status)
+        except Exception:
+            entry.last_status = None  # try again next pass
+            log.exception("pod %s: publishing status failed", entry.pod.key)
+
+    def poke(self, uid: str) -> None:
+        """Sync one Pod now (a watch event, an exec that changed it)."""
+        entry = self._pods.get(uid)
+        if entry is not None:
+            entry.wake.set()
+
+    def worker(self, namespace: str, name: str) -> PodWorker | None:
+        for entry in self._pods.values():
+            if entry.pod.namespace == namespace and entry.pod.name == name:
+                return entry.worker
+        return None
+
+    # -- shutdown -------------------------------------------------------------------
+
+    async def close(self, *, stop_pods: bool = False) -> None:
+        """Stop the agent's tasks. Containers keep running unless ``stop_pods``."""
+        entries = list(self._pods.values())
+        if stop_pods:
+            for entry in entries:
+                self._retire(entry.pod.uid, grace=entry.pod.termination_grace_period)
+        else:
+            self._pods.clear()
+            for entry in entries:
+                if entry.task is not None:
+                    entry.task.cancel()
+            await asyncio.gather(*(e.task for e in entries if e.task),
+                                 return_exceptions=True)
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _deletion_grace(obj: Obj, objs: list[Obj]) -> float:
+    """The grace period for a Pod leaving the set: the deleting object's
+    ``deletionGracePeriodSeconds`` when it is still listed as terminating, else its spec."""
+    uid = (obj.get("metadata") or {}).get("uid")
+    for o in objs:
+        meta = o.get("metadata") or {}
+        if meta.get("uid") == uid and meta.get("deletionGracePeriodSeconds") is not None:
+            return float(meta["deletionGracePeriodSeconds"])
+    spec = obj.get("spec") or {}
+    return float(spec.get("terminationGracePeriodSeconds", 30))
+
+
+def _stable(status: Obj | None) -> str:
+    if status is None:
+        return ""
+    return json.dumps(status, sort_keys=True, default=str)

@@ -1,0 +1,138 @@
+"""``meshctl agent``: run the node agent.
+
+``main(argv)`` parses the agent's options, picks the runtime (``--runtime auto``:
+the Docker Engine API when an engine answers on one of the sockets, the process
+runtime otherwise, and it says which and why), and runs the pod manager
+(``agent.py``) until SIGTERM or SIGINT.
+
+Pod sources: ``--pod-manifest-path DIR`` (static Pods, ``static.py``), re-read every
+``--sync-interval`` seconds. The API-server source (``--server``) is wired in once the
+REST client and the API server land; until then asking for it exits 2 and says so.
+
+On exit the containers keep running (as a kubelet restart leaves them) and the next
+start adopts them; ``--stop-pods-on-exit`` stops them (for the all-in-one's Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from control import __version__
+from control.agent.agent import Agent
+from control.agent.clock import SystemClock
+from control.agent.ports import HostPorts
+from control.agent.runtime.base import Runtime
+from control.agent.runtime.docker import DEFAULT_SOCKETS, DockerRuntime, detect_socket
+from control.agent.runtime.process import ProcessRuntime
+from control.agent.static import StaticPods, StatusFiles
+
+log = logging.getLogger("control.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshctl agent",
+        description="Run the node agent: Pods in containers (Docker Engine API: Docker "
+                    "or Podman) or as local processes, with probes and restarts.")
+    p.add_argument("--node-name", default=socket.gethostname(),
+                   help="this node's name (default: the hostname)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="the node's address: host ports are published on it")
+    p.add_argument("--runtime", choices=("auto", "docker", "process"), default="auto",
+                   help="auto: docker when an engine answers, else process")
+    p.add_argument("--docker-socket", action="append", default=[], metavar="PATH",
+                   help=f"engine socket to try (repeatable; default {', '.join(DEFAULT_SOCKETS)})")
+    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/mesh-agent"),
+                   help="the agent's state: process runtime, volumes, status files")
+    p.add_argument("--port-range", default="30000-32767",
+                   help="host ports handed to Pods (LOW-HIGH)")
+    p.add_argument("--pod-manifest-path", type=Path,
+                   help="run the Pods in this directory's manifests (static Pods)")
+    p.add_argument("--server", help="API server URL (not available yet)")
+    p.add_argument("--sync-interval", type=float, default=2.0,
+                   help="seconds between reads of the Pod source")
+    p.add_argument("--stop-pods-on-exit", action="store_true",
+                   help="stop this node's Pods when the agent exits")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        lo, hi = (int(x) for x in args.port_range.split("-", 1))
+        ports = HostPorts(args.address, (lo, hi))
+    except ValueError as e:
+        print(f"meshctl agent: --port-range {args.port_range!r}: {e}", file=sys.stderr)
+        return 2
+    if args.server:
+        print("meshctl agent: --server is not available yet (the API-server pod source "
+              "lands with the REST client); use --pod-manifest-path", file=sys.stderr)
+        return 2
+    if args.pod_manifest_path is None:
+        print("meshctl agent: give a pod source: --pod-manifest-path DIR", file=sys.stderr)
+        return 2
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_run(args, ports))
+
+
+async def pick_runtime(kind: str, *, node: str, data_dir: Path,
+                       sockets: Sequence[str] = ()) -> Runtime:
+    """The runtime to use; ``auto`` prefers an answering Docker-API engine."""
+    candidates = tuple(sockets) or DEFAULT_SOCKETS
+    if kind in ("auto", "docker"):
+        found = await detect_socket(candidates)
+        if found is not None:
+            rt = DockerRuntime(found, node=node)
+            log.info("runtime: docker API at %s (%s)", found, await rt.version())
+            return rt
+        if kind == "docker":
+            raise SystemExit(f"meshctl agent: no container engine answers at "
+                             f"{', '.join(candidates)}")
+        log.info("runtime: process (no container engine answered at %s)",
+                 ", ".join(candidates))
+    rt = ProcessRuntime(data_dir / "process", node=node)
+    log.info("runtime: %s", await rt.version())
+    return rt
+
+
+async def _run(args: argparse.Namespace, ports: HostPorts) -> int:
+    data_dir: Path = args.data_dir
+    runtime = await pick_runtime(args.runtime, node=args.node_name, data_dir=data_dir,
+                                 sockets=args.docker_socket)
+    agent = Agent(node=args.node_name, node_ip=args.address, runtime=runtime, ports=ports,
+                  clock=SystemClock(), state_dir=data_dir,
+                  status_sink=StatusFiles(data_dir / "status"))
+    source = StaticPods(args.pod_manifest_path, node=args.node_name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("mesh agent %s on node %s: pods from %s", __version__, args.node_name,
+             args.pod_manifest_path)
+    try:
+        while not stop.is_set():
+            await agent.set_pods(source.load())
+            try:
+                await asyncio.wait_for(stop.wait(), args.sync_interval)
+            except TimeoutError:
+                pass
+    finally:
+        log.info("stopping%s", " and stopping pods" if args.stop_pods_on_exit else
+                 " (pods keep running)")
+        await agent.close(stop_pods=args.stop_pods_on_exit)
+        await runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

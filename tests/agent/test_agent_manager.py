@@ -1,0 +1,138 @@
+"""The agent's pod manager (agent.py) fed with desired Pod sets, on both runtimes:
+statuses are published, removed Pods are terminated, orphans are swept, invalid Pods
+are reported without stopping the others, and a new agent adopts running Pods."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from agent_kit import HTTPD, container, http_get, pod, wait_until
+
+from control.agent.agent import Agent
+from control.agent.clock import SystemClock
+from control.agent.pod_worker import PodWorker
+from control.agent.restart import BackOff
+from control.agent.spec import parse_pod
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Recorder:
+    """Collects what the agent publishes (the API-server writer's stand-in)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, dict] = {}
+        self.events: list[tuple[str, str, str, str]] = []
+
+    async def status(self, obj: dict, status: dict) -> None:
+        self.statuses[obj["metadata"]["name"]] = status
+
+    async def event(self, obj: dict, kind: str, reason: str, message: str) -> None:
+        self.events.append((obj["metadata"]["name"], kind, reason, message))
+
+
+def _agent(runtime, host_ports, tmp_path: Path, rec: Recorder) -> Agent:
+    return Agent(node=runtime.node, node_ip="127.0.0.1", runtime=runtime, ports=host_ports,
+                 clock=SystemClock(), state_dir=tmp_path / "agent", status_sink=rec.status,
+                 event_sink=rec.event)
+
+
+def _web(name: str, uid: str | None = None) -> dict:
+    return pod(name, container("app", HTTPD, ports=[{"containerPort": 8080}]), uid=uid,
+               grace=0)
+
+
+async def test_desired_pods_run_and_removed_pods_are_terminated(runtime, host_ports,
+                                                                tmp_path):
+    """A Pod in the set runs and its Running/Ready status is published; taking it out of
+    the set stops and removes its containers and frees its port."""
+    rec = Recorder()
+    agent = _agent(runtime, host_ports, tmp_path, rec)
+    try:
+        web = _web("web")
+        await agent.set_pods([web])
+        st = await wait_until(lambda: _ready(rec, "web"), what="web Ready")
+        url = f"http://127.0.0.1:{st['portMappings'][0]['hostPort']}/index.html"
+        await wait_until(lambda: asyncio.to_thread(http_get, url), what="web serving")
+        assert any(e[2] == "Started" for e in rec.events)
+        await agent.set_pods([])
+        await wait_until(lambda: _empty(runtime), what="web's containers removed")
+        await wait_until(lambda: host_ports.held(web["metadata"]["uid"]) == [],
+                         what="web's host port released")
+        assert rec.statuses["web"]["containerStatuses"][0]["ready"] is False
+    finally:
+        await agent.close(stop_pods=True)
+
+
+async def test_orphans_are_removed_and_running_pods_adopted_after_restart(
+        runtime, host_ports, clock, tmp_path):
+    """A new agent (restart) keeps the container of a Pod still desired (same id) and
+    removes the container of a Pod that is not (an orphan)."""
+    keep, gone = _web("keep", uid=str(uuid.uuid4())), _web("gone")
+    for p in (keep, gone):  # what a previous agent left running
+        w = PodWorker(parse_pod(p), runtime=runtime, ports=host_ports, node=runtime.node,
+                      node_ip="127.0.0.1", clock=clock, backoff=BackOff(clock),
+                      state_dir=tmp_path / "agent")
+        await w.sync()
+    before = {i.pod_uid: i.id for i in await runtime.list()}
+    assert len(before) == 2
+    rec = Recorder()
+    agent = _agent(runtime, host_ports, tmp_path, rec)
+    try:
+        await agent.set_pods([keep])
+        st = await wait_until(lambda: _ready(rec, "keep"), what="keep Ready")
+        after = await runtime.list()
+        assert [i.id for i in after] == [before[keep["metadata"]["uid"]]]
+        assert st["containerStatuses"][0]["restartCount"] == 0
+    finally:
+        await agent.close(stop_pods=True)
+    assert await runtime.list() == []
+
+
+async def test_invalid_pod_is_reported_and_others_still_run(runtime, host_ports, tmp_path):
+    """A Pod the agent cannot parse gets a Failed status naming the field and a Warning
+    event, once; the valid Pod beside it runs."""
+    rec = Recorder()
+    agent = _agent(runtime, host_ports, tmp_path, rec)
+    bad = pod("bad", {"name": "app", "image": "x", "ports": [{"containerPort": 0}]})
+    good = _web("good")
+    try:
+        await agent.set_pods([bad, good])
+        await agent.set_pods([bad, good])  # reported once, not per pass
+        await wait_until(lambda: _ready(rec, "good"), what="good Ready")
+        assert rec.statuses["bad"]["phase"] == "Failed"
+        assert "spec.containers[0].ports[0].containerPort" in rec.statuses["bad"]["message"]
+        assert [e[2] for e in rec.events if e[0] == "bad"] == ["FailedCreate"]
+    finally:
+        await agent.close(stop_pods=True)
+
+
+async def test_closing_without_stop_pods_leaves_containers_for_the_next_agent(
+        runtime, host_ports, tmp_path):
+    """close() without stop_pods keeps the containers running (a kubelet restart)."""
+    rec = Recorder()
+    agent = _agent(runtime, host_ports, tmp_path, rec)
+    web = _web("web")
+    await agent.set_pods([web])
+    await wait_until(lambda: _ready(rec, "web"), what="web Ready")
+    await agent.close()
+    [info] = await runtime.list()
+    assert info.state == "running"
+    agent2 = _agent(runtime, host_ports, tmp_path, Recorder())
+    await agent2.set_pods([web])
+    await agent2.close(stop_pods=True)
+    assert await runtime.list() == []
+
+
+def _ready(rec: Recorder, name: str) -> dict | None:
+    st = rec.statuses.get(name)
+    if st and {c["type"]: c["status"] for c in st["conditions"]}.get("Ready") == "True":
+        return st
+    return None
+
+
+async def _empty(runtime) -> bool:
+    return await runtime.list() == []
