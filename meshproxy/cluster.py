@@ -26,7 +26,7 @@ from meshproxy.http.pool import Pool
 
 if TYPE_CHECKING:
     from meshproxy.config.clusters import ClusterConfig
-    from meshproxy.metrics import Stats
+    from meshproxy.metrics import Stats, Tally
 
 
 def make_balancer(policy: str, endpoints: list[Endpoint]) -> Balancer:
@@ -48,7 +48,7 @@ class Cluster:
         self.endpoints: list[Endpoint] = []
         self.pools: dict[tuple[str, int], Pool] = {}
         self.balancer: Balancer = make_balancer(config.lb_policy, [])
-        self._ep_metrics: dict[tuple[str, int], tuple] = {}
+        self._tallies: dict[tuple[str, int], Tally] = {}
         self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
 
     def configure(self, config: ClusterConfig) -> None:
@@ -91,7 +91,7 @@ class Cluster:
                 pool = self.pools.pop(key, None)
                 if pool is not None:
                     pool.close()
-                self._ep_metrics.pop(key, None)
+                self._tallies.pop(key, None)
                 del ep
         self.endpoints = new_list
         self.balancer.update(new_list)
@@ -109,29 +109,18 @@ class Cluster:
             pool.closing = True
         return pool
 
-    def endpoint_metrics(self, ep: Endpoint) -> tuple:
-        """(requests-by-class children, duration child) for an endpoint, bound once."""
-        m = self._ep_metrics.get(ep.key)
-        if m is None:
-            s, addr = self.stats, ep.address
-            m = ({i: s.upstream_requests.labels(self.name, addr, f"{i}xx") for i in range(1, 6)},
-                 s.upstream_duration.labels(self.name, addr))
-            self._ep_metrics[ep.key] = m
-        return m
-
     def attempt_done(self, ep: Endpoint, started: float, ok: bool, status: int,
                      reason: str = "") -> None:
-        """Account for one finished attempt to ``ep``."""
+        """Account for one finished attempt to ``ep``: its load, the balancer's view,
+        metrics."""
         ep.active_requests -= 1
         latency = self.loop.time() - started
         self.balancer.observe(ep, latency, ok and status < 500)
-        codes, duration = self.endpoint_metrics(ep)
         if ok:
-            codes[min(max(status // 100, 1), 5)].inc()
-            duration.observe(latency)
-            ep.stats["requests"] = ep.stats.get("requests", 0) + 1
-            if status >= 500:
-                ep.stats["5xx"] = ep.stats.get("5xx", 0) + 1
+            tally = self._tallies.get(ep.key)
+            if tally is None:
+                tally = self._tallies[ep.key] = self.stats.endpoint_tally(self.name, ep.address)
+            tally.record(status, latency)
         else:
             self.stats.upstream_errors.labels(self.name, ep.address, reason or "error").inc()
             ep.stats["errors"] = ep.stats.get("errors", 0) + 1
@@ -157,12 +146,13 @@ class Cluster:
         eps = []
         for ep in self.endpoints:
             pool = self.pools.get(ep.key)
+            tally = self._tallies.get(ep.key)
             eps.append({
                 "address": ep.address, "weight": ep.weight, "healthy": ep.healthy,
                 "ejected": ep.ejected_until > now, "active_requests": ep.active_requests,
-                "requests": int(ep.stats.get("requests", 0)),
+                "requests": sum(tally.count(i) for i in range(1, 6)) if tally else 0,
                 "errors": int(ep.stats.get("errors", 0)),
-                "responses_5xx": int(ep.stats.get("5xx", 0)),
+                "responses_5xx": tally.count(5) if tally else 0,
                 "pool": {"idle": len(pool.idle), "busy": pool.busy_count(),
                          "waiting": len(pool.waiters), "connects": pool.connects,
                          "connect_failures": pool.connect_failures} if pool else None,

@@ -100,6 +100,11 @@ class HttpListener:
         if tx:
             self._tx.inc(tx)
 
+    def sweep(self) -> None:
+        """Periodic: move the connections' byte counts into the metrics."""
+        for conn in self.connections:
+            conn.flush_bytes()
+
     # --- shutdown --------------------------------------------------------------------
     def stop_accepting(self) -> None:
         if self.server is not None:

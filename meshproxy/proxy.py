@@ -166,6 +166,9 @@ class Proxy:
         now = self.loop.time()
         for cluster in self.clusters.values():
             cluster.sweep(now)
+        for lst in self.listeners.values():
+            lst.sweep()
+        self.stats.flush()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     # --- shutdown -----------------------------------------------------------------
@@ -179,6 +182,12 @@ class Proxy:
         await asyncio.gather(*(lst.drain(timeout) for lst in self.listeners.values()),
                              *self._retiring)
         await self.close()
+
+    def flush_metrics(self) -> None:
+        """Bring prometheus-client up to date (before a scrape)."""
+        for lst in self.listeners.values():
+            lst.sweep()
+        self.stats.flush()
 
     async def close(self) -> None:
         """Close everything now (tests, and the end of a drain)."""
@@ -204,6 +213,7 @@ class Proxy:
                 for conn in list(pool.owned):
                     conn.abort()
         await asyncio.sleep(0)  # let transports deliver connection_lost
+        self.stats.flush()
 
     def snapshot(self) -> dict:
         """State for /clusters and the worker snapshot files."""

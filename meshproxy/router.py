@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from meshproxy.config.listeners import HeaderMatch, HttpListenerConfig, RouteConfig
-from meshproxy.stack import build_handler
+from meshproxy.stack import build_handler, direct_forward
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
@@ -50,7 +50,7 @@ class Route:
     """One route of a listener, with its handler stack and bound metrics."""
 
     __slots__ = ("_exact_host", "_headers", "_path", "_prefix", "_regex", "_suffix",
-                 "cluster", "config", "duration", "handler", "name", "requests")
+                 "cluster", "config", "direct", "handler", "name", "tally", "timeout")
 
     def __init__(self, config: RouteConfig, cluster: Cluster, *, listener: str,
                  stats: Stats) -> None:
@@ -58,6 +58,8 @@ class Route:
         self.config = config
         self.cluster = cluster
         self.handler: Handler = build_handler(config, cluster)
+        self.direct = direct_forward(config, cluster)
+        self.timeout = config.timeout
         m = config.match
         host = m.host.lower().encode() if m.host else None
         self._suffix = host[1:] if host and host.startswith(b"*.") else None
@@ -66,9 +68,7 @@ class Route:
         self._path = m.path.encode() if m.path else None
         self._regex = re.compile(m.regex.encode()) if m.regex else None
         self._headers = tuple(_HeaderRule(h) for h in m.headers)
-        self.requests = {i: stats.downstream_requests.labels(listener, self.name, f"{i}xx")
-                         for i in range(1, 6)}
-        self.duration = stats.downstream_duration.labels(listener, self.name)
+        self.tally = stats.route_tally(listener, self.name)
 
     def matches(self, ex: Exchange) -> bool:
         if self._exact_host is not None and ex.host != self._exact_host:

@@ -37,6 +37,29 @@ def route_layers(route: RouteConfig) -> list[Layer | None]:
     ]
 
 
+#: The layers every route has. A route with nothing else runs "fused" (below).
+DEFAULT_LAYERS = (Rescue, RouteTimeout)
+
+
+def _layer_type(layer: Layer) -> object:
+    return layer.func if isinstance(layer, partial) else layer
+
+
+def direct_forward(route: RouteConfig, cluster: Cluster) -> Forward | None:
+    """The fused fast path of a route whose stack is only the defaults, else None.
+
+    Such a route's whole path is "pick, send on an idle pooled connection, answer or
+    map the error": the downstream protocol runs it with callbacks
+    (:meth:`Forward.try_direct` and a timer for the route timeout) instead of a task
+    and three coroutine frames per request. The semantics are the same as the stack's
+    (the same local replies and reasons); whenever it cannot (no idle connection, the
+    stale-connection retry) the request falls back to the full stack. Any other layer
+    configured for the route turns it off.
+    """
+    types = tuple(_layer_type(layer) for layer in route_layers(route) if layer is not None)
+    return Forward(cluster) if types == DEFAULT_LAYERS else None
+
+
 def build_handler(route: RouteConfig, cluster: Cluster) -> Handler:
     """The request path of ``route``: its layers around :class:`Forward`."""
     # Innermost: one attempt to one endpoint picked by the cluster's balancer.

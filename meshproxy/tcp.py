@@ -43,9 +43,11 @@ class _Upstream(asyncio.Protocol):
             d.transport.write(data)
 
     def eof_received(self) -> bool:
-        if self.down.transport is not None and self.down.transport.can_write_eof():
-            self.down.transport.write_eof()
-        return True
+        d = self.down
+        d.eof_up = True
+        if d.transport is not None and d.transport.can_write_eof():
+            d.transport.write_eof()
+        return d.check_both_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -70,6 +72,7 @@ class TcpDownstream(asyncio.Protocol):
         self.upstream: _Upstream | None = None
         self.endpoint: Endpoint | None = None
         self.active = False
+        self.eof_down = self.eof_up = False
         self.rx = self.tx = 0
         self._pending: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
@@ -130,10 +133,23 @@ class TcpDownstream(asyncio.Protocol):
                 self.transport.pause_reading()  # resumed by the upstream's connect
 
     def eof_received(self) -> bool:
+        self.eof_down = True
         up = self.upstream
         if up is not None and up.transport is not None and up.transport.can_write_eof():
             up.transport.write_eof()
-        return True
+        return self.check_both_eof()
+
+    def check_both_eof(self) -> bool:
+        """Half-close passes through; once both directions ended, close both sides.
+        Returns what ``eof_received`` must return (True: keep the transport open)."""
+        if not (self.eof_down and self.eof_up):
+            return True
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.close()
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
     def pause_writing(self) -> None:
         up = self.upstream
@@ -247,6 +263,11 @@ class TcpListener:
             self._rx.inc(rx)
         if tx:
             self._tx.inc(tx)
+
+    def sweep(self) -> None:
+        for conn in self.connections:
+            self.count_bytes(conn.rx, conn.tx)
+            conn.rx = conn.tx = 0
 
     def stop_accepting(self) -> None:
         if self.server is not None:

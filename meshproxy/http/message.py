@@ -177,9 +177,9 @@ class Response:
 class Exchange:
     """One request travelling through the layers, and the state they share."""
 
-    __slots__ = ("_head", "attempts", "body", "client", "deadline", "headers", "host",
-                 "keep_alive", "listener", "lowered", "method", "path", "query", "route",
-                 "start", "target", "upgrade", "values", "version")
+    __slots__ = ("_head", "attempts", "body", "client", "deadline", "endpoint", "headers",
+                 "host", "keep_alive", "listener", "lowered", "method", "path", "query",
+                 "route", "start", "target", "upgrade", "values", "version")
 
     def __init__(self, *, method: bytes, target: bytes, path: bytes, query: bytes,
                  version: str, headers: Headers, lowered: list[bytes], host: bytes,
@@ -203,6 +203,7 @@ class Exchange:
         self.route: Any = None
         self.deadline = float("inf")  # loop-clock time by which the response head is due
         self.attempts = 0
+        self.endpoint: Any = None     # the endpoint of the current (or last) attempt
         self.values: dict[str, Any] | None = None  # per-request scratch for layers
 
     def header(self, name: bytes) -> bytes | None:

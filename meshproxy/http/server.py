@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import random
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -37,9 +37,10 @@ from meshproxy.http.flow import FlowControl
 from meshproxy.http.headers import HOP_BY_HOP, connection_tokens, serialize
 from meshproxy.http.message import Exchange, RequestBody, Response
 from meshproxy.http.reply import local_reply
+from meshproxy.layers.forward import stale_retry_ok
 
 if TYPE_CHECKING:
-    from meshproxy.http.upstream import UpstreamBody
+    from meshproxy.http.upstream import UpstreamBody, UpstreamConnection
     from meshproxy.listener import HttpListener
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,16 @@ _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connec
                       b"proxy-authorization", b"proxy-authenticate", b"http2-settings"})
 _STANDARD_CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te",
                                    b"http2-settings"})
+
+
+_rng = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
+
+
+def request_id() -> bytes:
+    """A random (version 4) UUID for X-Request-Id, without a getrandom syscall each."""
+    h = b"%032x" % ((_rng.getrandbits(128) & ~(0xF000 << 64 | 0xC << 60)) | 0x4000 << 64
+                    | 0x8 << 60)
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 class _Head:
@@ -91,6 +102,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._active: Exchange | None = None      # request being answered
         self._queue: deque[Exchange] = deque()    # pipelined requests waiting their turn
         self._task: asyncio.Task[None] | None = None
+        self._direct: UpstreamConnection | None = None  # fused path in progress
+        self._direct_timer: asyncio.TimerHandle | None = None
         self._streaming: UpstreamBody | None = None
         self._head_sent = False
         self._chunked = False
@@ -124,13 +137,15 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
+        if self._direct is not None:
+            self._direct.cancel()
         if self._streaming is not None:
             self._streaming.discard()
             self._streaming = None
         if self._tunnel is not None:
             self._tunnel.tunnel_close()
             self._tunnel = None
-        self._flush_bytes()
+        self.flush_bytes()
         self.listener.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -289,7 +304,7 @@ class HttpServerProtocol(asyncio.Protocol):
             headers.append((b"x-forwarded-proto", b"http"))
             lowered += (b"x-forwarded-for", b"x-forwarded-proto")
         if cfg.request_id and not head.rid:
-            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+            headers.append((b"x-request-id", request_id()))
             lowered.append(b"x-request-id")
         body = RequestBody(length=head.cl, chunked=head.chunked, flow=self.flow)
         keep_alive = parser.should_keep_alive() and upgrade is None and (
@@ -348,7 +363,34 @@ class HttpServerProtocol(asyncio.Protocol):
             self._send_response(ex, local_reply(404, "no_route"))
             return
         ex.route = route
+        direct = route.direct
+        if direct is not None:
+            conn = direct.try_direct(ex, self._direct_head)
+            if conn is not None:
+                self._direct = conn
+                self._direct_timer = self.loop.call_at(
+                    min(ex.start + route.timeout, ex.deadline), conn.cancel)
+                return
         self._task = self.loop.create_task(self._run(ex, route.handler))
+
+    def _direct_head(self, resp: Response | None, exc: ProxyError | None) -> None:
+        """The fused path's answer (see meshproxy.stack.direct_forward)."""
+        conn, self._direct = self._direct, None
+        if self._direct_timer is not None:
+            self._direct_timer.cancel()
+            self._direct_timer = None
+        ex = self._active
+        if ex is None or self.closed:
+            if resp is not None:
+                resp.discard()
+            return
+        if resp is None:
+            assert exc is not None
+            if conn is not None and stale_retry_ok(ex, conn, exc):
+                self._task = self.loop.create_task(self._run(ex, ex.route.handler))
+                return
+            resp = local_reply(exc.status, exc.reason)
+        self._send_response(ex, resp)
 
     async def _run(self, ex: Exchange, handler) -> None:
         try:
@@ -503,11 +545,9 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         route = ex.route
         if route is not None:
-            route.requests[min(max(self._status // 100, 1), 5)].inc()
-            route.duration.observe(self.loop.time() - ex.start)
-        self._flush_bytes()
+            route.tally.record(self._status, self.loop.time() - ex.start)
 
-    def _flush_bytes(self) -> None:
+    def flush_bytes(self) -> None:
         if self._rx or self._tx:
             self.listener.count_bytes(self._rx, self._tx)
             self._rx = self._tx = 0
@@ -525,6 +565,10 @@ class HttpServerProtocol(asyncio.Protocol):
             if self._task is not None:
                 self._task.cancel()
                 self._task = None
+            if self._direct is not None:
+                conn, self._direct = self._direct, None
+                self._active = None  # so the cancelled attempt's callback answers nothing
+                conn.cancel()
             self._reply_and_close(err)
         elif self._reading is self._active:
             self.abort_body(err)

@@ -44,6 +44,8 @@ class ResponseSink(Protocol):
 
 #: Called once per exchange when it is over: (ok, status or 0, failure reason or "").
 DoneCallback = Callable[[bool, int, str], None]
+#: Called with the response head, or with the error that came instead.
+HeadCallback = Callable[[Response | None, ProxyError | None], None]
 
 
 class _HeadResponseDone(Exception):
@@ -140,7 +142,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = 0             # exchanges completed on this connection
         self.idle_since = 0.0
-        self._waiter: asyncio.Future[Response] | None = None
+        self._waiter: asyncio.Future[Response] | HeadCallback | None = None
+        self._deliver: tuple[HeadCallback, Response] | None = None
         self._body: UpstreamBody | None = None
         self._on_done: DoneCallback | None = None
         self._headers: list[tuple[bytes, bytes]] = []
@@ -185,6 +188,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(UpstreamProtocolError(f"bad response: {e}"))
         except httptools.HttpParserError as e:
             self._fail(UpstreamProtocolError(f"bad response: {e}"))
+        if self._deliver is not None:
+            (callback, resp), self._deliver = self._deliver, None
+            callback(resp, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -213,13 +219,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- sending ---------------------------------------------------------------------
     def send(self, head: bytes, body: RequestBody | None, *, head_only: bool,
-             on_done: DoneCallback) -> asyncio.Future[Response]:
-        """Write a request; the future resolves with the response head."""
+             on_done: DoneCallback, on_head: HeadCallback | None = None,
+             ) -> asyncio.Future[Response]:
+        """Write a request. The response head resolves the returned future or, when
+        ``on_head`` is given, is passed to it (then the future is not used)."""
         assert not self.busy
         assert self.transport is not None
         self.busy = True
         self._silent = 0
-        self._waiter = waiter = self.loop.create_future()
+        waiter: asyncio.Future[Response] | HeadCallback
+        waiter = on_head if on_head is not None else self.loop.create_future()
+        self._waiter = waiter
         self._on_done = on_done
         self._head_only = head_only
         self._informational = False
@@ -237,7 +247,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._req_body = body
             if not body.attach(self):
                 raise UpstreamReset("request body cannot be replayed")
-        return waiter
+        return waiter  # type: ignore[return-value]
 
     def write_body(self, data: bytes) -> None:
         if self.transport is None or self.closed:
@@ -291,9 +301,15 @@ class UpstreamConnection(asyncio.Protocol):
         resp = Response(status, headers, phrase=self._phrase, source=body,
                         content_length=cl, upgrade=status == 101,
                         version=self.parser.get_http_version())
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(resp)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(resp)
+            else:
+                # Deliver once this read is parsed: the body bytes that came with the
+                # head then leave in the same write as the head.
+                self._deliver = (waiter, resp)
         if self._head_only and status != 101:
             raise _HeadResponseDone
 
@@ -332,13 +348,19 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.busy = False
         waiter, self._waiter = self._waiter, None
+        if self._deliver is not None:  # the head came but was not handed over yet
+            waiter, self._deliver = self._deliver[0], None
         body, self._body = self._body, None
         if self._req_body is not None:
             self._req_body.detach()
             self._req_body = None
         self.abort()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        if waiter is not None:
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            else:
+                waiter(None, exc)
         if body is not None:
             body.fail(exc)
         self._done(False, 0, exc.reason)

@@ -11,19 +11,34 @@ reused idle connection that the upstream closed just as we sent on it (reset bef
 any response byte), for an idempotent request whose body can be replayed. That is a
 property of connection reuse, not a policy (Go's net/http does the same), so it does
 not belong to the retry layer. Retry policy is a layer of its own above this one.
+
+:meth:`Forward.try_direct` is the same attempt without a task, for routes whose stack
+is only the defaults (see :func:`meshproxy.stack.direct_forward`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from meshproxy.balance import PickContext
 from meshproxy.cluster import Cluster
-from meshproxy.errors import UpstreamReset
+from meshproxy.endpoint import Endpoint
+from meshproxy.errors import ProxyError, UpstreamReset
 from meshproxy.http.message import Exchange, Response
 from meshproxy.http.upstream import UpstreamConnection
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+#: Callback form of the response-head future: (response, None) or (None, error).
+HeadCallback = Callable[[Response | None, ProxyError | None], None]
+
+
+def stale_retry_ok(ex: Exchange, conn: UpstreamConnection, exc: ProxyError) -> bool:
+    """True for the keep-alive race: a reused connection reset before any response,
+    for an idempotent request whose body can be sent again."""
+    return (isinstance(exc, UpstreamReset) and conn.reused > 0 and ex.method in IDEMPOTENT
+            and ex.body.replayable)
 
 
 class Forward:
@@ -37,22 +52,46 @@ class Forward:
 
     async def __call__(self, ex: Exchange) -> Response:
         cluster = self.cluster
-        exclude = ex.values.get("tried", ()) if ex.values else ()
-        ep = cluster.pick(PickContext(self.loop.time()), exclude)
+        ep = ex.endpoint
+        if ep is None or ex.attempts:
+            exclude = ex.values.get("tried", ()) if ex.values else ()
+            ep = cluster.pick(PickContext(self.loop.time()), exclude)
+        ex.endpoint = ep
         pool = cluster.pool(ep)
         conn = pool.take_idle()
         if conn is None:
             conn = await pool.acquire()
         try:
-            return await self._attempt(ex, ep, conn)
-        except UpstreamReset:
-            if not (conn.reused and ex.method in IDEMPOTENT and ex.body.replayable):
-                raise
-        # The stale keep-alive race: once more, on a fresh connection.
-        conn = await pool.acquire()
-        return await self._attempt(ex, ep, conn)
+            try:
+                return await self._send(ex, ep, conn, None)
+            except UpstreamReset as e:
+                if not stale_retry_ok(ex, conn, e):
+                    raise
+            # The stale keep-alive race: once more, on a fresh connection.
+            conn = await pool.acquire()
+            return await self._send(ex, ep, conn, None)
+        except asyncio.CancelledError:
+            conn.cancel()  # timed out or the client left: this connection is unusable
+            raise
 
-    async def _attempt(self, ex: Exchange, ep, conn: UpstreamConnection) -> Response:
+    def try_direct(self, ex: Exchange, on_head: HeadCallback) -> UpstreamConnection | None:
+        """Start the attempt without a task when an idle pooled connection is at hand;
+        None when not (the endpoint picked is kept in ``ex.endpoint`` for the task)."""
+        ep = self.cluster.balancer.pick(PickContext(self.loop.time()), ())
+        if ep is None:
+            return None
+        ex.endpoint = ep
+        conn = self.cluster.pool(ep).take_idle()
+        if conn is None:
+            return None
+        try:
+            self._send(ex, ep, conn, on_head)
+        except UpstreamReset:
+            return None
+        return conn
+
+    def _send(self, ex: Exchange, ep: Endpoint, conn: UpstreamConnection,
+              on_head: HeadCallback | None) -> asyncio.Future[Response]:
         cluster = self.cluster
         started = self.loop.time()
         ep.active_requests += 1
@@ -62,14 +101,9 @@ class Forward:
             cluster.attempt_done(ep, started, ok, status, reason)
 
         try:
-            fut = conn.send(ex.upstream_head(), ex.body, head_only=ex.method == b"HEAD",
-                            on_done=done)
+            return conn.send(ex.upstream_head(), ex.body, head_only=ex.method == b"HEAD",
+                             on_done=done, on_head=on_head)
         except UpstreamReset:
             conn.abort()
             done(False, 0, "body_not_replayable")
-            raise
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            conn.cancel()  # timed out or the client left: this connection is unusable
             raise

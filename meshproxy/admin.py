@@ -1,0 +1,167 @@
+"""The admin API (aiohttp, its own port, loopback by default).
+
+Read-only endpoints answer anyone who can reach the port: ``GET /ready``,
+``GET /metrics`` (Prometheus text format), ``GET /config_dump`` (the config in force
+with its version and load time, secrets redacted) and ``GET /clusters`` (every
+endpoint with health and counters). Every endpoint that changes state (today
+``POST /reload``; degradation switches and others add theirs with
+:meth:`AdminServer.add_route`) requires ``Authorization: Bearer <token>``; with no
+token configured those endpoints refuse everyone (403), unlike Envoy's admin API,
+which trusts whoever reaches it.
+
+What the endpoints show comes from an :class:`AdminSource`: the in-process proxy
+(:class:`ProxySource`) or, with several workers, the supervisor's merged view
+(:mod:`meshproxy.workers`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from meshproxy.config import AdminConfig, Loaded
+from meshproxy.metrics import collect_registry
+from meshproxy.proxy import Proxy
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminSource(Protocol):
+    """What the admin API reports on and acts upon."""
+
+    def ready(self) -> bool: ...
+    def loaded(self) -> Loaded: ...
+    def clusters(self) -> list[dict]: ...
+    def registry(self) -> CollectorRegistry: ...
+    async def reload(self) -> bool: ...
+
+
+class ProxySource:
+    """The admin view of a single-process proxy."""
+
+    def __init__(self, proxy: Proxy, config_path: str | Path) -> None:
+        self.proxy = proxy
+        self.path = config_path
+
+    def ready(self) -> bool:
+        return self.proxy.started and not self.proxy.draining
+
+    def loaded(self) -> Loaded:
+        return self.proxy.loaded
+
+    def clusters(self) -> list[dict]:
+        return [c.snapshot() for c in self.proxy.clusters.values()]
+
+    def registry(self) -> CollectorRegistry:
+        self.proxy.flush_metrics()
+        return collect_registry(self.proxy.stats.registry)
+
+    async def reload(self) -> bool:
+        return await self.proxy.reload(self.path)
+
+
+def read_token(cfg: AdminConfig) -> str | None:
+    """The admin token from the config or its file (None: mutations are refused)."""
+    if cfg.token_file is not None:
+        try:
+            return Path(cfg.token_file).read_text().strip() or None
+        except OSError as e:
+            log.error("admin token_file %s unreadable (%s): state-changing admin "
+                      "endpoints are refused", cfg.token_file, e.strerror)
+            return None
+    return cfg.token
+
+
+def redacted(loaded: Loaded) -> dict:
+    data = loaded.config.model_dump(mode="json")
+    if data.get("admin", {}).get("token"):
+        data["admin"]["token"] = "<redacted>"
+    return data
+
+
+class AdminServer:
+    """The aiohttp application and its site."""
+
+    def __init__(self, source: AdminSource, config: AdminConfig) -> None:
+        self.source = source
+        self.config = config
+        self.token = read_token(config)
+        self.app = web.Application()
+        self.app.router.add_get("/ready", self._ready)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/config_dump", self._config_dump)
+        self.app.router.add_get("/clusters", self._clusters)
+        self.add_route("POST", "/reload", self._reload)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def add_route(self, method: str, path: str, handler: Handler, *,
+                  mutating: bool = True) -> None:
+        """Add an endpoint; ``mutating`` ones require the bearer token."""
+        self.app.router.add_route(method, path, self._guard(handler) if mutating else handler)
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self.token is None:
+                return web.json_response(
+                    {"error": "no admin token is configured: state changes are disabled"},
+                    status=403)
+            auth = request.headers.get("Authorization", "")
+            given = auth[7:] if auth.startswith("Bearer ") else ""
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return web.json_response({"error": "missing or wrong bearer token"},
+                                         status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
+            return await handler(request)
+        return guarded
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.address, self.config.port,
+                           reuse_address=True)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        self.port = int(sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- handlers ----------------------------------------------------------------------
+    async def _ready(self, request: web.Request) -> web.Response:
+        if self.source.ready():
+            return web.Response(text="ready\n")
+        return web.Response(text="not ready\n", status=503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.source.registry())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _config_dump(self, request: web.Request) -> web.Response:
+        loaded = self.source.loaded()
+        return web.json_response({
+            "version": loaded.version, "source": loaded.source,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(loaded.loaded_at)),
+            "loaded_at_unix": loaded.loaded_at, "config": redacted(loaded)},
+            dumps=lambda o: json.dumps(o, indent=2))
+
+    async def _clusters(self, request: web.Request) -> web.Response:
+        return web.json_response({"clusters": self.source.clusters()},
+                                 dumps=lambda o: json.dumps(o, indent=2))
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        ok = await self.source.reload()
+        return web.json_response({"reloaded": ok, "version": self.source.loaded().version},
+                                 status=200 if ok else 422)
