@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvloop
@@ -43,6 +43,7 @@ from loadtests import openloop, report, targets, wrk
 from loadtests.procs import GroupUsage, Server, ServerFailed, ServerSet, group_usage
 
 SAMPLE_INTERVAL = 0.2  # seconds between memory/CPU samples of a target under load
+Log = Callable[[str], None]  # where progress lines go (stderr from the command line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +106,8 @@ def settings_from(args: argparse.Namespace) -> dict:
         raise ValueError(f"--duration {duration:g} is shorter than one second per round "
                          f"({rounds} rounds): wrk measures whole seconds")
     return {
-        "targets": names, "rounds": rounds, "duration": duration, "connections": args.connections,
+        "targets": names, "rounds": rounds, "duration": duration,
+        "connections": args.connections,
         "rates": rates, "ol_duration": ol_duration, "ol_connections": args.ol_connections,
         "wrk": not args.no_wrk, "openloop": not args.no_openloop, "quick": args.quick,
         "warmup": 0.0 if args.quick else 1.0, "ol_warmup": 0.3 if args.quick else 1.0,
@@ -228,7 +230,7 @@ def _dead(server: Server | None) -> str | None:
         f": {lines[-1].strip()}" if lines else "")
 
 
-async def run(s: dict, *, log=print) -> dict:
+async def run(s: dict, *, log: Log = print) -> dict:
     """Start everything, measure, stop everything; return the results dict."""
     results: dict = {"machine": machine(), "settings": s, "targets": {}, "wrk": {},
                      "openloop": {}}
@@ -269,7 +271,8 @@ async def run(s: dict, *, log=print) -> dict:
     return results
 
 
-def _reason(results: dict, running: dict, name: str) -> str | None:
+def _reason(results: dict, running: dict[str, tuple[int, Server | None]],
+            name: str) -> str | None:
     """Why ``name`` cannot be measured now (never started, or died since), or None."""
     if name not in running:
         return results["targets"][name]["unavailable"]
@@ -277,7 +280,7 @@ def _reason(results: dict, running: dict, name: str) -> str | None:
 
 
 async def _closed_loop(results: dict, running: dict[str, tuple[int, Server | None]],
-                       backend: Server, *, tmp: Path, log) -> None:
+                       backend: Server, *, tmp: Path, log: Log) -> None:
     """wrk through every target, per mode, in interleaved rounds (see ``--rounds``)."""
     s = results["settings"]
     script = wrk.write_script(tmp)
@@ -310,7 +313,7 @@ async def _closed_loop(results: dict, running: dict[str, tuple[int, Server | Non
 
 
 async def _open_loop(results: dict, running: dict[str, tuple[int, Server | None]], *,
-                     log) -> None:
+                     log: Log) -> None:
     """The open-loop generator through every target, per rate, in interleaved rounds."""
     s = results["settings"]
     per_round = s["ol_duration"] / s["rounds"]

@@ -25,8 +25,11 @@ How it runs (uvloop, asyncio ``Protocol`` + ``httptools``, no per-request tasks)
 
 Did it keep the rate? :attr:`OpenLoopResult.rate_kept` is true only when every scheduled
 request completed, the completion rate reached 97% of the target and the dispatcher's
-p99 lag stayed under 5 ms; otherwise :attr:`OpenLoopResult.rate_note` says which of
-these failed, so a report can say so instead of presenting a lower rate as the target.
+median lag stayed under 2 ms (a generator that cannot keep up falls further behind with
+every request, which moves the median; a short stall of the whole machine only moves the
+tail, shows in every target's latency alike, and is reported as the lag's p99);
+otherwise :attr:`OpenLoopResult.rate_note` says which of these failed, so a report can
+say so instead of presenting a lower rate as the target.
 
 Also a command line: ``python -m loadtests.openloop http://127.0.0.1:8080/ --rate 1000``.
 
@@ -53,8 +56,8 @@ import uvloop
 
 from loadtests.samples import Samples
 
-#: Dispatcher lag (p99) above which the generator itself is too late to claim the rate.
-MAX_LAG_P99 = 0.005
+#: Median dispatcher lag above which the generator itself did not keep the schedule.
+MAX_LAG_P50 = 0.002
 #: Share of the target rate that completions must reach for the rate to count as kept.
 MIN_RATE_SHARE = 0.97
 
@@ -134,9 +137,9 @@ class OpenLoopResult:
                          f"{self.unfinished} unfinished)")
         if self.achieved_rate < MIN_RATE_SHARE * self.rate:
             notes.append(f"achieved {self.achieved_rate:.0f}/s of {self.rate:.0f}/s")
-        lag99 = self.lag.percentile(99)
-        if not math.isnan(lag99) and lag99 > MAX_LAG_P99:
-            notes.append(f"generator lag p99 {lag99 * 1e3:.1f} ms (CPU-starved)")
+        lag50 = self.lag.percentile(50)
+        if not math.isnan(lag50) and lag50 > MAX_LAG_P50:
+            notes.append(f"generator behind schedule: median lag {lag50 * 1e3:.1f} ms")
         return "; ".join(notes)
 
     @property

@@ -219,3 +219,29 @@ def test_bad_arguments_are_refused_with_the_option_named() -> None:
         OpenLoopGenerator("http://127.0.0.1:1/", rate=0, duration=1)
     with pytest.raises(ValueError, match="connections"):
         OpenLoopGenerator("http://127.0.0.1:1/", rate=1, duration=1, connections=0)
+
+
+def _finished(rate: float, lags: list[float]) -> OpenLoopResult:
+    r = OpenLoopResult(rate, 1.0, 2)
+    r.scheduled = r.sent = r.completed = len(lags)
+    r.elapsed = len(lags) / rate
+    r.lag.extend(lags)
+    return r
+
+
+def test_a_generator_behind_schedule_does_not_claim_the_rate() -> None:
+    """Median lag over 2 ms means the generator itself fell behind: not kept, and said."""
+    late = _finished(1000, [0.003] * 100)
+    assert not late.rate_kept
+    assert "generator behind schedule: median lag 3.0 ms" in late.rate_note
+
+
+def test_a_short_stall_in_the_tail_still_keeps_the_rate() -> None:
+    """A machine-wide stall shows in the lag's tail only; every target sees it alike."""
+    stalled = _finished(1000, [0.0003] * 95 + [0.010] * 5)
+    assert stalled.rate_kept
+    assert stalled.rate_note == ""
+    slow = _finished(1000, [0.0003] * 100)
+    slow.elapsed = 0.2  # 100 completions over 0.2 s at a 1000/s target
+    assert not slow.rate_kept
+    assert "achieved 500/s of 1000/s" in slow.rate_note
