@@ -1,0 +1,217 @@
+"""The node lifecycle controller: NotReady marks, Pod readiness, eviction, orphaned Pods.
+
+**Heartbeat = a Node status update.** The agent rewrites its Node's status every few
+seconds with a fresh ``lastHeartbeatTime`` on the ``Ready`` condition (``agent/node.py``).
+This controller does not compare that timestamp with its own clock (the machines' clocks
+may disagree, and it has one-second resolution): like Kubernetes' ``probeTimestamp`` it
+records *when it observed* the timestamp change, on its own monotonic clock, and feeds
+that to :class:`~control.controllers.nodehealth.NodeHealth`. A Node first seen (also
+after a fail-over to a new leader) counts as heard from now, so a restart never evicts
+on old data. Its own writes keep ``lastHeartbeatTime`` unchanged, so they never count.
+
+Every ``tick`` seconds, :meth:`NodeLifecycleController.tick` asks ``NodeHealth`` what to
+do and converges, level-triggered:
+
+- a node past the grace period gets ``Ready=Unknown`` (reason ``NodeStatusUnknown``) and
+  every Pod on it gets ``Ready=False``, so the endpoints controller drops them at once
+  and the scheduler stops placing Pods there; re-checked each tick while NotReady;
+- a node NotReady for the eviction timeout has its Pods deleted (rate-limited across
+  nodes; none at all in a mass outage, see ``nodehealth.py``) so their owners recreate
+  them on healthy nodes; an Event ``NodeControllerEviction`` names each;
+- a Pod bound to a node that no longer exists is deleted after ``orphan_grace`` seconds
+  (Kubernetes' pod garbage collector), which is what happens to a deleted node's Pods.
+
+Runs on a :class:`~control.client.clock.Clock`, so tests move time by hand.
+
+Neighbours: ``nodehealth.py`` (the decisions), ``events.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from typing import Any
+
+from control.client import errors
+from control.client.cache import object_key, pods_by_node
+from control.client.clock import Clock, LoopClock, sleep
+from control.client.factory import InformerFactory
+from control.client.rest import ApiClient
+from control.controllers.events import EventRecorder
+from control.controllers.nodehealth import Decisions, NodeHealth, NodeHealthConfig
+from control.controllers.podutil import condition, is_ready
+
+Obj = dict[str, Any]
+log = logging.getLogger(__name__)
+
+NODE_INDEX = "node"
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def heartbeat_stamp(node: Obj) -> str | None:
+    c = condition(node, "Ready")
+    return c.get("lastHeartbeatTime") if c else None
+
+
+def _with_condition(obj: Obj, type_: str, status: str, reason: str, message: str) -> list[Obj]:
+    conds = copy.deepcopy((obj.get("status") or {}).get("conditions") or [])
+    for c in conds:
+        if c.get("type") == type_:
+            if c.get("status") != status:
+                c["lastTransitionTime"] = _stamp()
+            c.update(status=status, reason=reason, message=message)
+            return conds
+    conds.append({"type": type_, "status": status, "reason": reason, "message": message,
+                  "lastTransitionTime": _stamp()})
+    return conds
+
+
+class NodeLifecycleController:
+    """Turns missing heartbeats into NotReady nodes, unready Pods and evictions."""
+
+    name = "nodelifecycle"
+
+    def __init__(self, api: ApiClient, factory: InformerFactory, recorder: EventRecorder, *,
+                 config: NodeHealthConfig | None = None, tick: float = 1.0,
+                 orphan_grace: float = 10.0, clock: Clock | None = None) -> None:
+        if tick <= 0:
+            raise ValueError(f"tick must be > 0 seconds, got {tick}")
+        self.api = api
+        self.recorder = recorder
+        self.health = NodeHealth(config)
+        self.tick_period = tick
+        self.orphan_grace = orphan_grace
+        self._clock = clock or LoopClock()
+        self.nodes = factory.informer("nodes")
+        self.pods = factory.informer("pods", indexers={NODE_INDEX: pods_by_node})
+        self._stamps: dict[str, str | None] = {}
+        self.not_ready: set[str] = set()
+        self.evicting: set[str] = set()
+        self._orphans: dict[str, float] = {}  # pod uid -> first seen on a missing node
+        self.last: Decisions | None = None
+        self._stopped = asyncio.Event()
+        self.nodes.add_handler(on_add=self._node_seen, on_update=lambda _o, n: self._node_seen(n),
+                               on_delete=self._node_deleted)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def _node_seen(self, node: Obj) -> None:
+        name = object_key(node)
+        stamp = heartbeat_stamp(node)
+        if name not in self._stamps or stamp != self._stamps[name]:
+            self._stamps[name] = stamp
+            self.health.heartbeat(name, self._clock.now())
+
+    def _node_deleted(self, node: Obj) -> None:
+        name = object_key(node)
+        self._stamps.pop(name, None)
+        self.health.forget(name)
+        self.not_ready.discard(name)
+        self.evicting.discard(name)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.nodes.wait_synced()
+        await self.pods.wait_synced()
+        while not self._stopped.is_set():
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node lifecycle pass failed; trying again next tick")
+            await sleep(self._clock, self.tick_period)
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+
+    async def tick(self) -> Decisions:
+        """One pass: evaluate, then converge nodes and Pods. Returns the decisions."""
+        now = self._clock.now()
+        d = self.health.evaluate(now)
+        self.last = d
+        for name in d.mark_not_ready:
+            self.not_ready.add(name)
+            node = self.nodes.get(None, name)
+            if node is not None:
+                self.recorder.record(node, "Normal", "NodeNotReady",
+                                     f"Node {name} status is now: NodeNotReady (no heartbeat "
+                                     f"for {self.health.config.grace_period:g}s)")
+        for name in d.mark_ready:
+            self.not_ready.discard(name)
+            self.evicting.discard(name)
+        for name in d.evict:
+            self.evicting.add(name)
+        if d.waiting_for_eviction and d.state != "Normal":
+            log.warning("%s: not evicting pods of %d NotReady nodes (%s)", d.state,
+                        len(d.waiting_for_eviction), ", ".join(d.waiting_for_eviction[:5]))
+        for name in sorted(self.not_ready):
+            await self._enforce_not_ready(name)
+        for name in sorted(self.evicting):
+            await self._evict(name)
+        await self._collect_orphans(now)
+        return d
+
+    async def _enforce_not_ready(self, name: str) -> None:
+        node = self.nodes.get(None, name)
+        if node is None:
+            return
+        ready = condition(node, "Ready")
+        if ready is None or ready.get("status") != "Unknown":
+            conds = _with_condition(node, "Ready", "Unknown", "NodeStatusUnknown",
+                                    "Agent stopped posting node status.")
+            try:
+                await self.api.patch("nodes", name, {"status": {"conditions": conds}},
+                                     subresource="status")
+            except errors.NotFound:
+                return
+        for pod in self.pods.store.by_index(NODE_INDEX, name):
+            if not is_ready(pod):
+                continue
+            md = pod["metadata"]
+            conds = _with_condition(pod, "Ready", "False", "NodeNotReady",
+                                    f"node {name} is not ready")
+            try:
+                await self.api.patch("pods", md["name"], {"status": {"conditions": conds}},
+                                     namespace=md.get("namespace"), subresource="status")
+            except errors.NotFound:
+                pass
+
+    async def _evict(self, name: str) -> None:
+        for pod in self.pods.store.by_index(NODE_INDEX, name):
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            await self._delete_pod(pod, "NodeControllerEviction",
+                                   f"Deleting pod {object_key(pod)}: node {name} has been "
+                                   f"NotReady for {self.health.config.eviction_timeout:g}s")
+
+    async def _collect_orphans(self, now: float) -> None:
+        seen: set[str] = set()
+        for node_name in self.pods.store.index_values(NODE_INDEX):
+            if self.nodes.get(None, node_name) is not None:
+                continue
+            for pod in self.pods.store.by_index(NODE_INDEX, node_name):
+                uid = pod["metadata"].get("uid", "")
+                seen.add(uid)
+                first = self._orphans.setdefault(uid, now)
+                if now - first >= self.orphan_grace:
+                    await self._delete_pod(pod, "NodeDeleted",
+                                           f"Deleting pod {object_key(pod)}: its node "
+                                           f"{node_name} no longer exists")
+        for uid in list(self._orphans):
+            if uid not in seen:
+                del self._orphans[uid]
+
+    async def _delete_pod(self, pod: Obj, reason: str, message: str) -> None:
+        md = pod["metadata"]
+        try:
+            await self.api.delete("pods", md["name"], namespace=md.get("namespace"))
+        except errors.NotFound:
+            return
+        self.recorder.record(pod, "Warning", reason, message)
