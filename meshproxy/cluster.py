@@ -127,9 +127,14 @@ class Cluster:
 
     def sweep(self, now: float) -> None:
         """Close expired idle connections and sample pool sizes (about once a second)."""
-        idle = busy = 0
         for pool in self.pools.values():
             pool.sweep(now)
+        self.sample_pools()
+
+    def sample_pools(self) -> None:
+        """Set the pool-size gauges from the pools."""
+        idle = busy = 0
+        for pool in self.pools.values():
             idle += len(pool.idle)
             busy += pool.busy_count()
         self.stats.pool_connections.labels(self.name, "idle").set(idle)

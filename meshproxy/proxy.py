@@ -187,6 +187,8 @@ class Proxy:
         """Bring prometheus-client up to date (before a scrape)."""
         for lst in self.listeners.values():
             lst.sweep()
+        for cluster in self.clusters.values():
+            cluster.sample_pools()
         self.stats.flush()
 
     async def close(self) -> None:

@@ -1,0 +1,122 @@
+"""L4 TCP listeners: bytes both ways, half-close, connect failure, idle timeout, spread
+over endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+
+@pytest.fixture
+async def echo_server():
+    """A TCP server that echoes until EOF, then sends 'bye' and closes (half-close)."""
+    conns = 0
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal conns
+        conns += 1
+        writers.add(w)
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+            w.write(b"bye")
+            await w.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+            writers.discard(w)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server.conns = lambda: conns  # type: ignore[attr-defined]
+    yield server
+    server.close()
+    for w in list(writers):
+        w.transport.abort()
+    await server.wait_closed()
+
+
+def tcp_config(endpoints: list[str], idle: float = 3600) -> str:
+    eps = ", ".join(f'"{e}"' for e in endpoints)
+    return f"""
+admin: {{enabled: false}}
+listeners:
+  - {{protocol: tcp, name: raw, port: 0, cluster: c, idle_timeout: {idle}}}
+clusters:
+  - {{name: c, endpoints: [{eps}], connect_timeout: 2}}
+"""
+
+
+async def test_bytes_flow_both_ways_with_half_close(echo_server, proxy_factory) -> None:
+    """A megabyte goes through and back; the client's EOF reaches the server, whose
+    last words after it still reach the client."""
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+    r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+    payload = bytes(range(256)) * 4096
+    w.write(payload)
+    await w.drain()
+    got = await asyncio.wait_for(r.readexactly(len(payload)), 20)
+    assert got == payload
+    w.write_eof()
+    assert await asyncio.wait_for(r.read(), 10) == b"bye"
+    w.close()
+    await w.wait_closed()
+
+
+async def test_connect_failure_closes_client(proxy_factory, free_port: int) -> None:
+    """No listener behind the endpoint: the client's connection is closed, and the
+    outcome is counted."""
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{free_port}"]))
+    r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+    w.write(b"hello")
+    assert await asyncio.wait_for(r.read(), 10) == b""
+    w.close()
+    await w.wait_closed()
+    outcomes = {s.labels["outcome"]: s.value for m in p.stats.registry.collect()
+                if m.name == "meshproxy_tcp_connections" for s in m.samples
+                if s.name.endswith("_total")}
+    assert outcomes["connect_failure"] == 1
+
+
+async def test_idle_connection_is_closed(echo_server, proxy_factory) -> None:
+    """No byte either way for the idle timeout closes both sides."""
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"], idle=0.3))
+    r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+    w.write(b"x")
+    assert await asyncio.wait_for(r.readexactly(1), 10) == b"x"
+    assert await asyncio.wait_for(r.read(), 10) == b""
+    w.close()
+    await w.wait_closed()
+
+
+async def test_connections_spread_over_endpoints(proxy_factory) -> None:
+    """Round robin at connection level: four connections, two endpoints, two each."""
+    counts = [0, 0]
+
+    def make(i: int):
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            counts[i] += 1
+            w.write(b"%d" % i)
+            await w.drain()
+            w.close()
+        return handle
+
+    servers = [await asyncio.start_server(make(i), "127.0.0.1", 0) for i in range(2)]
+    try:
+        eps = [f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+        p = await proxy_factory(tcp_config(eps))
+        for _ in range(4):
+            r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+            await asyncio.wait_for(r.read(), 10)
+            w.close()
+            await w.wait_closed()
+        assert counts == [2, 2]
+    finally:
+        for s in servers:
+            s.close()
+            await s.wait_closed()

@@ -1,0 +1,57 @@
+"""``--workers N``: N processes share each port (SO_REUSEPORT), and the supervisor's
+admin API merges their metrics and cluster counters; SIGTERM drains all and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from client import request
+from test_process import _get, _start, _wait_exit, config
+
+from support.net import free_port as new_port
+from support.procs import child_pids
+
+
+@pytest.mark.system(commands=["promtool"])
+async def test_two_workers_share_port_and_merge_metrics(tmp_path: Path, spawn,
+                                                         upstream) -> None:
+    """With two workers both serve traffic; /metrics and /clusters count every request
+    once across them, /metrics passes promtool, and SIGTERM ends all processes."""
+    port, admin = new_port(), new_port()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(port, admin, [upstream.address]))
+    proc = await _start(spawn, path, port, admin, "--workers", "2")
+    for _ in range(100):
+        if (await _get(f"http://127.0.0.1:{admin}/ready"))[0] == 200:
+            break
+        await asyncio.sleep(0.1)
+    workers = child_pids(proc.pid)
+    assert len(workers) == 2
+    n = 40
+    for _ in range(n):  # fresh connections: the kernel spreads them over both workers
+        assert (await request(port)).status == 200
+    await asyncio.sleep(1.5)  # workers publish snapshots and flush tallies each second
+    _, body = await _get(f"http://127.0.0.1:{admin}/clusters")
+    ep = json.loads(body)["clusters"][0]["endpoints"][0]
+    assert ep["requests"] == n
+    _, metrics = await _get(f"http://127.0.0.1:{admin}/metrics")
+    text = metrics.decode()
+    line = [x for x in text.splitlines()
+            if x.startswith('meshproxy_downstream_requests_total{code_class="2xx"')]
+    assert line
+    assert float(line[0].split()[-1]) == n
+    assert upstream.connections >= 2  # each worker has its own upstream pool
+    check = await asyncio.to_thread(
+        subprocess.run, [shutil.which("promtool"), "check", "metrics"], input=metrics,
+        capture_output=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert await _wait_exit(proc) == 0
+    assert not child_pids(proc.pid)
