@@ -375,6 +375,15 @@ async def rollback(api: ApiClient, namespace: str, name: str, *, to_revision: in
     no such revision."""
     if to_revision < 0:
         raise ValueError(f"--to-revision must be >= 0, got {to_revision}")
+    for _ in range(5):  # the controller's status writes may race with ours: read again
+        try:
+            return await _rollback_once(api, namespace, name, to_revision)
+        except errors.Conflict:
+            continue
+    return await _rollback_once(api, namespace, name, to_revision)
+
+
+async def _rollback_once(api: ApiClient, namespace: str, name: str, to_revision: int) -> str:
     d = await api.get("deployments", name, namespace=namespace)
     revisions = dict((rev, rs) for rev, rs in
                      ((revision_of(rs), rs) for rs in await _owned_replicasets(api, d)))

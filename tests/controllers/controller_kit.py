@@ -198,3 +198,56 @@ async def running(cluster: Cluster, config: ManagerConfig | None = None
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def auto_ready(cluster: Cluster, *, only: Callable[[Obj], bool] | None = None
+                     ) -> AsyncIterator[None]:
+    """Play the agents: every bound, not-yet-ready Pod (that ``only`` accepts) is
+    reported Running and Ready shortly after it is bound."""
+    from control.client.informer import Informer
+
+    done: set[str] = set()
+    informer = Informer(cluster.client, "pods", namespace="default")
+    wake = asyncio.Event()
+    informer.add_handler(on_add=lambda _p: wake.set(), on_update=lambda _o, _n: wake.set())
+
+    async def loop() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            for pod in informer.list():
+                uid = pod["metadata"]["uid"]
+                if (uid in done or not pod["spec"].get("nodeName")
+                        or pod["metadata"].get("deletionTimestamp")
+                        or (only is not None and not only(pod))):
+                    continue
+                done.add(uid)
+                with contextlib.suppress(Exception):  # deleted meanwhile
+                    await cluster.set_pod_ready(pod)
+    async with informer:
+        task = asyncio.create_task(loop(), name="auto-ready")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def heartbeats(cluster: Cluster, alive: set[str], *, period: float = 0.2
+                     ) -> AsyncIterator[set[str]]:
+    """Play the agents' heartbeats: every ``period`` seconds each node named in ``alive``
+    (a set the test may change meanwhile) posts a fresh Ready status."""
+    async def loop() -> None:
+        while True:
+            for name in sorted(alive):
+                with contextlib.suppress(Exception):  # a node the test deleted
+                    await cluster.heartbeat(name)
+            await asyncio.sleep(period)
+    task = asyncio.create_task(loop(), name="heartbeats")
+    try:
+        yield alive
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
