@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open-loop rates, comma-separated (default 1000,5000)")
     p.add_argument("--ol-duration", type=float, default=None,
                    help="seconds of open-loop schedule per target and rate (default 8; quick 1.5)")
-    p.add_argument("--ol-connections", type=int, default=16, help="open-loop connections")
+    p.add_argument("--ol-connections", type=int, default=64,
+                   help="open-loop connections (a request due while all are busy waits, and "
+                        "its wait is counted; enough of them keep the client's own pool from "
+                        "being the bottleneck at 5,000/s)")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleave the targets in this many rounds per cell, so that "
                         "noise from other work on the machine spreads over all of them "
@@ -257,7 +260,11 @@ async def run(s: dict, *, log: Log = print) -> dict:
                 log(f"{name}: not available ({e})")
                 continue
             running[name] = (planned.port, server)
-            results["targets"][name] = {"port": planned.port, "layer": targets.LAYER[name]}
+            results["targets"][name] = {
+                "port": planned.port, "layer": targets.LAYER[name],
+                # Memory before any load: what the process costs just by running.
+                "rss_at_start_bytes": group_usage((server or backend).pgid).max_rss,
+            }
 
         if s["wrk"]:
             if shutil.which("wrk") is None:

@@ -184,3 +184,14 @@ def test_markdown_report_has_one_row_per_target_and_reasons_in_place_of_numbers(
     assert "- **NOT met** meshproxy-l7 resident memory" not in text  # 35 MB is within 40
     assert report.main([str(saved), "--markdown"]) == 0
     assert report.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_every_target_gets_a_verdict_even_when_a_part_was_skipped() -> None:
+    """Ten goals (rates and p99 in both modes, memory, added latency), always listed."""
+    full = report.verdicts(_results())
+    no_wrk = report.verdicts(_results(wrk={}))
+    assert len(full) == len(no_wrk) == 10
+    assert [v["target"] for v in full] == [v["target"] for v in no_wrk]
+    skipped = [v for v in no_wrk if v["status"] == "not measured"]
+    assert len(skipped) == 8
+    assert {v["detail"] for v in skipped} == {"no closed-loop (wrk) part in this run"}
