@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from control import __version__
+from control.cli import apply as apply_cmd
+from control.cli import config_cmd, describe, get, scale
 
 NOT_YET = 2
 
@@ -21,11 +23,6 @@ PLANNED: dict[str, tuple[str, int]] = {
     "apiserver": ("run the Kubernetes-style API server over the store", 6),
     "controller-manager": ("run the scheduler and controllers (leader-elected)", 7),
     "agent": ("run the node agent (kubelet): pods in containers or processes", 8),
-    "get": ("list or get objects (table, -o yaml|json, -w to watch)", 6),
-    "apply": ("create or update objects from files, directories or multi-document YAML", 6),
-    "delete": ("delete objects (dependents are garbage-collected)", 6),
-    "scale": ("set a Deployment's or ReplicaSet's replicas", 6),
-    "describe": ("show an object with its status and Events", 6),
     "logs": ("print a pod container's logs", 8),
     "exec": ("run a command in a pod's container", 8),
     "rollout": ("undo, pause, resume or watch a Deployment's rollout", 7),
@@ -33,6 +30,10 @@ PLANNED: dict[str, tuple[str, int]] = {
     "capacity": ("estimate a service's capacity and headroom", 10),
     "store": ("store maintenance: migrate SQLite -> Consul", 6),
 }
+
+# The kubectl-like client verbs (issue 6): each module registers its own subcommand
+# (get; apply and delete; scale; describe; config).
+CLIENT_VERBS = (get, apply_cmd, scale, describe, config_cmd)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description=f"{text}. Not implemented yet (issue #{issue}).")
         sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         sp.set_defaults(handler=_not_yet(name, issue))
+    for module in CLIENT_VERBS:
+        module.register(sub)
     return p
 
 

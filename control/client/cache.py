@@ -90,13 +90,23 @@ class Indexer:
             self.add_indexer(name, fn)
 
     def add_indexer(self, name: str, fn: IndexFunc) -> None:
-        """Add an index; existing objects are filed into it at once."""
-        if name in self._index_funcs:
-            raise ValueError(f"index {name!r} already exists")
+        """Add an index; existing objects are filed into it at once. Adding the same
+        function under the same name again is a no-op (the namespace index is built in,
+        and several controllers may ask for one index); another function is an error."""
+        existing = self._index_funcs.get(name)
+        if existing is fn:
+            return
+        if existing is not None:
+            raise ValueError(f"index {name!r} already exists with another function "
+                             f"({existing!r})")
         self._index_funcs[name] = fn
         self._indices[name] = {}
         for key, obj in self._items.items():
             self._file(name, key, obj)
+
+    def index_function(self, name: str) -> IndexFunc | None:
+        """The function behind index ``name`` (None when there is no such index)."""
+        return self._index_funcs.get(name)
 
     # -- writes (the informer calls these) -------------------------------------------
 

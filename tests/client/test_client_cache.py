@@ -6,6 +6,7 @@ import pytest
 
 from control.client.cache import (
     Indexer,
+    index_by_namespace,
     index_by_owner_uid,
     object_key,
     pods_by_node,
@@ -67,7 +68,8 @@ def test_namespace_index_and_list_by_namespace() -> None:
 
 def test_replace_rebuilds_indexes_and_late_indexer_files_existing_objects() -> None:
     """replace() leaves exactly the given objects (indexes too); an index added later
-    is filled from what is already stored."""
+    is filled from what is already stored; re-adding an index with the same function is
+    harmless, with another function an error."""
     store = Indexer({"node": pods_by_node})
     store.add(pod("old", node="n1"))
     store.replace([pod("x", node="n2", owner="u1"), pod("y", owner="u1")])
@@ -77,5 +79,10 @@ def test_replace_rebuilds_indexes_and_late_indexer_files_existing_objects() -> N
     assert store.index_keys("owner", "u1") == ["default/x", "default/y"]
     with pytest.raises(KeyError, match="no index named 'missing'"):
         store.by_index("missing", "v")
-    with pytest.raises(ValueError, match="already exists"):
-        store.add_indexer("owner", index_by_owner_uid)
+    store.add_indexer("owner", index_by_owner_uid)  # the same index again: a no-op
+    assert store.index_keys("owner", "u1") == ["default/x", "default/y"]
+    with pytest.raises(ValueError, match="already exists with another function"):
+        store.add_indexer("owner", pods_by_node)
+    explicit = Indexer({"namespace": index_by_namespace})  # the built-in, asked for by name
+    explicit.add(pod("a", "shop"))
+    assert explicit.index_keys("namespace", "shop") == ["shop/a"]
