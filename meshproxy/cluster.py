@@ -47,6 +47,7 @@ class Cluster:
         self.config = config
         self.endpoints: list[Endpoint] = []
         self.pools: dict[tuple[str, int], Pool] = {}
+        self._pool_of: dict[Endpoint, Pool] = {}  # same pools by identity: no key tuple
         self.balancer: Balancer = make_balancer(config.lb_policy, [])
         self._tallies: dict[tuple[str, int], Tally] = {}
         self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
@@ -94,6 +95,7 @@ class Cluster:
                 self._tallies.pop(key, None)
                 del ep
         self.endpoints = new_list
+        self._pool_of = {ep: self.pools[ep.key] for ep in new_list}
         self.balancer.update(new_list)
 
     def pick(self, ctx: PickContext, exclude: Iterable[Endpoint] = ()) -> Endpoint:
@@ -103,7 +105,7 @@ class Cluster:
         return ep
 
     def pool(self, ep: Endpoint) -> Pool:
-        pool = self.pools.get(ep.key)
+        pool = self._pool_of.get(ep)
         if pool is None:  # picked just before a removal: give it a short-lived pool
             pool = Pool(ep, self.config, self.loop)
             pool.closing = True

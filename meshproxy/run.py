@@ -19,12 +19,15 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshproxy.admin import AdminServer, ProxySource
 from meshproxy.config import Loaded
 from meshproxy.metrics import Stats
 from meshproxy.proxy import Proxy
 from meshproxy.reload import FileWatcher
+
+if TYPE_CHECKING:
+    from meshproxy.admin import AdminServer
 
 log = logging.getLogger("meshproxy")
 
@@ -60,6 +63,10 @@ async def serve(loaded: Loaded, path: str | Path, *, worker_of: int | None = Non
     try:
         if worker_of is None:
             if loaded.config.admin.enabled:
+                # Imported here: aiohttp is a third of a worker's memory, and workers
+                # of a supervisor (and proxies without admin) never serve it.
+                from meshproxy.admin import AdminServer, ProxySource
+
                 admin = AdminServer(ProxySource(proxy, path), loaded.config.admin)
                 await admin.start()
                 log.info("admin API on %s:%d", loaded.config.admin.address, admin.port)

@@ -181,10 +181,12 @@ class Exchange:
                  "host", "keep_alive", "listener", "lowered", "method", "path", "query",
                  "route", "start", "target", "upgrade", "values", "version")
 
-    def __init__(self, *, method: bytes, target: bytes, path: bytes, query: bytes,
+    def __init__(self, method: bytes, target: bytes, path: bytes, query: bytes,
                  version: str, headers: Headers, lowered: list[bytes], host: bytes,
                  client: str, body: RequestBody, keep_alive: bool, upgrade: bytes | None,
                  start: float, listener: str) -> None:
+        # Positional (unlike the rest of the code base): built once per request on the
+        # hot path, where keyword passing of fourteen arguments shows in profiles.
         self.method = method
         self.target = target
         self.path = path

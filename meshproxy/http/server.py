@@ -125,6 +125,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
+        self._client_b = self.client.encode()
         self._since = self.loop.time()
         self.listener.connection_opened(self)
         self._arm_tick()
@@ -299,7 +300,7 @@ class HttpServerProtocol(asyncio.Protocol):
             lowered = [lowered[i] for i in keep]
         cfg = self.listener.config
         if cfg.forwarded_headers:
-            xff = self.client.encode()
+            xff = self._client_b
             headers.append((b"x-forwarded-for", head.xff + b", " + xff if head.xff else xff))
             headers.append((b"x-forwarded-proto", b"http"))
             lowered += (b"x-forwarded-for", b"x-forwarded-proto")
@@ -309,10 +310,8 @@ class HttpServerProtocol(asyncio.Protocol):
         body = RequestBody(length=head.cl, chunked=head.chunked, flow=self.flow)
         keep_alive = parser.should_keep_alive() and upgrade is None and (
             head.upgrade is None or tokens is None or b"upgrade" not in tokens)
-        ex = Exchange(method=method, target=target, path=path, query=query, version=version,
-                      headers=headers, lowered=lowered, host=host, client=self.client,
-                      body=body, keep_alive=keep_alive, upgrade=upgrade, start=head.start,
-                      listener=self.listener.name)
+        ex = Exchange(method, target, path, query, version, headers, lowered, host,
+                      self.client, body, keep_alive, upgrade, head.start, self.listener.name)
         if head.expect and not body.empty and version == "1.1":
             body.on_first_attach = self._send_continue
         self._head = None

@@ -48,6 +48,9 @@ DoneCallback = Callable[[bool, int, str], None]
 HeadCallback = Callable[[Response | None, ProxyError | None], None]
 
 
+_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
 class _HeadResponseDone(Exception):
     """Raised from the parser callback to stop after the head of a HEAD response."""
 
@@ -150,6 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._phrase = b""
         self._status = 0
         self._cl: int | None = None
+        self._conn_tokens: set[bytes] | None = None
         self._close_after = False
         self._informational = False
         self._head_only = False
@@ -270,11 +274,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._phrase = b""
         self._cl = None
+        self._conn_tokens = None
 
     def on_status(self, status: bytes) -> None:
         self._phrase += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Hop-by-hop headers are dropped here, so the head needs no second pass.
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            if low == b"content-length":
+                self._cl = int(value)
+            elif low == b"connection":
+                self._conn_tokens = connection_tokens(value)
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -283,23 +296,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._informational = True  # 100 Continue / 103 Early Hints: not forwarded
             return
         self._status = status
-        headers = []
-        extra: set[bytes] | None = None
-        cl: int | None = None
-        for name, value in self._headers:
-            low = name.lower()
-            if low in HOP_BY_HOP:
-                if low == b"content-length":
-                    cl = int(value)
-                elif low == b"connection":
-                    extra = connection_tokens(value)
-                continue
-            headers.append((name, value))
-        if extra:
+        headers = self._headers
+        extra = self._conn_tokens
+        if extra and not extra <= _STANDARD_TOKENS:
             headers = [h for h in headers if h[0].lower() not in extra]
         self._body = body = UpstreamBody(self)
         resp = Response(status, headers, phrase=self._phrase, source=body,
-                        content_length=cl, upgrade=status == 101,
+                        content_length=self._cl, upgrade=status == 101,
                         version=self.parser.get_http_version())
         waiter, self._waiter = self._waiter, None
         if waiter is not None:

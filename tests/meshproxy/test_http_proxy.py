@@ -304,3 +304,44 @@ async def test_client_disconnect_cancels_upstream_exchange(upstream, proxy_facto
             break
         await asyncio.sleep(0.01)
     assert ep.active_requests == 0
+
+
+async def test_full_pool_refuses_instead_of_queueing(upstream, proxy_factory) -> None:
+    """With one connection per endpoint and no room to wait, a second concurrent request
+    is refused at once with 503 pool_overflow."""
+    p = await proxy_factory(http_config(
+        [upstream.address], cluster_extra=", pool: {max_connections: 1, max_pending: 0}"))
+    port = p.listeners["web"].port
+    slow = asyncio.create_task(request(port, "GET", "/slow/0.5"))
+    ep = p.clusters["c"].endpoints[0]
+    for _ in range(200):
+        if ep.active_requests == 1:
+            break
+        await asyncio.sleep(0.01)
+    r = await request(port, "GET", "/echo")
+    assert (r.status, r.reason) == (503, "pool_overflow")
+    assert (await slow).status == 200
+
+
+async def test_slow_reader_pauses_upstream(upstream, proxy_factory) -> None:
+    """A client that stops reading a large response makes the proxy stop reading the
+    upstream (backpressure), so memory stays bounded; reading again finishes the body."""
+    p = await proxy_factory(http_config([upstream.address]))
+    size = 64 * 1024 * 1024
+    conn = await RawConn.open(p.listeners["web"].port)
+    await conn.send(build("GET", f"/big/{size}"))
+    await conn.reader.readuntil(b"\r\n\r\n")
+    pool = p.clusters["c"].pools[p.clusters["c"].endpoints[0].key]
+    busy = next(iter(pool.owned))
+    for _ in range(500):
+        if busy.flow.paused:
+            break
+        await asyncio.sleep(0.01)
+    assert busy.flow.paused
+    got = 0
+    while got < size:
+        chunk = await asyncio.wait_for(conn.reader.read(1 << 20), 20)
+        assert chunk
+        got += len(chunk)
+    assert got == size
+    await conn.close()
