@@ -8,7 +8,7 @@ changes; a bounded history whose compacted part is an error (the API turns it in
 
 Keys are ``/``-separated strings such as ``/registry/pods/default/web-1``. Values are
 opaque bytes (the API server stores JSON). The contract is pinned by
-``tests/store/contract.py``, which runs against every backend.
+``tests/store/test_store_contract.py``, which runs against every backend.
 """
 
 from __future__ import annotations
@@ -117,10 +117,17 @@ class Store(Protocol):
         """Events for keys under ``prefix`` with revision > ``from_revision`` in revision
         order: first the history still kept, then live changes, until the iterator is
         closed. ``from_revision=0`` means from now. Raises :class:`Compacted` when history
-        after ``from_revision`` is no longer complete."""
+        after ``from_revision`` is no longer complete.
+
+        The watch is registered when this call returns (so "from now" is from the call,
+        not from the first ``anext``). Iteration raises :class:`Compacted` (at the start,
+        or later if a lagging watcher's history was compacted meanwhile) and ends when
+        the store closes. The returned object also supports ``async with`` and
+        ``aclose()``, which unregister it at once."""
 
     async def current_revision(self) -> int:
-        """The revision of the latest write (0 for an empty store)."""
+        """The revision of the latest write. Never 0 (a new SQLite store is at 1, as
+        etcd is; Consul's index starts above 0), so ``from_revision=0`` is unambiguous."""
 
     async def compact(self, revision: int) -> None:
         """Drop history at or below ``revision`` (current values are kept)."""
@@ -137,3 +144,35 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release resources; pending watches end."""
+
+
+def check_key(key: object) -> str:
+    """Validate a key: a non-empty ``str`` starting with ``/``, without NUL or a
+    trailing ``/``. Raises ValueError naming the problem (before any state changes)."""
+    if not isinstance(key, str):
+        raise ValueError(f"key must be a str, got {type(key).__name__}")
+    if not key.startswith("/") or len(key) < 2:
+        raise ValueError(f"key must start with '/' and name something: {key!r}")
+    if key.endswith("/"):
+        raise ValueError(f"key must not end with '/': {key!r}")
+    if "\x00" in key:
+        raise ValueError(f"key must not contain NUL: {key!r}")
+    return key
+
+
+def check_prefix(prefix: object) -> str:
+    """Validate a list/watch prefix: ``""`` (everything) or a string starting with ``/``."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a str, got {type(prefix).__name__}")
+    if prefix and not prefix.startswith("/"):
+        raise ValueError(f"prefix must be empty or start with '/': {prefix!r}")
+    if "\x00" in prefix:
+        raise ValueError(f"prefix must not contain NUL: {prefix!r}")
+    return prefix
+
+
+def check_value(value: object) -> bytes:
+    """Validate a value: ``bytes`` (the API server stores JSON)."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise ValueError(f"value must be bytes, got {type(value).__name__}")
+    return bytes(value)

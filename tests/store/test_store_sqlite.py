@@ -1,0 +1,169 @@
+"""SQLite-specific behaviour beyond the contract: persistence across reopen, group
+commit, slow watchers, compaction policy, ageing under churn, ``open_store`` URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from control.store import open_store
+from control.store.base import Compacted, Conflict
+from control.store.sqlite import SqliteOptions, SqliteStore
+
+P = "/registry/pods/default/"
+
+
+async def test_acknowledged_writes_survive_close_and_reopen(data_dir: Path) -> None:
+    """Values, revisions and history persist; the counter continues where it stopped."""
+    path = data_dir / "s.db"
+    async with await SqliteStore.open(path, options=SqliteOptions(maintenance_interval=0)) as s:
+        a = await s.create(P + "a", b"1")
+        b = await s.update(P + "a", b"2")
+        last = await s.current_revision()
+    async with await SqliteStore.open(path, options=SqliteOptions(maintenance_interval=0)) as s:
+        assert await s.get(P + "a") == b
+        assert await s.current_revision() == last
+        c = await s.create(P + "c", b"3")
+        assert c.mod_revision == last + 1
+        async with s.watch(P, from_revision=a.mod_revision - 1) as w:
+            events = [await asyncio.wait_for(anext(w), 10) for _ in range(3)]
+        assert [e.revision for e in events] == [a.mod_revision, b.mod_revision, c.mod_revision]
+
+
+async def test_concurrent_writes_share_commits_but_keep_their_own_revisions(sqlite_store) -> None:
+    """Group commit: 400 concurrent creates take far fewer transactions than writes, get
+    contiguous distinct revisions, and a failing CAS in a batch fails alone."""
+    s, _clock = sqlite_store
+    await s.create(P + "cas", b"0")
+    before_rev = await s.current_revision()
+    before = s.statistics()
+
+    async def create(i: int) -> int:
+        return (await s.create(f"{P}k{i:04}", b"x" * 100)).mod_revision
+
+    async def stale_cas() -> None:
+        with pytest.raises(Conflict):
+            await s.update(P + "cas", b"1", expected_revision=1)
+
+    results = await asyncio.gather(*(create(i) for i in range(400)), stale_cas())
+    revisions = sorted(results[:400])
+    assert revisions == list(range(before_rev + 1, before_rev + 401))
+    after = s.statistics()
+    assert after["writes"] - before["writes"] == 400
+    assert after["commits"] - before["commits"] < 200
+    assert (await s.get(P + "cas")).value == b"0"
+
+
+async def test_slow_watcher_catches_up_from_history_after_its_buffer_overflows(
+        data_dir: Path) -> None:
+    """A watcher that does not read while 50 events arrive (buffer 5) still gets all 50,
+    in order, by re-reading the log; memory stays bounded meanwhile."""
+    opts = SqliteOptions(maintenance_interval=0, watch_buffer=5)
+    async with await SqliteStore.open(data_dir / "s.db", options=opts) as s:
+        async with s.watch(P) as w:
+            written = [(await s.create(f"{P}k{i:02}", b"v")).mod_revision for i in range(50)]
+            assert len(w._buffer) <= 5
+            got = [(await asyncio.wait_for(anext(w), 10)).revision for _ in range(50)]
+        assert got == written
+
+
+async def test_overflowed_watcher_whose_history_was_compacted_gets_compacted(
+        data_dir: Path) -> None:
+    """If the history a lagging watcher needs is compacted meanwhile, it gets Compacted
+    (the API server turns it into 410 Gone and the client relists)."""
+    opts = SqliteOptions(maintenance_interval=0, watch_buffer=2)
+    async with await SqliteStore.open(data_dir / "s.db", options=opts) as s, s.watch(P) as w:
+        for i in range(10):
+            await s.create(f"{P}k{i}", b"v")
+        await s.compact(await s.current_revision())
+        with pytest.raises(Compacted):
+            await asyncio.wait_for(anext(w), 10)
+
+
+async def test_closing_the_store_ends_pending_watches(data_dir: Path) -> None:
+    s = await SqliteStore.open(data_dir / "s.db", options=SqliteOptions(maintenance_interval=0))
+    w = s.watch(P)
+    waiter = asyncio.create_task(anext(w, None))
+    await asyncio.sleep(0.05)
+    await s.close()
+    assert await asyncio.wait_for(waiter, 10) is None
+
+
+async def test_maintenance_compacts_history_by_age_and_by_size(data_dir: Path,
+                                                               manual_clock) -> None:
+    """History older than history_max_age (on the store clock) and beyond
+    history_max_events is dropped; newer history stays watchable."""
+    clock = manual_clock
+    opts = SqliteOptions(maintenance_interval=0, history_max_age=600, history_max_events=8)
+    async with await SqliteStore.open(data_dir / "s.db", options=opts, clock=clock) as s:
+        old = [(await s.create(f"{P}old{i}", b"v")).mod_revision for i in range(3)]
+        clock.advance(601)
+        new = [(await s.create(f"{P}new{i}", b"v")).mod_revision for i in range(3)]
+        report = await s.maintain()
+        assert report["compacted"] == old[-1]
+        with pytest.raises(Compacted):
+            async with s.watch(P, from_revision=old[0]) as w:
+                await asyncio.wait_for(anext(w), 10)
+        more = [(await s.create(f"{P}more{i}", b"v")).mod_revision for i in range(10)]
+        report = await s.maintain()
+        assert report["compacted"] == more[-1] - 8
+        async with s.watch(P, from_revision=report["compacted"]) as w:
+            got = [(await asyncio.wait_for(anext(w), 10)).revision for _ in range(8)]
+        assert got == more[-8:]
+        assert new[0] < report["compacted"]
+
+
+async def test_churn_keeps_file_size_and_history_bounded(data_dir: Path) -> None:
+    """A long churn run (create, update, delete the same 100 objects of 2 KiB, 36
+    rounds, maintenance between rounds as the background task would do) does not grow
+    the file: k3s's kine grows without bound here. Size after the last round stays
+    within 1.5x of the size after the warm-up rounds, and the log stays at its limit."""
+    opts = SqliteOptions(maintenance_interval=0, history_max_events=600)
+    async with await SqliteStore.open(data_dir / "s.db", options=opts) as s:
+        blob = b"x" * 2048
+        sizes = []
+        for round_no in range(36):
+            kvs = await asyncio.gather(*(s.create(f"{P}p{i}", blob) for i in range(100)))
+            kvs = await asyncio.gather(*(s.update(kv.key, blob[::-1],
+                                                  expected_revision=kv.mod_revision)
+                                         for kv in kvs))
+            await asyncio.gather(*(s.delete(kv.key) for kv in kvs))
+            report = await s.maintain()
+            assert report["checkpoint_busy"] == 0
+            sizes.append(s.statistics()["disk_bytes"])
+            if round_no == 5:
+                warm = sizes[-1]
+        assert max(sizes[6:]) <= warm * 1.5, sizes
+    conn = sqlite3.connect(data_dir / "s.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM log").fetchone()[0] <= 600
+        assert conn.execute("SELECT count(*) FROM kv").fetchone()[0] == 0
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+async def test_open_store_understands_sqlite_urls_and_refuses_others(data_dir: Path) -> None:
+    s = await open_store(f"sqlite://{data_dir}/u.db", options=SqliteOptions(maintenance_interval=0))
+    try:
+        assert isinstance(s, SqliteStore)
+        await s.create("/a", b"1")
+    finally:
+        await s.close()
+    assert (data_dir / "u.db").exists()
+    for bad, reason in [("", "must look like"), ("no-scheme", "must look like"),
+                        ("etcd://x", "unknown store scheme"), ("sqlite://", "names no file")]:
+        with pytest.raises(ValueError, match=reason):
+            await open_store(bad)
+    with pytest.raises(ValueError, match="directory does not exist"):
+        await open_store(f"sqlite://{data_dir}/missing/dir/s.db")
+
+
+def test_bad_options_are_refused_with_the_field_named() -> None:
+    with pytest.raises(ValueError, match="history_max_events"):
+        SqliteOptions(history_max_events=0)
+    with pytest.raises(ValueError, match="history_max_age"):
+        SqliteOptions(history_max_age=float("inf"))
