@@ -58,6 +58,7 @@ class _Entry:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.last_status: Obj | None = None
+        self.stopping = False
 
 
 class Agent:
@@ -136,10 +137,7 @@ class Agent:
         t.add_done_callback(self._background.discard)
 
     async def _terminate(self, entry: _Entry, grace: float) -> None:
-        if entry.task is not None:
-            entry.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await entry.task
+        await self._stop_task(entry)
         try:
             await entry.worker.terminate(grace)
         except ContainerRuntimeError as e:
@@ -176,8 +174,17 @@ class Agent:
 
     # -- the per-Pod loop ----------------------------------------------------------
 
+    async def _stop_task(self, entry: _Entry) -> None:
+        """End a Pod's loop at a safe point: never in the middle of a sync (a start cut
+        short could leave a container the worker does not know about)."""
+        entry.stopping = True
+        entry.wake.set()
+        if entry.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await entry.task
+
     async def _run_pod(self, entry: _Entry) -> None:
-        while True:
+        while not entry.stopping:
             entry.wake.clear()
             try:
                 status = await entry.worker.sync()
@@ -187,7 +194,8 @@ class Agent:
                 log.exception("pod %s: sync failed", entry.pod.key)
                 status = entry.worker.status()
             await self._publish(entry, status)
-            await self._sleep(entry)
+            if not entry.stopping:
+                await self._sleep(entry)
 
     async def _sleep(self, entry: _Entry) -> None:
         sleeper = asyncio.ensure_future(self.clock.sleep(entry.worker.next_wake()))
@@ -217,6 +225,10 @@ class Agent:
         if entry is not None:
             entry.wake.set()
 
+    def workers(self) -> list[PodWorker]:
+        """The workers of the Pods currently desired."""
+        return [e.worker for e in self._pods.values()]
+
     def worker(self, namespace: str, name: str) -> PodWorker | None:
         for entry in self._pods.values():
             if entry.pod.namespace == namespace and entry.pod.name == name:
@@ -233,11 +245,7 @@ class Agent:
                 self._retire(entry.pod.uid, grace=entry.pod.termination_grace_period)
         else:
             self._pods.clear()
-            for entry in entries:
-                if entry.task is not None:
-                    entry.task.cancel()
-            await asyncio.gather(*(e.task for e in entries if e.task),
-                                 return_exceptions=True)
+            await asyncio.gather(*(self._stop_task(e) for e in entries))
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 

@@ -9,6 +9,9 @@ Pod sources: ``--pod-manifest-path DIR`` (static Pods, ``static.py``), re-read e
 ``--sync-interval`` seconds. The API-server source (``--server``) is wired in once the
 REST client and the API server land; until then asking for it exits 2 and says so.
 
+The agent API (``server.py``: logs, exec, stats) listens on ``--listen`` with a bearer
+token from ``--token-file`` (generated in the data directory when absent).
+
 On exit the containers keep running (as a kubelet restart leaves them) and the next
 start adopts them; ``--stop-pods-on-exit`` stops them (for the all-in-one's Ctrl-C).
 """
@@ -18,11 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import secrets
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from aiohttp import web
 
 from control import __version__
 from control.agent.agent import Agent
@@ -31,6 +38,7 @@ from control.agent.ports import HostPorts
 from control.agent.runtime.base import Runtime
 from control.agent.runtime.docker import DEFAULT_SOCKETS, DockerRuntime, detect_socket
 from control.agent.runtime.process import ProcessRuntime
+from control.agent.server import build_app
 from control.agent.static import StaticPods, StatusFiles
 
 log = logging.getLogger("control.agent")
@@ -56,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pod-manifest-path", type=Path,
                    help="run the Pods in this directory's manifests (static Pods)")
     p.add_argument("--server", help="API server URL (not available yet)")
+    p.add_argument("--listen", default="127.0.0.1:10250", metavar="HOST:PORT",
+                   help="the agent API (logs, exec, stats); port 0 picks a free one")
+    p.add_argument("--token-file", type=Path,
+                   help="bearer token for the agent API (default: DATA_DIR/agent-token, "
+                        "created with a random token when missing)")
     p.add_argument("--sync-interval", type=float, default=2.0,
                    help="seconds between reads of the Pod source")
     p.add_argument("--stop-pods-on-exit", action="store_true",
@@ -81,8 +94,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pod_manifest_path is None:
         print("meshctl agent: give a pod source: --pod-manifest-path DIR", file=sys.stderr)
         return 2
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        print(f"meshctl agent: --listen {args.listen!r}: expected HOST:PORT", file=sys.stderr)
+        return 2
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run(args, ports))
+    token = _token(args.token_file or args.data_dir / "agent-token")
+    return asyncio.run(_run(args, ports, (host, int(port)), token))
+
+
+def _token(path: Path) -> str:
+    """The agent API token: read from ``path``, or generated there (mode 0600)."""
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
 
 async def pick_runtime(kind: str, *, node: str, data_dir: Path,
@@ -105,7 +136,8 @@ async def pick_runtime(kind: str, *, node: str, data_dir: Path,
     return rt
 
 
-async def _run(args: argparse.Namespace, ports: HostPorts) -> int:
+async def _run(args: argparse.Namespace, ports: HostPorts, listen: tuple[str, int],
+               token: str) -> int:
     data_dir: Path = args.data_dir
     runtime = await pick_runtime(args.runtime, node=args.node_name, data_dir=data_dir,
                                  sockets=args.docker_socket)
@@ -113,6 +145,13 @@ async def _run(args: argparse.Namespace, ports: HostPorts) -> int:
                   clock=SystemClock(), state_dir=data_dir,
                   status_sink=StatusFiles(data_dir / "status"))
     source = StaticPods(args.pod_manifest_path, node=args.node_name)
+    runner = web.AppRunner(build_app(agent, token=token))
+    await runner.setup()
+    site = web.TCPSite(runner, *listen)
+    await site.start()
+    api = runner.addresses[0]
+    log.info("agent API on http://%s:%s (bearer token in %s)", api[0], api[1],
+             args.token_file or args.data_dir / "agent-token")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,6 +168,7 @@ async def _run(args: argparse.Namespace, ports: HostPorts) -> int:
     finally:
         log.info("stopping%s", " and stopping pods" if args.stop_pods_on_exit else
                  " (pods keep running)")
+        await runner.cleanup()
         await agent.close(stop_pods=args.stop_pods_on_exit)
         await runtime.close()
     return 0

@@ -16,7 +16,7 @@ pod worker calls :meth:`HostPorts.adopt` for them so nothing is handed out twice
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 DEFAULT_RANGE = (30000, 32767)  # Kubernetes' NodePort range; no clash with ephemeral ports
 
@@ -36,8 +36,10 @@ class PortRangeExhausted(PortError):
 class HostPorts:
     """The node's host ports: who holds which, and which are free."""
 
-    def __init__(self, host: str = "127.0.0.1", port_range: tuple[int, int] = DEFAULT_RANGE
-                 ) -> None:
+    def __init__(self, host: str = "127.0.0.1", port_range: tuple[int, int] = DEFAULT_RANGE,
+                 *, bindable: Callable[[int], bool] | None = None) -> None:
+        """``bindable(port)`` says whether a port is free on the node; by default a real
+        bind on ``host`` (tests of the bookkeeping pass their own)."""
         lo, hi = port_range
         if not 1 <= lo <= hi <= 65535:
             raise ValueError(f"invalid host port range {lo}-{hi}")
@@ -45,6 +47,7 @@ class HostPorts:
         self.range = (lo, hi)
         self._owner: dict[int, str] = {}
         self._cursor = lo
+        self._bindable = bindable or self._can_bind
 
     def allocate(self, owner: str, requested: int = 0) -> int:
         """A port for ``owner`` (a Pod's uid): ``requested`` when non-zero, else from the range."""
@@ -87,7 +90,7 @@ class HostPorts:
     def held(self, owner: str) -> list[int]:
         return sorted(p for p, o in self._owner.items() if o == owner)
 
-    def _bindable(self, port: int) -> bool:
+    def _can_bind(self, port: int) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             # SO_REUSEADDR as servers set it: a port in TIME_WAIT counts as free.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

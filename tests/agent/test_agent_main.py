@@ -4,9 +4,11 @@ duplicated), and stop when their file is removed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from agent_kit import HTTPD, PROCESS_MARK, container, pod, wait_until
 
 from control.agent.main import main
 from control.agent.runtime.process import ProcessRuntime
+from support.net import free_port as support_free_port
 from support.net import wait_for_url
 
 pytestmark = [pytest.mark.timeout(60), PROCESS_MARK]
@@ -40,22 +43,31 @@ async def test_agent_process_runs_static_pods_and_adopts_them_after_restart(
         spawn, tmp_path, free_port):
     """The agent process runs a Pod from a manifest file and publishes its status; after
     SIGTERM the Pod keeps serving; a second agent adopts the same container; removing
-    the file stops and removes the Pod. (Blocking waits are fine here: nothing else
+    the file stops and removes the Pod. The agent API serves the Pod's logs with the
+    generated token. (Blocking waits are fine here: nothing else
     runs on this test's loop.)"""
     data, manifests = tmp_path / "data", tmp_path / "manifests"
+    api_port = support_free_port()
     manifests.mkdir()
     spec = pod("web", container("app", HTTPD, ports=[{"containerPort": 8080}]), grace=1)
     del spec["metadata"]["uid"]  # static pods get a uid derived from their content
     (manifests / "web.yaml").write_text(yaml.safe_dump(spec))
     argv = ["-m", "control.agent.main", "--runtime", "process", "--node-name", "n-main",
             "--data-dir", str(data), "--pod-manifest-path", str(manifests),
-            "--port-range", f"{free_port}-{free_port + 50}", "--sync-interval", "0.2"]
+            "--port-range", f"{free_port}-{free_port + 50}", "--sync-interval", "0.2",
+            "--listen", f"127.0.0.1:{api_port}"]
     try:
         agent = spawn.python(*argv, name="agent-1")
         st = _status(data, phase="Running")
         url = f"http://127.0.0.1:{st['portMappings'][0]['hostPort']}/index.html"
         wait_for_url(url, timeout=20, proc=agent)
         first_id = st["containerStatuses"][0]["containerID"]
+        token = (data / "agent-token").read_text().strip()
+        assert (data / "agent-token").stat().st_mode & 0o777 == 0o600
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{api_port}/containerLogs/default/web/app",
+            headers={"Authorization": f"Bearer {token}"})
+        assert b"serving on" in await asyncio.to_thread(_read, req)
 
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(20) == 0
@@ -90,6 +102,13 @@ def test_agent_refuses_missing_pod_source_and_bad_port_range(capsys):
     assert "invalid host port range" in capsys.readouterr().err
     assert main(["--server", "https://127.0.0.1:6443", "--pod-manifest-path", "/x"]) == 2
     assert "not available yet" in capsys.readouterr().err
+    assert main(["--listen", "nowhere", "--pod-manifest-path", "/x"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+
+
+def _read(req: urllib.request.Request) -> bytes:
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.read()
 
 
 async def _empty(rt: ProcessRuntime) -> bool:

@@ -143,10 +143,10 @@ class ProcessRuntime:
             log.warning("container %s: limits not enforced: %s", meta["name"],
                         self.cgroups_note)
         argv = [sys.executable, "-I", "-S", str(SHIM), str(d / "exit"), *cg_args, "--", *argv]
-        proc = await asyncio.to_thread(_spawn, argv, log=d / "log", cwd=cwd, env=env)
+        # Spawn and record the pid in one step on a thread: even if this coroutine is
+        # cancelled meanwhile, the process never runs without its pid file.
+        proc = await asyncio.to_thread(_spawn, argv, d, cwd=cwd, env=env)
         _CHILDREN[proc.pid] = proc
-        _write_json(d / "pid", {"pid": proc.pid, "starttime": _starttime(proc.pid),
-                                "started": _iso(datetime.now(UTC))})
 
     async def stop(self, container_id: str, *, grace: float) -> None:
         d = self._dir(container_id)
@@ -304,13 +304,17 @@ def _executable(exe: str, *, cwd: str, path: str) -> bool:
     return bool(found) and os.path.isfile(found) and os.access(found, os.X_OK)
 
 
-def _spawn(argv: list[str], *, log: Path, cwd: str, env: dict[str, str]
+def _spawn(argv: list[str], d: Path, *, cwd: str, env: dict[str, str]
            ) -> subprocess.Popen[bytes]:
-    """Start the shim as the leader of a new session, its output appended to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+    """Start the shim as the leader of a new session, its output appended to ``d/log``,
+    and write ``d/pid`` (pid, kernel start time, wall-clock start)."""
+    with open(d / "log", "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=cwd, env=env,
                                 start_new_session=True)
+    _write_json(d / "pid", {"pid": proc.pid, "starttime": _starttime(proc.pid),
+                            "started": _iso(datetime.now(UTC))})
+    return proc
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
