@@ -49,7 +49,7 @@ class Cluster:
         self.pools: dict[tuple[str, int], Pool] = {}
         self._pool_of: dict[Endpoint, Pool] = {}  # same pools by identity: no key tuple
         self.balancer: Balancer = make_balancer(config.lb_policy, [])
-        self._tallies: dict[tuple[str, int], Tally] = {}
+        self._tallies: dict[Endpoint, Tally] = {}
         self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
 
     def configure(self, config: ClusterConfig) -> None:
@@ -92,7 +92,7 @@ class Cluster:
                 pool = self.pools.pop(key, None)
                 if pool is not None:
                     pool.close()
-                self._tallies.pop(key, None)
+                self._tallies.pop(ep, None)
                 del ep
         self.endpoints = new_list
         self._pool_of = {ep: self.pools[ep.key] for ep in new_list}
@@ -119,9 +119,9 @@ class Cluster:
         latency = self.loop.time() - started
         self.balancer.observe(ep, latency, ok and status < 500)
         if ok:
-            tally = self._tallies.get(ep.key)
+            tally = self._tallies.get(ep)
             if tally is None:
-                tally = self._tallies[ep.key] = self.stats.endpoint_tally(self.name, ep.address)
+                tally = self._tallies[ep] = self.stats.endpoint_tally(self.name, ep.address)
             tally.record(status, latency)
         else:
             self.stats.upstream_errors.labels(self.name, ep.address, reason or "error").inc()
@@ -153,7 +153,7 @@ class Cluster:
         eps = []
         for ep in self.endpoints:
             pool = self.pools.get(ep.key)
-            tally = self._tallies.get(ep.key)
+            tally = self._tallies.get(ep)
             eps.append({
                 "address": ep.address, "weight": ep.weight, "healthy": ep.healthy,
                 "ejected": ep.ejected_until > now, "active_requests": ep.active_requests,

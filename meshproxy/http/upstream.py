@@ -27,7 +27,7 @@ import httptools
 
 from meshproxy.errors import ProxyError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from meshproxy.http.flow import FlowControl
-from meshproxy.http.headers import HOP_BY_HOP, connection_tokens
+from meshproxy.http.headers import HOP_BY_HOP, STATUS_PHRASES, connection_tokens
 from meshproxy.http.message import BODY_HIGH_WATER, RequestBody, Response
 
 if TYPE_CHECKING:
@@ -150,7 +150,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._body: UpstreamBody | None = None
         self._on_done: DoneCallback | None = None
         self._headers: list[tuple[bytes, bytes]] = []
-        self._phrase = b""
         self._status = 0
         self._cl: int | None = None
         self._conn_tokens: set[bytes] | None = None
@@ -272,12 +271,8 @@ class UpstreamConnection(asyncio.Protocol):
     # --- parser callbacks: they only move bytes and flip flags ------------------------
     def on_message_begin(self) -> None:
         self._headers = []
-        self._phrase = b""
         self._cl = None
         self._conn_tokens = None
-
-    def on_status(self, status: bytes) -> None:
-        self._phrase += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Hop-by-hop headers are dropped here, so the head needs no second pass.
@@ -301,7 +296,9 @@ class UpstreamConnection(asyncio.Protocol):
         if extra and not extra <= _STANDARD_TOKENS:
             headers = [h for h in headers if h[0].lower() not in extra]
         self._body = body = UpstreamBody(self)
-        resp = Response(status, headers, phrase=self._phrase, source=body,
+        # The reason phrase is not kept (no on_status callback: one fewer call per
+        # response); the downstream side writes the standard phrase for the code.
+        resp = Response(status, headers, phrase=STATUS_PHRASES.get(status, b"-"), source=body,
                         content_length=self._cl, upgrade=status == 101,
                         version=self.parser.get_http_version())
         waiter, self._waiter = self._waiter, None
