@@ -18,6 +18,7 @@ Neighbours: :mod:`control.client.manifests`, :mod:`control.cli.common`.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Literal
 
 from control.cli.common import (
     FAILED,
@@ -30,11 +31,12 @@ from control.cli.common import (
     split_type_and_names,
 )
 from control.client import errors
-from control.client.manifests import apply, display_name, load_paths, target_namespace
-from control.client.resources import Resource, lookup
-from control.client.rest import ApiClient, PropagationPolicy
 
-CASCADE: dict[str, PropagationPolicy] = {
+if TYPE_CHECKING:
+    from control.client.resources import Resource
+    from control.client.rest import ApiClient
+
+CASCADE: dict[str, Literal["Foreground", "Background", "Orphan"]] = {
     "background": "Background", "foreground": "Foreground", "orphan": "Orphan"}
 
 
@@ -66,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def apply_verb(api: ApiClient, args: argparse.Namespace) -> int:
+    from control.client.manifests import apply, display_name, load_paths, target_namespace
+
     manifests = load_paths(args.filename, recursive=args.recursive)
     if not manifests:
         raise UsageError("no objects passed to apply")
@@ -86,6 +90,9 @@ async def apply_verb(api: ApiClient, args: argparse.Namespace) -> int:
 
 
 async def delete_verb(api: ApiClient, args: argparse.Namespace) -> int:
+    from control.client.manifests import load_paths, target_namespace
+    from control.client.resources import lookup
+
     targets: list[tuple[Resource, str, str | None]] = []
     if args.filename:
         if args.words:

@@ -23,16 +23,16 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from control.client import errors
 from control.client.config import ConfigError, resolve
-from control.client.manifests import ManifestError
-from control.client.resources import UnknownResource
-from control.client.rest import ApiClient
+
+if TYPE_CHECKING:
+    from control.client.rest import ApiClient
 
 OK, FAILED = 0, 1
-Verb = Callable[[ApiClient, argparse.Namespace], Awaitable[int]]
+Verb = Callable[["ApiClient", argparse.Namespace], Awaitable[int]]
 
 
 class UsageError(ValueError):
@@ -79,6 +79,12 @@ def print_error(e: BaseException, *, err: TextIO | None = None) -> None:
 
 def run_client(args: argparse.Namespace, verb: Verb) -> int:
     """Resolve the client config from ``args``, run ``verb`` on a loop, map failures."""
+    # Imported here, not at module level: ``meshctl --help`` and ``meshctl config`` need
+    # neither aiohttp nor the resource registry, and start several times faster.
+    from control.client.manifests import ManifestError
+    from control.client.resources import UnknownResource
+    from control.client.rest import ApiClient
+
     try:
         cfg = resolve(
             path=Path(args.config_path) if getattr(args, "config_path", None) else None,

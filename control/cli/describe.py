@@ -18,14 +18,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control.cli import printers
 from control.cli.common import OK, add_namespace_flags, client_parent, run_client
 from control.cli.common import split_type_and_names as split
-from control.client.manifests import LAST_APPLIED
-from control.client.resources import Resource, lookup
-from control.client.rest import ApiClient
+
+if TYPE_CHECKING:
+    from control.client.resources import Resource
+    from control.client.rest import ApiClient
+
+# kubectl's annotation holding the last applied manifest (control.client.manifests):
+# noise in a description.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 Obj = dict[str, Any]
 INDENT = "  "
@@ -42,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def describe_verb(api: ApiClient, args: argparse.Namespace) -> int:
+    from control.client.resources import lookup
+
     kind, names = split(args.words)
     res = lookup(kind)
     ns = args.namespace if res.namespaced else None

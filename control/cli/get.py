@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from control.cli import printers
 from control.cli.common import (
@@ -31,8 +31,10 @@ from control.cli.common import (
     split_type_and_names,
 )
 from control.client import errors
-from control.client.resources import Resource, lookup
-from control.client.rest import ApiClient
+
+if TYPE_CHECKING:
+    from control.client.resources import Resource
+    from control.client.rest import ApiClient
 
 Obj = dict[str, Any]
 
@@ -93,6 +95,8 @@ class _Printer:
 
 
 async def get(api: ApiClient, args: argparse.Namespace) -> int:
+    from control.client.resources import lookup
+
     kind, names = split_type_and_names(args.words)
     res = lookup(kind)
     if args.all_namespaces and names:

@@ -16,11 +16,12 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from control.client.resources import Resource
+if TYPE_CHECKING:
+    from control.client.resources import Resource
 
 Obj = dict[str, Any]
 OutputFormat = Literal["table", "wide", "yaml", "json", "name"]

@@ -10,13 +10,14 @@ Neighbours: :mod:`control.client.rest` (``scale``, ``get_scale``).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from control.cli.common import OK, UsageError, add_namespace_flags, client_parent, run_client
 from control.cli.common import split_type_and_names as split
 from control.client import errors
-from control.client.manifests import display_name
-from control.client.resources import lookup
-from control.client.rest import ApiClient
+
+if TYPE_CHECKING:
+    from control.client.rest import ApiClient
 
 
 def _replicas(text: str) -> int:
@@ -43,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def scale_verb(api: ApiClient, args: argparse.Namespace) -> int:
+    from control.client.manifests import display_name
+    from control.client.resources import lookup
+
     kind, names = split(args.words)
     if len(names) != 1:
         raise UsageError("scale takes exactly one object: TYPE NAME or TYPE/NAME")

@@ -1,28 +1,36 @@
-"""``meshctl config``: the installed script writes, shows and switches contexts; bad
-values are refused and leave the file as it was; client verbs without a server say how
-to configure one. Runs the real console script in a subprocess."""
+"""``meshctl config``: writes, shows and switches contexts; bad values are refused and
+leave the file as it was; client verbs without a server say how to configure one. Runs
+``main`` in-process (cli_kit.run_main) with ``MESH_CONFIG`` set, and the installed
+script for the connection-error case."""
 
 from __future__ import annotations
 
 import os
 import stat
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
+from cli_kit import MESHCTL, Result, run_main
 
-MESHCTL = str(Path(sys.executable).parent / "meshctl")
-
-
-def meshctl(*args: str, cfg: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env["MESH_CONFIG"] = str(cfg)
-    return subprocess.run([MESHCTL, *args], capture_output=True, text=True, env=env,
-                          input=stdin, timeout=60)
+Meshctl = Callable[..., Result]
 
 
-def test_config_set_view_and_use_context(tmp_path: Path) -> None:
+@pytest.fixture
+def meshctl(monkeypatch: pytest.MonkeyPatch) -> Meshctl:
+    """``meshctl(*argv, cfg=PATH)``: the CLI in-process with MESH_CONFIG=PATH."""
+    for key in [k for k in os.environ if k.startswith("MESH_")]:
+        monkeypatch.delenv(key)
+
+    def run(*args: str, cfg: Path, stdin: str | None = None) -> Result:
+        monkeypatch.setenv("MESH_CONFIG", str(cfg))
+        return run_main(args, stdin=stdin)
+    return run
+
+
+def test_config_set_view_and_use_context(meshctl: Meshctl, tmp_path: Path) -> None:
     """set creates a context (first one current) in a 0600 file; view redacts tokens
     unless --raw; use-context switches; token and token-file replace each other."""
     cfg = tmp_path / "cfg" / "config.yaml"
@@ -54,7 +62,8 @@ def test_config_set_view_and_use_context(tmp_path: Path) -> None:
     assert meshctl("config", "path", cfg=cfg).stdout.strip() == str(cfg)
 
 
-def test_bad_config_values_are_refused_and_change_nothing(tmp_path: Path) -> None:
+def test_bad_config_values_are_refused_and_change_nothing(meshctl: Meshctl,
+                                                          tmp_path: Path) -> None:
     """A server that is not an http(s) URL, a missing CA file or an unknown context
     exit 1 with a message naming the problem, and the file is unchanged."""
     cfg = tmp_path / "config.yaml"
@@ -72,7 +81,8 @@ def test_bad_config_values_are_refused_and_change_nothing(tmp_path: Path) -> Non
     assert cfg.read_text() == before
 
 
-def test_client_verbs_without_a_server_explain_how_to_configure_one(tmp_path: Path) -> None:
+def test_client_verbs_without_a_server_explain_how_to_configure_one(meshctl: Meshctl,
+                                                                    tmp_path: Path) -> None:
     """No server anywhere: exit 1 and point at 'meshctl config set --server'."""
     r = meshctl("get", "pods", cfg=tmp_path / "absent.yaml")
     assert r.returncode == 1
@@ -80,15 +90,19 @@ def test_client_verbs_without_a_server_explain_how_to_configure_one(tmp_path: Pa
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path, free_port: int) -> None:
-    """A server that refuses connections: exit 1 naming the address, no traceback."""
-    r = meshctl("get", "pods", "--server", f"http://127.0.0.1:{free_port}",
-                cfg=tmp_path / "absent.yaml")
+    """The installed script against a server that refuses connections: exit status 1
+    naming the address, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env["MESH_CONFIG"] = str(tmp_path / "absent.yaml")
+    r = subprocess.run([MESHCTL, "get", "pods", "--server", f"http://127.0.0.1:{free_port}"],
+                       capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 1
     assert f"127.0.0.1:{free_port}" in r.stderr
     assert "Traceback" not in r.stderr
 
 
-def test_bad_manifest_fails_before_contacting_the_server(tmp_path: Path, free_port: int) -> None:
+def test_bad_manifest_fails_before_contacting_the_server(meshctl: Meshctl, tmp_path: Path,
+                                                         free_port: int) -> None:
     """apply -f with a broken second document exits 1 naming file and document, without
     trying the (unreachable) server: nothing is sent when any manifest is bad."""
     f = tmp_path / "m.yaml"

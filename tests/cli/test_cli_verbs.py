@@ -1,6 +1,7 @@
-"""The real ``meshctl`` (installed script, subprocess) against the real API server:
-apply/get/scale/describe/delete output and exit codes, and errors carrying the
-server's message."""
+"""The real ``meshctl`` against the real API server: apply/get/scale/describe/delete
+output and exit codes, and errors carrying the server's message. The installed script
+runs as a subprocess where the process matters (apply, stdin, watch and SIGTERM); the
+other tests run the same ``main`` in-process (see cli_kit.py)."""
 
 from __future__ import annotations
 
@@ -61,15 +62,15 @@ def write_app(root: Path, deploy: str = DEPLOY) -> Path:
 
 
 async def test_apply_reports_created_unchanged_configured(
-        meshctl: Run, apiserver: ApiServer, tmp_path: Path) -> None:
+        meshctl_script: Run, apiserver: ApiServer, tmp_path: Path) -> None:
     """apply -f DIR creates everything (kubectl's lines, in file order); applying again
     changes nothing; a changed field is configured; a label dropped from the manifest is
     removed from the live object while labels others set are kept."""
     app = write_app(tmp_path)
-    rc, out, err = await meshctl("apply", "-f", str(app))
+    rc, out, err = await meshctl_script("apply", "-f", str(app))
     assert (rc, err) == (0, "")
     assert out == ("namespace/shop created\ndeployment.apps/web created\nservice/web created\n")
-    rc, out, _ = await meshctl("apply", "-f", str(app))
+    rc, out, _ = await meshctl_script("apply", "-f", str(app))
     assert out == ("namespace/shop unchanged\ndeployment.apps/web unchanged\n"
                    "service/web unchanged\n")
     async with admin(apiserver) as api:
@@ -77,7 +78,7 @@ async def test_apply_reports_created_unchanged_configured(
                         namespace="shop")
     changed = DEPLOY.replace("replicas: 2", "replicas: 3").replace(", team: blue", "")
     write_app(tmp_path, changed)
-    rc, out, _ = await meshctl("apply", "-f", str(app))
+    rc, out, _ = await meshctl_script("apply", "-f", str(app))
     assert (rc, out) == (0, "namespace/shop unchanged\ndeployment.apps/web configured\n"
                             "service/web unchanged\n")
     async with admin(apiserver) as api:
@@ -86,13 +87,14 @@ async def test_apply_reports_created_unchanged_configured(
     assert live["metadata"]["labels"] == {"app": "web", "owner": "ops"}
 
 
-async def test_apply_from_stdin_and_namespace_flag(meshctl: Run) -> None:
+async def test_apply_from_stdin_and_namespace_flag(meshctl_script: Run) -> None:
     """-f - reads stdin; -n puts namespace-less manifests there; a manifest naming
     another namespace than -n is refused before anything is written."""
     svc = SVC.replace(", namespace: shop", "")
-    rc, out, err = await meshctl("apply", "-f", "-", "-n", "default", stdin=svc)
+    rc, out, err = await meshctl_script("apply", "-f", "-", "-n", "default", stdin=svc)
     assert (rc, out, err) == (0, "service/web created\n", "")
-    rc, out, err = await meshctl("apply", "-f", "-", "-n", "other", stdin=svc + "---\n" + SVC)
+    rc, out, err = await meshctl_script("apply", "-f", "-", "-n", "other",
+                                        stdin=svc + "---\n" + SVC)
     assert rc == 1
     assert "does not match the namespace given (other)" in err
     assert out == ""
