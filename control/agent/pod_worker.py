@@ -103,7 +103,14 @@ class PodWorker:
         if self._start_time is None:
             self._start_time = self.clock.wall()
         if not self._adopted:
-            await self._adopt()
+            try:
+                await self._adopt()
+            except ContainerRuntimeError as e:
+                # Cannot even list what runs: report it on every container, retry later.
+                for slot in self._slots.values():
+                    slot.waiting = (e.reason, str(e))
+                log.warning("pod %s: %s", self.pod.key, e)
+                return self.status()
         for slot in self._slots.values():
             try:
                 await self._sync_container(slot)

@@ -120,3 +120,22 @@ async def test_process_runtime_refuses_volume_mounts_with_create_container_error
     reason, message = _waiting(w)
     assert reason == "CreateContainerError"
     assert "volumeMounts" in message
+
+
+@pytest.mark.parametrize("runtime", ["process"], indirect=True)  # the worker's own is dead
+async def test_engine_that_does_not_answer_is_a_waiting_reason_not_a_crash(
+        make_worker, tmp_path):
+    """With the engine's socket gone, sync reports RuntimeUnavailable in the container's
+    state (naming the socket) and returns normally, pass after pass."""
+    from control.agent.runtime.docker import DockerRuntime
+    dead = DockerRuntime(str(tmp_path / "no-engine.sock"), node="n-dead")
+    try:
+        w = make_worker(pod("dead", container("app", "true")), rt=dead)
+        for _ in range(2):
+            st = await w.sync()
+            reason, message = _waiting(w)
+            assert reason == "RuntimeUnavailable"
+            assert "no-engine.sock" in message
+        assert st["phase"] == "Pending"
+    finally:
+        await dead.close()

@@ -113,3 +113,29 @@ def _read(req: urllib.request.Request) -> bytes:
 
 async def _empty(rt: ProcessRuntime) -> bool:
     return await rt.list() == []
+
+
+async def test_auto_runtime_prefers_an_answering_engine_else_processes(tmp_path):
+    """--runtime auto: no engine at the given sockets → the process runtime (and
+    --runtime docker refuses plainly); an answering engine → the docker runtime."""
+    from control.agent.main import pick_runtime
+    dead = [str(tmp_path / "nothing.sock")]
+    rt = await pick_runtime("auto", node="n", data_dir=tmp_path, sockets=dead)
+    try:
+        assert rt.name == "process"
+    finally:
+        await rt.close()
+    with pytest.raises(SystemExit, match="no container engine answers"):
+        await pick_runtime("docker", node="n", data_dir=tmp_path, sockets=dead)
+
+
+@pytest.mark.system(commands=["podman", "runc", "busybox"], root=True)
+async def test_auto_runtime_finds_the_podman_service(tmp_path, podman_socket):
+    from control.agent.main import pick_runtime
+    rt = await pick_runtime("auto", node="n", data_dir=tmp_path,
+                            sockets=[str(tmp_path / "nothing.sock"), podman_socket])
+    try:
+        assert rt.name == "docker"
+        assert "podman" in await rt.version()
+    finally:
+        await rt.close()
