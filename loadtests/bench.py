@@ -56,20 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default=",".join(targets.TARGETS),
                    help="comma-separated subset of: " + ", ".join(targets.TARGETS))
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds of wrk per target and mode (default 8; quick 1)")
+                   help="seconds of wrk per target and mode (default 10; quick 1)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
     p.add_argument("--rates", default=None,
                    help="open-loop rates, comma-separated (default 1000,5000)")
     p.add_argument("--ol-duration", type=float, default=None,
-                   help="seconds of open-loop schedule per target and rate (default 8; quick 1.5)")
+                   help="seconds of open-loop schedule per target and rate "
+                        "(default 10; quick 1.5)")
     p.add_argument("--ol-connections", type=int, default=64,
                    help="open-loop connections (a request due while all are busy waits, and "
                         "its wait is counted; enough of them keep the client's own pool from "
                         "being the bottleneck at 5,000/s)")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleave the targets in this many rounds per cell, so that "
-                        "noise from other work on the machine spreads over all of them "
-                        "(default 4; quick 1)")
+                        "noise from other work on the machine spreads over all of them; "
+                        "added latency is the median over rounds (default 5; quick 1)")
     p.add_argument("--no-wrk", action="store_true", help="skip the closed-loop (wrk) part")
     p.add_argument("--no-openloop", action="store_true", help="skip the open-loop part")
     p.add_argument("--json", metavar="FILE", help="also write every number to FILE")
@@ -92,9 +93,9 @@ def settings_from(args: argparse.Namespace) -> dict:
             from None
     if not rates or any(not 0 < r <= 50_000 for r in rates):
         raise ValueError("--rates: each rate must be between 0 and 50000 requests/s")
-    duration = args.duration if args.duration is not None else (1.0 if args.quick else 8.0)
+    duration = args.duration if args.duration is not None else (1.0 if args.quick else 10.0)
     ol_duration = (args.ol_duration if args.ol_duration is not None
-                   else (1.5 if args.quick else 8.0))
+                   else (1.5 if args.quick else 10.0))
     for opt, v, hi in (("--duration", duration, 600), ("--ol-duration", ol_duration, 600)):
         if not 0 < v <= hi:
             raise ValueError(f"{opt}: must be more than 0 and at most {hi} seconds, got {v:g}")
@@ -102,7 +103,7 @@ def settings_from(args: argparse.Namespace) -> dict:
                                                           args.ol_connections)):
         if not 1 <= v <= 1000:
             raise ValueError(f"{opt}: must be from 1 to 1000, got {v}")
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 4)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
     if not 1 <= rounds <= 20:
         raise ValueError(f"--rounds: must be from 1 to 20, got {rounds}")
     if duration / rounds < 1:
@@ -326,6 +327,7 @@ async def _open_loop(results: dict, running: dict[str, tuple[int, Server | None]
     per_round = s["ol_duration"] / s["rounds"]
     for rate in s["rates"]:
         merged: dict[str, openloop.OpenLoopResult] = {}
+        rounds: dict[str, list[dict]] = {}
         failed: dict[str, str] = {}
         for rnd in range(s["rounds"]):
             for name in s["targets"]:
@@ -341,6 +343,7 @@ async def _open_loop(results: dict, running: dict[str, tuple[int, Server | None]
                 except (OSError, TimeoutError) as e:
                     failed[name] = f"open-loop generator could not connect: {e}"
                     continue
+                rounds.setdefault(name, []).append(_round_summary(res))
                 if name in merged:
                     merged[name].merge(res)
                 else:
@@ -348,8 +351,15 @@ async def _open_loop(results: dict, running: dict[str, tuple[int, Server | None]
         out = results["openloop"].setdefault(f"{rate:g}", {})
         for name in s["targets"]:
             out[name] = ({"unavailable": failed[name]} if name in failed
-                         else merged[name].as_dict())
+                         else merged[name].as_dict() | {"rounds": rounds[name]})
             log(f"open loop {rate:g}/s {name:13} {_short(out[name])}")
+
+
+def _round_summary(res: openloop.OpenLoopResult) -> dict:
+    """One round's percentiles (ms): ``report.added`` pairs them with direct's round."""
+    lat = res.latency.summary()
+    return {"completed": res.completed, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+            "p999_ms": lat["p999_ms"], "lag_p99_ms": res.lag.percentile(99) * 1e3}
 
 
 def _short(cell: dict) -> str:

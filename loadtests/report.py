@@ -9,8 +9,9 @@ reason where the numbers would be, and a verdict that depends on it says
 Ratios are to the reference of the target's layer (``targets.REFERENCE``): nginx for L7,
 haproxy in tcp mode for L4. Added latency is the target's open-loop percentile minus
 direct's at the same rate and percentile (so the generator's own overhead, which both
-include, cancels out); it can come out slightly negative when the proxy's run was less
-disturbed by the other work on this machine than direct's was.
+include, cancels out), per interleaved round and then the median over rounds (see
+:func:`added`); it can come out slightly negative when the proxy's rounds were less
+disturbed by the other work on this machine than direct's were.
 
 ``python -m loadtests.report results.json --markdown`` re-prints a saved run as the
 markdown that ``README.md`` holds.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -85,12 +87,21 @@ def ratios(by_target: dict[str, dict], name: str) -> tuple[float | None, float |
 
 
 def added(by_target: dict[str, dict], name: str) -> dict[str, float] | None:
-    """Open-loop percentiles of ``name`` minus direct's, in ms; None if either is missing."""
+    """Open-loop percentiles of ``name`` minus direct's, in ms; None if either is missing.
+
+    With interleaved rounds, each round of ``name`` is compared with direct's round of
+    the same index (run moments apart) and the median of those differences is taken: a
+    stall of the machine during one round then spoils one difference, not the result.
+    Without rounds, the pooled percentiles are subtracted.
+    """
     cell, direct = by_target.get(name), by_target.get("direct")
     if not (_measured(cell) and _measured(direct)):
         return None
-    return {k: cell["latency"][k] - direct["latency"][k]
-            for k in ("p50_ms", "p99_ms", "p999_ms")}
+    keys = ("p50_ms", "p99_ms", "p999_ms")
+    pairs = list(zip(cell.get("rounds", ()), direct.get("rounds", ()), strict=False))
+    if len(pairs) > 1:
+        return {k: statistics.median(mine[k] - base[k] for mine, base in pairs) for k in keys}
+    return {k: cell["latency"][k] - direct["latency"][k] for k in keys}
 
 
 def wrk_table(results: dict, mode: str, style: Style = "text") -> list[str]:
@@ -122,7 +133,7 @@ def openloop_table(results: dict, rate: str, style: Style = "text") -> list[str]
     cells = results["openloop"].get(rate, {})
     out = [f"Open loop: {float(rate):.0f} req/s for {s['ol_duration']:g} s per target in "
            f"{s['rounds']} interleaved rounds over {s['ol_connections']} connections, latency "
-           "from scheduled send time (ms); added = target - direct"]
+           "from scheduled send time (ms); added = target - direct, median over rounds"]
     header = ["target", "achieved/s", "p50", "p99", "p99.9", "added p50", "added p99",
               "added p99.9", "errors", "gen lag p99", "rate kept"]
     rows = []

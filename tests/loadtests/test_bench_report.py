@@ -195,3 +195,17 @@ def test_every_target_gets_a_verdict_even_when_a_part_was_skipped() -> None:
     skipped = [v for v in no_wrk if v["status"] == "not measured"]
     assert len(skipped) == 8
     assert {v["detail"] for v in skipped} == {"no closed-loop (wrk) part in this run"}
+
+
+def test_added_latency_pairs_rounds_so_one_stalled_baseline_round_cannot_flatter_a_proxy(
+        ) -> None:
+    """Direct's third round hit a 90 ms stall. Pooled, direct's p99 would be huge and
+    the proxy's added p99 negative; paired by round, the median difference is 2 ms."""
+    def rounds(p99s: list[float]) -> list[dict]:
+        return [{"p50_ms": 0.5, "p99_ms": v, "p999_ms": v * 2} for v in p99s]
+    direct = _ol_cell(0.5, 90.0) | {"rounds": rounds([1.0, 1.2, 90.0, 1.1, 0.9])}
+    proxy = _ol_cell(0.8, 3.0) | {"rounds": rounds([3.0, 3.2, 3.1, 3.1, 2.9])}
+    diff = report.added({"direct": direct, "meshproxy-l7": proxy}, "meshproxy-l7")
+    assert diff is not None
+    assert diff["p99_ms"] == pytest.approx(2.0)
+    assert diff["p50_ms"] == pytest.approx(0.0)

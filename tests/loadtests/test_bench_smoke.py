@@ -87,6 +87,7 @@ def test_quick_run_counts_requests_through_every_target_and_cleans_up(
         assert cell["completed"] > 0
         assert cell["latency"]["count"] == cell["completed"]
         assert {"p50_ms", "p99_ms", "p999_ms"} <= set(cell["latency"])
+        assert [r["completed"] for r in cell["rounds"]] == [cell["completed"]]  # --quick: 1
     assert ol["meshproxy-l7"].get("completed", 0) > 0 or ol["meshproxy-l7"].get("unavailable")
 
     goals = [v["target"] for v in results["verdicts"]]
