@@ -5,7 +5,8 @@ of the type in the namespace). The header is kubectl's (Name, Namespace, Labels,
 Annotations without the last-applied copy, CreationTimestamp, Controlled By); then a
 summary for the kinds people describe most (Pod: node, status, containers and their
 states, conditions; Deployment/ReplicaSet: replicas line, selector, strategy,
-conditions; Node: conditions, addresses, capacity; Service: selector, ports) and the
+conditions; Node: conditions, addresses, capacity; Service: selector, ports; HPA:
+current / target per metric, replica bounds, conditions) and the
 remaining ``spec``/``status`` as an indented tree; then the object's Events, which the
 controllers record with ``involvedObject`` pointing at it (found with a field selector
 on ``involvedObject.kind`` and ``involvedObject.name``), oldest first.
@@ -259,5 +260,21 @@ def _service(obj: Obj, lines: list[str]) -> set[str]:
     return {"selector", "type", "ports"}
 
 
+def _hpa(obj: Obj, lines: list[str]) -> set[str]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    _kv(lines, "Reference", f"{ref.get('kind', '')}/{ref.get('name', '')}")
+    lines.append("Metrics:            ( current / target )")
+    for name, cur, target in printers.hpa_metrics(obj):
+        lines.append(f"{INDENT}{name + ':':<32} {cur} / {target}")
+    _kv(lines, "Min replicas", spec.get("minReplicas", 1))
+    _kv(lines, "Max replicas", spec.get("maxReplicas"))
+    _kv(lines, "Replicas", f"{status.get('currentReplicas', 0)} current / "
+                           f"{status.get('desiredReplicas', 0)} desired")
+    _conditions(lines, status.get("conditions"))
+    return {"scaleTargetRef", "metrics", "minReplicas", "maxReplicas", "currentMetrics",
+            "currentReplicas", "desiredReplicas", "conditions"}
+
+
 SUMMARIES = {"pods": _pod, "deployments": _workload, "replicasets": _workload,
-             "nodes": _node, "services": _service}
+             "nodes": _node, "services": _service, "horizontalpodautoscalers": _hpa}

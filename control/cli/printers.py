@@ -205,16 +205,20 @@ def _event_last_seen(o: Obj, now: float) -> str:
     return age(ts, now)
 
 
-def hpa_targets(o: Obj) -> str:
+def hpa_metrics(o: Obj) -> list[tuple[str, str, str]]:
+    """(metric name, current, target) per metric of an HPA's spec, current from status."""
     current = {(_metric_name(m)): m for m in _dig(o, "status", "currentMetrics", default=[])
                or []}
-    parts = []
+    out = []
     for m in _dig(o, "spec", "metrics", default=[]) or []:
         name = _metric_name(m)
-        target = _metric_value(m, "target")
         cur = _metric_value(current[name], "current") if name in current else "<unknown>"
-        parts.append(f"{name}: {cur}/{target}")
-    return ", ".join(parts) or NONE
+        out.append((name, cur, _metric_value(m, "target")))
+    return out
+
+
+def hpa_targets(o: Obj) -> str:
+    return ", ".join(f"{name}: {cur}/{target}" for name, cur, target in hpa_metrics(o)) or NONE
 
 
 def _metric_name(m: Obj) -> str:

@@ -52,3 +52,26 @@ def test_pod_description_has_containers_conditions_owner_and_counted_events() ->
     assert re.search(r"^  Warning\s+BackOff\s+5s \(x7\)\s+agent\s+Back-off restarting", out,
                      re.M)
     assert "{}" not in out
+
+
+def test_hpa_description_shows_current_against_target_per_metric() -> None:
+    """An HPA shows its target reference, one line per metric with current / target
+    (<unknown> before the first measurement), replica bounds and counts."""
+    hpa = {"metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"},
+                    "minReplicas": 2, "maxReplicas": 10,
+                    "metrics": [
+                        {"type": "Resource", "resource": {"name": "cpu", "target": {
+                            "type": "Utilization", "averageUtilization": 60}}},
+                        {"type": "Pods", "pods": {"metric": {"name": "requests_per_second"},
+                                                  "target": {"type": "AverageValue",
+                                                             "averageValue": "100"}}}]},
+           "status": {"currentReplicas": 3, "desiredReplicas": 4, "currentMetrics": [
+               {"type": "Resource", "resource": {"name": "cpu", "current": {
+                   "averageUtilization": 85}}}]}}
+    out = describe(lookup("hpa"), hpa, [], now=NOW)
+    assert re.search(r"^Reference:\s+Deployment/web$", out, re.M)
+    assert re.search(r"^  cpu:\s+85% / 60%$", out, re.M)
+    assert re.search(r"^  requests_per_second:\s+<unknown> / 100$", out, re.M)
+    assert re.search(r"^Replicas:\s+3 current / 4 desired$", out, re.M)
+    assert "Spec:" not in out, "every spec field is in the summary"

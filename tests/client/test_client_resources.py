@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from control.client import errors, resources
+from control.client.rest import _event
 
 
 def test_resource_names_resolve_like_kubectl() -> None:
@@ -58,3 +59,18 @@ def test_status_bodies_map_to_typed_errors(code: int, reason: str, cls: type) ->
     plain = errors.from_status(502, "bad gateway text")
     assert isinstance(plain, errors.ServerError)
     assert str(plain) == "bad gateway text"
+
+
+def test_watch_error_events_raise_typed_errors() -> None:
+    """A watch line of type ERROR carrying a 410 Status raises Gone (how kube-apiserver
+    ends a watch that fell behind); other lines decode or fail as ConnectionFailed."""
+    line = (b'{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","code":410,'
+            b'"reason":"Expired","message":"too old resource version: 5 (42)"}}')
+    with pytest.raises(errors.Gone, match="too old resource version"):
+        _event(line)
+    ev = _event(b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"9"}}}')
+    assert (ev.type, ev.resource_version) == ("BOOKMARK", "9")
+    with pytest.raises(errors.ConnectionFailed, match="unknown event type 'SYNC'"):
+        _event(b'{"type":"SYNC","object":{}}')
+    with pytest.raises(errors.ConnectionFailed, match="not JSON"):
+        _event(b"<html>")
