@@ -47,6 +47,7 @@ class HttpListener:
         self.connections: set[HttpServerProtocol] = set()
         self.draining = False
         self._empty: asyncio.Event | None = None  # set when draining and none is left
+        self._opened = 0
         self._active = stats.downstream_connections.labels(self.name)
         self._accepted = stats.downstream_connections_total.labels(self.name)
         self._rx = stats.bytes_received.labels(self.name)
@@ -78,16 +79,15 @@ class HttpListener:
 
     # --- called by the connections -------------------------------------------------
     def connection_opened(self, conn: HttpServerProtocol) -> None:
+        # Counted in plain integers; sweep() moves them into the metrics.
         self.connections.add(conn)
-        self._active.inc()
-        self._accepted.inc()
+        self._opened += 1
         if self.draining:
             conn.drain()
 
     def connection_closed(self, conn: HttpServerProtocol) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
-            self._active.dec()
             if not self.connections and self._empty is not None:
                 self._empty.set()
 
@@ -101,9 +101,14 @@ class HttpListener:
             self._tx.inc(tx)
 
     def sweep(self) -> None:
-        """Periodic: move the connections' byte counts into the metrics."""
+        """Periodic (and before a scrape): move connection counts and the connections'
+        byte counts into the metrics."""
         for conn in self.connections:
             conn.flush_bytes()
+        self._active.set(len(self.connections))
+        if self._opened:
+            self._accepted.inc(self._opened)
+            self._opened = 0
 
     # --- shutdown --------------------------------------------------------------------
     def stop_accepting(self) -> None:
@@ -121,6 +126,7 @@ class HttpListener:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        self.sweep()
         if self.server is not None:
             await self.server.wait_closed()
 

@@ -94,7 +94,7 @@ class Stats:
             ["listener", "route"], buckets=DURATION_BUCKETS, registry=r)
         self.downstream_connections = Gauge(
             "meshproxy_downstream_connections_active",
-            "Open downstream connections, by listener.", ["listener"],
+            "Open downstream connections, by listener (sampled each second).", ["listener"],
             multiprocess_mode="livesum", registry=r)
         self.downstream_connections_total = Counter(
             "meshproxy_downstream_connections_total",

@@ -52,6 +52,7 @@ class _Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.down.upstream_lost()
+        self.down = None  # type: ignore[assignment]  # break the cycle: free by refcount
 
     def pause_writing(self) -> None:
         if self.down.transport is not None:
@@ -177,6 +178,7 @@ class TcpDownstream(asyncio.Protocol):
 
     def upstream_lost(self) -> None:
         self._finish()
+        self.upstream = None
         if self.transport is not None:
             self.transport.close()
 
@@ -228,6 +230,7 @@ class TcpListener:
         self.connections: set[TcpDownstream] = set()
         self.draining = False
         self._empty: asyncio.Event | None = None  # set when draining and none is left
+        self._outcomes: dict[str, object] = {}
         self._rx = stats.bytes_received.labels(self.name)
         self._tx = stats.bytes_sent.labels(self.name)
 
@@ -256,7 +259,11 @@ class TcpListener:
             self._empty.set()
 
     def count(self, outcome: str) -> None:
-        self.stats.tcp_connections.labels(self.name, outcome).inc()
+        child = self._outcomes.get(outcome)
+        if child is None:
+            child = self._outcomes[outcome] = self.stats.tcp_connections.labels(self.name,
+                                                                                outcome)
+        child.inc()
 
     def count_bytes(self, rx: int, tx: int) -> None:
         if rx:

@@ -148,6 +148,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._tunnel = None
         self.flush_bytes()
         self.listener.connection_closed(self)
+        self.parser = None  # type: ignore[assignment]  # it refers back to us: free by refcount
 
     def pause_writing(self) -> None:
         # The client reads slower than the upstream sends: stop reading the upstream.

@@ -209,6 +209,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamReset("upstream closed the connection" + (
                 f": {exc}" if exc else "")))
         self.pool.forget(self)
+        self.parser = None  # type: ignore[assignment]  # it refers back to us: free by refcount
 
     def pause_writing(self) -> None:
         # The upstream is slower than the client sends (request body or tunnel bytes):
