@@ -95,12 +95,14 @@ class NodeLifecycleController:
         self._orphans: dict[str, float] = {}  # pod uid -> first seen on a missing node
         self.last: Decisions | None = None
         self._stopped = asyncio.Event()
-        self.nodes.add_handler(on_add=self._node_seen, on_update=lambda _o, n: self._node_seen(n),
+        self.nodes.add_handler(on_add=self.observe_node,
+                               on_update=lambda _o, n: self.observe_node(n),
                                on_delete=self._node_deleted)
 
     # -- heartbeats ----------------------------------------------------------------------
 
-    def _node_seen(self, node: Obj) -> None:
+    def observe_node(self, node: Obj) -> None:
+        """Informer handler: a changed heartbeat stamp is a heartbeat, now."""
         name = object_key(node)
         stamp = heartbeat_stamp(node)
         if name not in self._stamps or stamp != self._stamps[name]:

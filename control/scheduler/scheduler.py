@@ -196,40 +196,48 @@ class Scheduler:
             await sleep(self._clock, self._flush_period)
             self._retry_unschedulable("periodic flush")
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    def _schedule_one(self, key: str) -> None:
-        """One scheduling cycle (synchronous: nothing else touches the cache meanwhile)."""
+    async def schedule_one(self, key: str) -> None:
+        """One scheduling cycle for ``key`` and its binding (or failure record), awaited:
+        what the loop does per Pod, for tests and tools."""
+        task = self._schedule_one(key)
+        if task is not None:
+            await task
+
+    def _schedule_one(self, key: str) -> asyncio.Task[None] | None:
+        """One scheduling cycle (synchronous: nothing else touches the cache meanwhile);
+        returns the binding or failure-recording task it started, if any."""
         ns, name = split_key(key)
         pod = self.pods.get(ns, name)
         if pod is None or not self._responsible_for(pod):
             self.queue.forget(key)
             self.queue.done(key)
-            return
+            return None
         try:
             info = pod_info(pod)
         except ValueError as e:
             message = f"invalid resources: {e}"
             self._unschedulable[key] = message
-            self._spawn(self._record_unschedulable(key, pod, message), f"unschedulable-{key}")
-            return
+            return self._spawn(self._record_unschedulable(key, pod, message),
+                               f"unschedulable-{key}")
         if self.cache.node_of(info.uid) is not None:
             # Assumed already: its bind is in flight or done and the watch lags behind.
             self.queue.done(key)
-            return
+            return None
         self.stats.attempts += 1
         result = self.framework.schedule(info)
         if isinstance(result, Unschedulable):
             self.stats.unschedulable += 1
             self._unschedulable[key] = result.message
-            self._spawn(self._record_unschedulable(key, pod, result.message),
-                        f"unschedulable-{key}")
-            return
+            return self._spawn(self._record_unschedulable(key, pod, result.message),
+                               f"unschedulable-{key}")
         self.cache.assume(info, result.node)
-        self._spawn(self._bind(key, pod, info.uid, result.node), f"bind-{key}")
+        return self._spawn(self._bind(key, pod, info.uid, result.node), f"bind-{key}")
 
     async def _bind(self, key: str, pod: Obj, uid: str, node: str) -> None:
         ns, name = split_key(key)

@@ -251,3 +251,28 @@ async def heartbeats(cluster: Cluster, alive: set[str], *, period: float = 0.2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class RecordingClient(ApiClient):
+    """The real REST client, noting every write it sends: ``(verb, path, body)``.
+
+    Not a double: each request still goes to the API server. It lets a controller test
+    assert the exact actions one reconcile took, as sample-controller's tests do.
+    """
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.actions: list[tuple[str, str, Any]] = []
+
+    async def request(self, method: str, url: str, **kw: Any) -> Any:
+        if method != "GET":
+            self.actions.append((method, url, copy.deepcopy(kw.get("body"))))
+        return await super().request(method, url, **kw)
+
+    def writes(self, *, without_events: bool = True) -> list[tuple[str, str]]:
+        """(verb, path) of the writes, Events left out (they are written asynchronously)."""
+        return [(m, u) for m, u, _ in self.actions
+                if not (without_events and "/events" in u)]
+
+    def bodies(self, method: str, suffix: str) -> list[Any]:
+        return [b for m, u, b in self.actions if m == method and u.endswith(suffix)]
