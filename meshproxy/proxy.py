@@ -83,6 +83,7 @@ class Proxy:
                 return False
             if loaded.version == self.loaded.version:
                 return True  # nothing changed (a touch, or a SIGHUP without an edit)
+            previous = self.loaded.config
             try:
                 await self.apply(loaded)
             except OSError as e:
@@ -93,6 +94,10 @@ class Proxy:
             if count:
                 self.stats.config_reloads.labels("success").inc()
             self.stats.config_loaded.set(loaded.loaded_at)
+            for section in ("admin", "process"):
+                if getattr(previous, section) != getattr(loaded.config, section):
+                    log.warning("config %s: the %r section changed; it takes effect on "
+                                "restart only", loaded.version, section)
             log.info("config %s loaded from %s", loaded.version, path)
             return True
 

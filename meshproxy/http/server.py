@@ -432,8 +432,10 @@ class HttpServerProtocol(asyncio.Protocol):
             status = self._status = 502
             extra = [b"x-mesh-reason: upstream_protocol_error"]
             self.listener.count_local_reply("upstream_protocol_error", 502)
+        # Answered before its body was fully received (an early upstream answer):
+        # the rest of that body would stall the connection, so it closes after this.
         close = (self._close_after or not ex.keep_alive or self.listener.draining
-                 or (self._no_more and not self._queue))
+                 or (self._no_more and not self._queue) or self._reading is ex)
         no_body = ex.method == b"HEAD" or status in (204, 304) or status < 200
         chunked = False
         if no_body:
@@ -649,5 +651,4 @@ class HttpServerProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
         else:
-            self._close_after = True
-            self._no_more = True
+            self._close_after = True  # the response in progress says so, then we close

@@ -153,6 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._status = 0
         self._cl: int | None = None
         self._conn_tokens: set[bytes] | None = None
+        self._chunked_in = False
         self._close_after = False
         self._informational = False
         self._head_only = False
@@ -205,6 +206,8 @@ class UpstreamConnection(asyncio.Protocol):
             if body is not None:
                 body.finish()
             self._done(True, 101, "")
+        elif self.busy and exc is None and self._until_eof():
+            self._message_complete(reuse=False)  # a close-delimited body ends here
         elif self.busy:
             self._fail(UpstreamReset("upstream closed the connection" + (
                 f": {exc}" if exc else "")))
@@ -273,6 +276,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers = []
         self._cl = None
+        self._chunked_in = False
         self._conn_tokens = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -281,6 +285,8 @@ class UpstreamConnection(asyncio.Protocol):
         if low in HOP_BY_HOP:
             if low == b"content-length":
                 self._cl = int(value)
+            elif low == b"transfer-encoding":
+                self._chunked_in = True
             elif low == b"connection":
                 self._conn_tokens = connection_tokens(value)
             return
@@ -325,6 +331,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self._status == 101:
             return  # llhttp ends the 101 "message" before the upgrade: the tunnel follows
         self._message_complete(reuse=self.parser.should_keep_alive())
+
+    def _until_eof(self) -> bool:
+        """The response head arrived and its body is delimited by the connection's
+        close (no Content-Length, not chunked: an HTTP/1.0-style upstream)."""
+        return (self._body is not None and self._cl is None and not self._chunked_in
+                and not self._head_only and self._status not in (101, 204, 304))
 
     # --- outcomes ----------------------------------------------------------------------
     def _message_complete(self, *, reuse: bool) -> None:

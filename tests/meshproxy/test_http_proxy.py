@@ -69,6 +69,16 @@ async def test_response_bodies_large_and_chunked(upstream, proxy_factory) -> Non
     assert r.body == b"".join(f"chunk-{i}\n".encode() for i in range(50))
 
 
+async def test_close_delimited_upstream_body_is_complete(upstream, proxy_factory) -> None:
+    """An upstream body that ends with the connection's close (no length) reaches an
+    HTTP/1.1 client complete, re-framed as chunked."""
+    p = await proxy_factory(http_config([upstream.address]))
+    r = await request(p.listeners["web"].port, "GET", "/close-delimited")
+    assert r.status == 200
+    assert r.body == b"until the end"
+    assert r.headers["transfer-encoding"] == "chunked"
+
+
 async def test_http10_client_gets_close_delimited_body(upstream, proxy_factory) -> None:
     """An HTTP/1.0 client cannot take chunked: an unknown-length body is close-delimited."""
     p = await proxy_factory(http_config([upstream.address]))

@@ -16,6 +16,7 @@ not below)                  body sha256, connection number and request number on
 ``/big/{bytes}``            a body of that many bytes, with Content-Length
 ``/huge-headers/{bytes}``   a response header of that size
 ``/close``                  answers with ``Connection: close`` and closes
+``/close-delimited``        an HTTP/1.0 answer without length: the close ends the body
 ``/garbage``                answers with bytes that are not HTTP
 ``/websocket``              RFC 6455 handshake (101), then echoes raw tunnel bytes
 ``/drip/{n}/{interval}``    n chunks, one every interval seconds (slow streaming)
@@ -172,6 +173,11 @@ class Upstream:
             return await respond(writer, 200, b"ok\n", [*hdr, ("x-big", "h" * int(parts[1]))])
         if parts[0] == "close":
             await respond(writer, 200, b"bye\n", [*hdr, ("connection", "close")])
+            return False
+        if parts[0] == "close-delimited":
+            writer.write(b"HTTP/1.0 200 OK\r\nx-upstream: " + self.name.encode()
+                         + b"\r\n\r\nuntil the end")
+            await writer.drain()
             return False
         if parts[0] == "garbage":
             writer.write(b"SPDY/9 what is this\r\n\r\n")
