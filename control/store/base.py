@@ -13,6 +13,7 @@ opaque bytes (the API server stores JSON). The contract is pinned by
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -176,3 +177,25 @@ def check_value(value: object) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise ValueError(f"value must be bytes, got {type(value).__name__}")
     return bytes(value)
+
+
+def check_revision(revision: object, *, allow_zero: bool = False) -> None:
+    """Validate an expected/from/compact revision: None (where optional) or an int >= 1
+    (>= 0 with ``allow_zero``; None is then refused)."""
+    if revision is None and not allow_zero:
+        return
+    low = 0 if allow_zero else 1
+    if not isinstance(revision, int) or isinstance(revision, bool) or revision < low:
+        raise ValueError(f"revision must be an integer >= {low}, got {revision!r}")
+
+
+def check_lock_args(name: object, holder: object = "-", ttl: object = 1.0) -> None:
+    """Validate lock arguments: a non-empty name without ``/``, a non-empty holder, a
+    positive finite TTL in seconds."""
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"lock name must be a non-empty str without '/', got {name!r}")
+    if not isinstance(holder, str) or not holder:
+        raise ValueError(f"lock holder must be a non-empty str, got {holder!r}")
+    if (not isinstance(ttl, int | float) or isinstance(ttl, bool) or not math.isfinite(ttl)
+            or ttl <= 0):
+        raise ValueError(f"lock ttl must be a positive number of seconds, got {ttl!r}")

@@ -48,7 +48,9 @@ from control.store.base import (
     KeyValue,
     StoreError,
     check_key,
+    check_lock_args,
     check_prefix,
+    check_revision,
     check_value,
 )
 from control.store.watch import Watch, WatchHub
@@ -241,7 +243,7 @@ class SqliteStore:
 
         revision = await asyncio.to_thread(prepare)
         store = cls(path, options=options, clock=clock, loop=asyncio.get_running_loop())
-        store._hub.last_revision = revision
+        store._hub.last_revision = store._hub.last_position = revision
         store._writer.start()
         if options.maintenance_interval > 0:
             store._maintenance = asyncio.create_task(store._maintain_forever(),
@@ -258,7 +260,8 @@ class SqliteStore:
 
     def _publish_threadsafe(self, events: list[Event], revision: int) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._hub.publish, events, revision)
+            self._loop.call_soon_threadsafe(
+                self._hub.publish, [(e.revision, e) for e in events], revision)
         except RuntimeError:
             pass  # the loop is gone: nobody is left to watch
 
@@ -289,8 +292,12 @@ class SqliteStore:
 
         return await self._loop.run_in_executor(self._readers, run)
 
-    async def _history(self, prefix: str, after: int, limit: int) -> list[Event]:
-        return await self._read(lambda c: schema.history(c, prefix, after, limit))
+    async def _history(self, prefix: str, after_position: int | None, after_revision: int,
+                       limit: int) -> list[tuple[int, Event]]:
+        # A revision is the position here: every write has its own.
+        after = after_revision if after_position is None else after_position
+        events = await self._read(lambda c: schema.history(c, prefix, after, limit))
+        return [(e.revision, e) for e in events]
 
     # -- the Store interface -------------------------------------------------------------
 
@@ -317,19 +324,19 @@ class SqliteStore:
                      expected_revision: int | None = None) -> KeyValue:
         check_key(key)
         value = check_value(value)
-        _check_revision(expected_revision)
+        check_revision(expected_revision)
         return await self._write(
             lambda c, rev, now: schema.update(c, rev, key, value, expected_revision, now))
 
     async def delete(self, key: str, *, expected_revision: int | None = None) -> KeyValue:
         check_key(key)
-        _check_revision(expected_revision)
+        check_revision(expected_revision)
         return await self._write(
             lambda c, rev, now: schema.delete(c, rev, key, expected_revision, now))
 
     def watch(self, prefix: str, *, from_revision: int = 0) -> Watch:
         check_prefix(prefix)
-        _check_revision(from_revision, allow_zero=True)
+        check_revision(from_revision, allow_zero=True)
         return self._hub.watch(prefix, from_revision)
 
     async def current_revision(self) -> int:
@@ -340,20 +347,20 @@ class SqliteStore:
         return await self._read(lambda c: schema.meta(c, "compacted"))
 
     async def compact(self, revision: int) -> None:
-        _check_revision(revision, allow_zero=True)
+        check_revision(revision, allow_zero=True)
         await self._write(lambda c, _rev, _now: (schema.compact(c, revision), None))
 
     async def try_acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
-        _check_lock_args(name, holder, ttl)
+        check_lock_args(name, holder, ttl)
         return await self._write(
             lambda c, _rev, now: (schema.try_lock(c, name, holder, ttl, now), None))
 
     async def release_lock(self, name: str, holder: str) -> None:
-        _check_lock_args(name, holder)
+        check_lock_args(name, holder)
         await self._write(lambda c, _rev, _now: (schema.release_lock(c, name, holder), None))
 
     async def lock_holder(self, name: str) -> str | None:
-        _check_lock_args(name)
+        check_lock_args(name)
         now = self.clock()
         return await self._read(lambda c: schema.lock_holder(c, name, now))
 
@@ -417,20 +424,3 @@ class SqliteStore:
         for conn in self._reader_conns:
             conn.close()
         self._reader_conns.clear()
-
-
-def _check_revision(revision: object, *, allow_zero: bool = False) -> None:
-    if revision is None and not allow_zero:
-        return
-    low = 0 if allow_zero else 1
-    if not isinstance(revision, int) or isinstance(revision, bool) or revision < low:
-        raise ValueError(f"revision must be an integer >= {low}, got {revision!r}")
-
-
-def _check_lock_args(name: object, holder: object = "-", ttl: float = 1.0) -> None:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"lock name must be a non-empty str, got {name!r}")
-    if not isinstance(holder, str) or not holder:
-        raise ValueError(f"lock holder must be a non-empty str, got {holder!r}")
-    if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
-        raise ValueError(f"lock ttl must be a positive number of seconds, got {ttl!r}")

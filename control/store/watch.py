@@ -5,13 +5,16 @@ hands it to each registered :class:`Watch` whose prefix matches. Nobody polls pe
 watcher: a backend publishes after each commit (SQLite) or after each blocking query
 (Consul), and 500 watchers cost one prefix test per event each.
 
-A watch that starts from an old revision first replays history through the backend's
-``history`` callable (the SQLite event log, Consul's bounded in-memory ring), then
-follows live events. The ordering problem (an event published while history is being
-read) is solved by registering first and de-duplicating by revision: every live event
-buffered before a history read begins is also in that history, so the buffer is cleared
-before each history page and events at or below the last delivered revision are
-skipped afterwards.
+Every published event has a *position*: a number that grows with each event. For
+SQLite it is the revision itself; for Consul, where several deletes seen in one
+blocking query share one revision, it is the store's own event counter. A watch that
+starts from an old revision first replays history through the backend's ``history``
+callable (the SQLite event log, Consul's bounded in-memory ring), then follows live
+events. The ordering problem (an event published while history is being read) is solved
+by registering first and de-duplicating by position: every live event buffered before a
+history read begins is also in that history, so the buffer is cleared before each
+history page and events at or below the last delivered position are skipped
+afterwards.
 
 A watcher that stops reading cannot grow memory without bound: past ``buffer_limit``
 buffered events it is marked as overflowed, its buffer is dropped, and on its next read
@@ -31,10 +34,11 @@ from types import TracebackType
 
 from control.store.base import Event
 
-#: ``history(prefix, after_revision, limit)``: events under ``prefix`` with revision >
-#: ``after_revision`` in revision order, at most ``limit`` of them; raises Compacted when
-#: that history is incomplete.
-HistoryReader = Callable[[str, int, int], Awaitable[list[Event]]]
+#: ``history(prefix, after_position, after_revision, limit)``: ``(position, event)`` pairs
+#: under ``prefix`` in order, after ``after_position`` when it is not None, else with
+#: revision > ``after_revision``; at most ``limit``; raises Compacted when that history is
+#: incomplete.
+HistoryReader = Callable[[str, int | None, int, int], Awaitable[list[tuple[int, Event]]]]
 
 HISTORY_PAGE = 1000
 
@@ -51,17 +55,20 @@ class WatchHub:
         self._watches: set[Watch] = set()
         #: revision of the newest event published (or known current at start-up)
         self.last_revision = 0
+        #: position of the newest event published
+        self.last_position = 0
         self.closed = False
 
     def __len__(self) -> int:
         return len(self._watches)
 
-    def publish(self, events: list[Event], revision: int | None = None) -> None:
-        """Deliver committed ``events`` (in revision order) to matching watches; must run
-        on the watches' event loop. ``revision`` advances ``last_revision`` when the
-        commit's newest revision is not the last event's (it never is lower)."""
+    def publish(self, events: list[tuple[int, Event]], revision: int | None = None) -> None:
+        """Deliver committed ``(position, event)`` pairs (in order) to matching watches;
+        must run on the watches' event loop. ``revision`` advances ``last_revision`` when
+        the commit's newest revision is not the last event's (it never is lower)."""
         if events:
-            self.last_revision = max(self.last_revision, events[-1].revision)
+            self.last_position = max(self.last_position, events[-1][0])
+            self.last_revision = max(self.last_revision, events[-1][1].revision)
         if revision is not None:
             self.last_revision = max(self.last_revision, revision)
         if not events:
@@ -100,27 +107,27 @@ class Watch:
         self._hub = hub
         self.prefix = prefix
         self._wakeup = asyncio.Event()
-        self._buffer: deque[Event] = deque()
-        self._ready: deque[Event] = deque()
+        self._buffer: deque[tuple[int, Event]] = deque()
+        self._ready: deque[tuple[int, Event]] = deque()
         self._overflowed = False
         self._closed = hub.closed
-        if from_revision == 0:
-            self._last = hub.last_revision
-            self._catch_up = False
-        else:
-            self._last = from_revision
-            self._catch_up = True
+        self._from_revision = from_revision if from_revision else hub.last_revision
+        #: position of the last event handed out; None until the first history read
+        #: has turned from_revision into a position
+        self._position: int | None = None if from_revision else hub.last_position
+        self._catch_up = bool(from_revision)
+        self._last = self._from_revision
 
     @property
     def last_revision(self) -> int:
         """The revision of the last event handed out (or the start revision)."""
         return self._last
 
-    def _offer(self, events: list[Event]) -> None:
+    def _offer(self, events: list[tuple[int, Event]]) -> None:
         if self._overflowed:
             return
         prefix = self.prefix
-        matched = [e for e in events if e.kv.key.startswith(prefix)]
+        matched = [pe for pe in events if pe[1].kv.key.startswith(prefix)]
         if not matched:
             return
         if len(self._buffer) + len(matched) > self._hub.buffer_limit:
@@ -141,7 +148,7 @@ class Watch:
     async def __anext__(self) -> Event:
         while True:
             if self._ready:
-                event = self._ready.popleft()
+                self._position, event = self._ready.popleft()
                 self._last = event.revision
                 return event
             if self._closed:
@@ -153,10 +160,14 @@ class Watch:
                 await self._read_history_page()
                 continue
             while self._buffer:
-                event = self._buffer.popleft()
-                if event.revision > self._last:
-                    self._last = event.revision
-                    return event
+                position, event = self._buffer.popleft()
+                if self._position is not None and position <= self._position:
+                    continue
+                if event.revision <= self._from_revision:
+                    continue  # committed before the watch's start, not yet seen by history
+                self._position = position
+                self._last = event.revision
+                return event
             self._wakeup.clear()
             await self._wakeup.wait()
 
@@ -164,9 +175,13 @@ class Watch:
         # Everything buffered so far was committed before this read starts, so the
         # read returns it too: drop it to keep revision order.
         self._buffer.clear()
-        page = await self._hub._history(self.prefix, self._last, HISTORY_PAGE)
+        page = await self._hub._history(self.prefix, self._position, self._from_revision,
+                                        HISTORY_PAGE)
         self._catch_up = len(page) >= HISTORY_PAGE
-        self._ready.extend(e for e in page if e.revision > self._last)
+        if self._position is None and not page:
+            # Nothing after from_revision yet: live events follow (filtered by revision).
+            self._position = -1
+        self._ready.extend(page)
 
     async def aclose(self) -> None:
         """Stop the watch and unregister it."""
