@@ -108,6 +108,25 @@ async def test_history_is_bounded_and_older_watches_are_compacted(double) -> Non
         assert [e.kv.key for e in got] == [P + "k4", P + "marker"]
 
 
+async def test_watch_survives_consul_going_away_and_coming_back(double) -> None:
+    """While Consul is unreachable the poller counts errors and retries with back-off;
+    when it is back, changes made meanwhile reach the watch (by snapshot diff)."""
+    async with await _open(double) as s, s.watch(P) as w:
+        port = int(double.address.rpartition(":")[2])
+        await double.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while s.poll_errors == 0:
+            assert loop.time() < deadline, "the poller never noticed Consul was gone"
+            await asyncio.sleep(0.05)
+        with pytest.raises(StoreError, match="consul"):
+            await s.create(P + "while-down", b"x")
+        await double.start(port)
+        kv = await s.create(P + "after", b"y")
+        (event,) = await _events(w, 1)
+        assert (event.type, event.kv) == ("ADDED", kv)
+
+
 async def test_wrong_or_missing_acl_token_is_refused_clearly(double) -> None:
     with pytest.raises(StoreError, match="permission denied"):
         await _open(double, token="wrong")

@@ -116,6 +116,21 @@ async def test_maintenance_compacts_history_by_age_and_by_size(data_dir: Path,
         assert new[0] < report["compacted"]
 
 
+async def test_background_maintenance_runs_on_its_interval(data_dir: Path) -> None:
+    """With a maintenance interval set, the store compacts on its own (here: beyond 5
+    history entries) without anyone calling maintain()."""
+    opts = SqliteOptions(maintenance_interval=0.05, history_max_events=5)
+    async with await SqliteStore.open(data_dir / "s.db", options=opts) as s:
+        for i in range(20):
+            await s.create(f"{P}k{i}", b"v")
+        target = await s.current_revision() - 5
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while await s.compacted_revision() < target:
+            assert loop.time() < deadline, "maintenance never compacted"
+            await asyncio.sleep(0.05)
+
+
 async def test_churn_keeps_file_size_and_history_bounded(data_dir: Path) -> None:
     """A long churn run (create, update, delete the same 100 objects of 2 KiB, 36
     rounds, maintenance between rounds as the background task would do) does not grow

@@ -131,10 +131,13 @@ class ConsulDouble:
         app.router.add_route("GET", "/v1/session/info/{id}", self._session_info)
         return app
 
-    async def start(self) -> str:
+    async def start(self, port: int = 0) -> str:
+        """Serve on ``port`` (0: a free one); after ``stop()`` it can start again with
+        its state kept, like an agent restarting."""
+        self._stopping = False
         self._runner = web.AppRunner(self.app(), shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, reuse_address=True)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.address = f"127.0.0.1:{port}"
@@ -145,6 +148,7 @@ class ConsulDouble:
         self._notify()  # blocking queries answer now, so shutdown need not cancel them
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
 
     # -- plumbing -------------------------------------------------------------------------
 
