@@ -5,9 +5,15 @@ the Docker Engine API when an engine answers on one of the sockets, the process
 runtime otherwise, and it says which and why), and runs the pod manager
 (``agent.py``) until SIGTERM or SIGINT.
 
-Pod sources: ``--pod-manifest-path DIR`` (static Pods, ``static.py``), re-read every
-``--sync-interval`` seconds. The API-server source (``--server``) is wired in once the
-REST client and the API server land; until then asking for it exits 2 and says so.
+Pod sources, one of:
+
+- ``--server URL`` (with ``--api-token-file`` holding a ``node`` token, ``--ca-file``):
+  the API server (``apisync.py``): the Node is registered and heartbeated, the Pods
+  bound to it are run, their status and Events written back. Unset options come from
+  the client configuration (``MESH_SERVER``, ``MESH_TOKEN_FILE``, ``MESH_CA_FILE``,
+  the config file), as for every ``meshctl`` verb;
+- ``--pod-manifest-path DIR``: static Pods (``static.py``), re-read every
+  ``--sync-interval`` seconds, status written to files.
 
 The agent API (``server.py``: logs, exec, stats) listens on ``--listen`` with a bearer
 token from ``--token-file`` (generated in the data directory when absent).
@@ -63,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host ports handed to Pods (LOW-HIGH)")
     p.add_argument("--pod-manifest-path", type=Path,
                    help="run the Pods in this directory's manifests (static Pods)")
-    p.add_argument("--server", help="API server URL (not available yet)")
+    p.add_argument("--server", help="API server URL (run the Pods bound to this node)")
+    p.add_argument("--api-token-file", help="file holding this node's API token")
+    p.add_argument("--ca-file", help="CA certificate of the API server")
+    p.add_argument("--insecure-skip-tls-verify", action="store_true", default=None)
+    p.add_argument("--heartbeat", type=float, default=10.0,
+                   help="seconds between Node status updates")
+    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label for this Node (repeatable)")
     p.add_argument("--listen", default="127.0.0.1:10250", metavar="HOST:PORT",
                    help="the agent API (logs, exec, stats); port 0 picks a free one")
     p.add_argument("--token-file", type=Path,
@@ -87,12 +100,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"meshctl agent: --port-range {args.port_range!r}: {e}", file=sys.stderr)
         return 2
-    if args.server:
-        print("meshctl agent: --server is not available yet (the API-server pod source "
-              "lands with the REST client); use --pod-manifest-path", file=sys.stderr)
+    labels = {}
+    for item in args.node_label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"meshctl agent: --node-label {item!r}: expected KEY=VALUE",
+                  file=sys.stderr)
+            return 2
+        labels[key] = value
+    args.labels = labels
+    api_wanted = args.server or args.api_token_file or os.environ.get("MESH_SERVER")
+    if api_wanted and args.pod_manifest_path is not None:
+        print("meshctl agent: choose one pod source: --server or --pod-manifest-path",
+              file=sys.stderr)
         return 2
-    if args.pod_manifest_path is None:
-        print("meshctl agent: give a pod source: --pod-manifest-path DIR", file=sys.stderr)
+    args.client_config = None
+    if api_wanted:
+        from control.client.config import ConfigError, resolve
+        try:
+            args.client_config = resolve(server=args.server, token_file=args.api_token_file,
+                                         ca_file=args.ca_file,
+                                         insecure=args.insecure_skip_tls_verify)
+        except ConfigError as e:
+            print(f"meshctl agent: {e}", file=sys.stderr)
+            return 2
+    elif args.pod_manifest_path is None:
+        print("meshctl agent: give a pod source: --server URL (with --api-token-file) or "
+              "--pod-manifest-path DIR", file=sys.stderr)
         return 2
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
@@ -141,36 +175,54 @@ async def _run(args: argparse.Namespace, ports: HostPorts, listen: tuple[str, in
     data_dir: Path = args.data_dir
     runtime = await pick_runtime(args.runtime, node=args.node_name, data_dir=data_dir,
                                  sockets=args.docker_socket)
+    api = sync = source = None
+    if args.client_config is not None:
+        from control.agent.apisync import ApiSync
+        from control.client.rest import ApiClient
+        api = ApiClient(args.client_config, user_agent=f"mesh-agent/{__version__}")
+        sync = ApiSync(api, node=args.node_name, address=args.address, runtime=runtime,
+                       data_dir=data_dir, labels=args.labels, heartbeat=args.heartbeat,
+                       agent_port=None)
+        sinks = {"status_sink": sync.write_status, "event_sink": sync.record_event}
+    else:
+        source = StaticPods(args.pod_manifest_path, node=args.node_name)
+        sinks = {"status_sink": StatusFiles(data_dir / "status")}
     agent = Agent(node=args.node_name, node_ip=args.address, runtime=runtime, ports=ports,
-                  clock=SystemClock(), state_dir=data_dir,
-                  status_sink=StatusFiles(data_dir / "status"))
-    source = StaticPods(args.pod_manifest_path, node=args.node_name)
+                  clock=SystemClock(), state_dir=data_dir, **sinks)
     runner = web.AppRunner(build_app(agent, token=token))
     await runner.setup()
     site = web.TCPSite(runner, *listen)
     await site.start()
-    api = runner.addresses[0]
-    log.info("agent API on http://%s:%s (bearer token in %s)", api[0], api[1],
+    api_host, api_port = runner.addresses[0][:2]
+    if sync is not None:
+        sync.agent_port = api_port  # the Node advertises it (daemonEndpoints)
+    log.info("agent API on http://%s:%s (bearer token in %s)", api_host, api_port,
              args.token_file or args.data_dir / "agent-token")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("mesh agent %s on node %s: pods from %s", __version__, args.node_name,
-             args.pod_manifest_path)
+             args.client_config.server if sync else args.pod_manifest_path)
     try:
-        while not stop.is_set():
-            await agent.set_pods(source.load())
-            try:
-                await asyncio.wait_for(stop.wait(), args.sync_interval)
-            except TimeoutError:
-                pass
+        if sync is not None:
+            await sync.run(agent, stop)
+        else:
+            assert source is not None
+            while not stop.is_set():
+                await agent.set_pods(source.load())
+                try:
+                    await asyncio.wait_for(stop.wait(), args.sync_interval)
+                except TimeoutError:
+                    pass
     finally:
         log.info("stopping%s", " and stopping pods" if args.stop_pods_on_exit else
                  " (pods keep running)")
         await runner.cleanup()
         await agent.close(stop_pods=args.stop_pods_on_exit)
         await runtime.close()
+        if api is not None:
+            await api.close()
     return 0
 
 

@@ -94,14 +94,18 @@ async def test_agent_process_runs_static_pods_and_adopts_them_after_restart(
 
 
 def test_agent_refuses_missing_pod_source_and_bad_port_range(capsys):
-    """Without a pod source, or with a malformed port range, main() exits 2 and says why;
-    the API-server source is not claimed to work yet."""
+    """Without a pod source, with two, or with malformed options, main() exits 2 and
+    says why (before touching the data directory or starting anything)."""
     assert main(["--data-dir", "/nonexistent-never-created"]) == 2
     assert "--pod-manifest-path" in capsys.readouterr().err
     assert main(["--port-range", "9-1", "--pod-manifest-path", "/x"]) == 2
     assert "invalid host port range" in capsys.readouterr().err
     assert main(["--server", "https://127.0.0.1:6443", "--pod-manifest-path", "/x"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "choose one pod source" in capsys.readouterr().err
+    assert main(["--server", "ftp://nowhere", "--data-dir", "/nonexistent-never"]) == 2
+    assert "http:// or https://" in capsys.readouterr().err
+    assert main(["--node-label", "novalue", "--pod-manifest-path", "/x"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["--listen", "nowhere", "--pod-manifest-path", "/x"]) == 2
     assert "HOST:PORT" in capsys.readouterr().err
 
@@ -120,11 +124,14 @@ async def test_auto_runtime_prefers_an_answering_engine_else_processes(tmp_path)
     --runtime docker refuses plainly); an answering engine → the docker runtime."""
     from control.agent.main import pick_runtime
     dead = [str(tmp_path / "nothing.sock")]
-    rt = await pick_runtime("auto", node="n", data_dir=tmp_path, sockets=dead)
+    rt = await pick_runtime("auto", node=f"n-{tmp_path.name}", data_dir=tmp_path,
+                            sockets=dead)
     try:
         assert rt.name == "process"
     finally:
         await rt.close()
+        if rt.cgroups is not None:
+            rt.cgroups.remove_node()
     with pytest.raises(SystemExit, match="no container engine answers"):
         await pick_runtime("docker", node="n", data_dir=tmp_path, sockets=dead)
 
