@@ -34,9 +34,18 @@ STATUS_PHRASES: dict[int, bytes] = {
 }
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
-    """The lower-cased tokens of a ``Connection`` header value."""
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+_TOKENS_SEEN: dict[bytes, frozenset[bytes]] = {}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The lower-cased tokens of a ``Connection`` header value (the few values real
+    peers send, ``keep-alive``, ``close``, ``Upgrade``, are parsed once and cached)."""
+    tokens = _TOKENS_SEEN.get(value)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+        if len(_TOKENS_SEEN) < 64:
+            _TOKENS_SEEN[value] = tokens
+    return tokens
 
 
 def filter_end_to_end(headers: Headers, lowered: list[bytes], extra: set[bytes] | None) -> Headers:
@@ -54,9 +63,5 @@ def filter_end_to_end(headers: Headers, lowered: list[bytes], extra: set[bytes] 
 def serialize(first_line: bytes, headers: Headers, extra: list[bytes]) -> bytes:
     """``first_line`` CRLF, each ``name: value`` CRLF, each preformatted ``extra`` line,
     then the blank line. One join, one allocation."""
-    parts = [first_line]
-    for name, value in headers:
-        parts.append(name + b": " + value)
-    parts.extend(extra)
-    parts.append(b"\r\n")
-    return b"\r\n".join(parts)
+    return b"\r\n".join([first_line, *[name + b": " + value for name, value in headers],
+                          *extra, b"\r\n"])

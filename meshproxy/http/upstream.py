@@ -152,7 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._status = 0
         self._cl: int | None = None
-        self._conn_tokens: set[bytes] | None = None
+        self._conn_tokens: frozenset[bytes] | None = None
         self._chunked_in = False
         self._close_after = False
         self._informational = False
