@@ -102,6 +102,8 @@ class _Writer(threading.Thread):
         self._queue: queue.SimpleQueue[tuple[str, Any, concurrent.futures.Future] | None] = (
             queue.SimpleQueue())
         self._conn: sqlite3.Connection | None = None
+        self._submit_lock = threading.Lock()
+        self._failed: StoreError | None = None
         #: transactions committed and writes they carried (group commit makes the first
         #: smaller than the second under concurrency)
         self.commits = 0
@@ -111,7 +113,11 @@ class _Writer(threading.Thread):
         """``kind`` "txn": ``fn`` is an :data:`_Op` batched with others; "raw": ``fn(conn)``
         runs alone outside any transaction (checkpoints)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((kind, fn, fut))
+        with self._submit_lock:
+            if self._failed is not None:
+                fut.set_exception(self._failed)
+            else:
+                self._queue.put((kind, fn, fut))
         return fut
 
     def stop(self) -> None:
@@ -119,7 +125,20 @@ class _Writer(threading.Thread):
         self.join()
 
     def run(self) -> None:
-        self._conn = schema.connect(self._path)
+        try:
+            self._conn = schema.connect(self._path)
+        except sqlite3.Error as exc:
+            # Without a connection no write can ever complete: fail them all, now and
+            # later, instead of leaving callers waiting.
+            with self._submit_lock:
+                self._failed = StoreError(f"cannot open sqlite store {self._path}: {exc}")
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                if item is not None and item[2].set_running_or_notify_cancel():
+                    item[2].set_exception(self._failed)
         try:
             stopping = False
             while not stopping:
@@ -241,7 +260,10 @@ class SqliteStore:
             finally:
                 conn.close()
 
-        revision = await asyncio.to_thread(prepare)
+        try:
+            revision = await asyncio.to_thread(prepare)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open sqlite store {path}: {exc}") from exc
         store = cls(path, options=options, clock=clock, loop=asyncio.get_running_loop())
         store._hub.last_revision = store._hub.last_position = revision
         store._writer.start()
@@ -283,12 +305,15 @@ class SqliteStore:
             raise StoreError("store is closed")
 
         def run() -> Any:
-            conn = self._reader()
-            conn.execute("BEGIN")  # one snapshot for every statement of this read
             try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
+                conn = self._reader()
+                conn.execute("BEGIN")  # one snapshot for every statement of this read
+                try:
+                    return fn(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite read failed: {exc}") from exc
 
         return await self._loop.run_in_executor(self._readers, run)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 import pytest
 
@@ -315,3 +316,68 @@ async def test_lock_arguments_are_validated(backend) -> None:
     with pytest.raises(ValueError, match="holder"):
         await s.try_acquire_lock("leader", "", 15)
     assert await s.lock_holder("leader") is None
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_operations_match_a_model_and_replaying_the_watch_rebuilds_the_state(
+        backend, seed: int) -> None:
+    """A seeded random mix of creates, (CAS) updates and (CAS) deletes, some of them
+    meant to fail, behaves exactly like a dict model: same outcomes, same final listing.
+    Replaying a watch from before the run onto an empty map rebuilds that final state
+    (on Consul, changes between two polls may coalesce, so the watch may carry fewer
+    events than there were writes, never a wrong state)."""
+    rng = random.Random(seed)
+    s = backend.store
+    model: dict[str, tuple[bytes, int]] = {}  # key -> (value, mod_revision)
+    keys = [f"{P}r{i}" for i in range(6)]
+    start = await s.current_revision()
+    for step in range(60):
+        key = rng.choice(keys)
+        op = rng.choice(["create", "update", "update-cas", "stale-cas", "delete",
+                         "delete-cas"])
+        value = f"{seed}-{step}".encode()
+        present = key in model
+        if op == "create":
+            if present:
+                with pytest.raises(AlreadyExists):
+                    await s.create(key, value)
+            else:
+                model[key] = (value, (await s.create(key, value)).mod_revision)
+        elif op in ("update", "update-cas", "stale-cas"):
+            expected = None
+            if op == "update-cas" and present:
+                expected = model[key][1]
+            elif op == "stale-cas" and present:
+                expected = model[key][1] - 1
+            if not present:
+                with pytest.raises(NotFound):
+                    await s.update(key, value, expected_revision=expected)
+            elif op == "stale-cas":
+                with pytest.raises(Conflict):
+                    await s.update(key, value, expected_revision=expected)
+            else:
+                model[key] = (value, (await s.update(key, value,
+                                                     expected_revision=expected)).mod_revision)
+        else:
+            if not present:
+                with pytest.raises(NotFound):
+                    await s.delete(key)
+            else:
+                expected = model[key][1] if op == "delete-cas" else None
+                removed = await s.delete(key, expected_revision=expected)
+                assert (removed.value, removed.mod_revision) == model.pop(key)
+    items, _ = await s.list(P)
+    assert {kv.key: (kv.value, kv.mod_revision) for kv in items} == model
+
+    assert model, "the seed should leave some keys (else the replay proves nothing)"
+    replayed: dict[str, bytes] = {}
+    async with s.watch(P, from_revision=start) as w:
+        async def replay() -> None:
+            while replayed != {k: v for k, (v, _r) in model.items()}:
+                event = await anext(w)
+                if event.type == "DELETED":
+                    replayed.pop(event.kv.key, None)
+                else:
+                    replayed[event.kv.key] = event.kv.value
+
+        await asyncio.wait_for(replay(), 15)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from control.store import open_store
-from control.store.base import Compacted, Conflict
+from control.store.base import Compacted, Conflict, StoreError
 from control.store.sqlite import SqliteOptions, SqliteStore
 
 P = "/registry/pods/default/"
@@ -175,6 +175,16 @@ async def test_open_store_understands_sqlite_urls_and_refuses_others(data_dir: P
             await open_store(bad)
     with pytest.raises(ValueError, match="directory does not exist"):
         await open_store(f"sqlite://{data_dir}/missing/dir/s.db")
+
+
+async def test_a_file_that_is_not_a_store_is_refused_clearly(data_dir: Path) -> None:
+    """Opening something that is not an SQLite database fails with StoreError naming
+    the file, and leaves it as it was."""
+    path = data_dir / "not-a-db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=r"cannot open sqlite store .*not-a-db"):
+        await SqliteStore.open(path)
+    assert path.read_bytes() == b"this is not sqlite" * 100
 
 
 def test_bad_options_are_refused_with_the_field_named() -> None:
