@@ -1,6 +1,7 @@
 """``meshctl get``: list or get objects as a table, YAML, JSON or names; ``-w`` watches.
 
-``meshctl get TYPE [NAME...]`` or ``get TYPE/NAME...``; ``-n NS`` or ``-A``; ``-l``
+``meshctl get TYPE [NAME...]``, ``get TYPE/NAME...`` or ``get TYPE,TYPE`` (one table per
+type); ``-n NS`` or ``-A``; ``-l``
 label and ``--field-selector`` selectors; ``-o wide|yaml|json|name``. Named objects that
 do not exist are reported per name (exit 1) after printing the ones that do.
 
@@ -98,6 +99,10 @@ async def get(api: ApiClient, args: argparse.Namespace) -> int:
     from control.client.resources import lookup
 
     kind, names = split_type_and_names(args.words)
+    if "," in kind:
+        if names or args.watch or args.watch_only:
+            raise UsageError("several types (TYPE,TYPE) can be listed, not named or watched")
+        return await _list_types(api, [lookup(k) for k in kind.split(",") if k], args)
     res = lookup(kind)
     if args.all_namespaces and names:
         raise UsageError("a resource cannot be retrieved by name across all namespaces")
@@ -125,6 +130,30 @@ async def get(api: ApiClient, args: argparse.Namespace) -> int:
         print(f"No resources found{where}.", file=sys.stderr)
         return OK
     printer.many(items)
+    return OK
+
+
+async def _list_types(api: ApiClient, resources: list[Resource],
+                      args: argparse.Namespace) -> int:
+    """``get pods,svc``: one table per type (blank line between), or one List."""
+    listed: list[tuple[Resource, list[Obj]]] = []
+    for res in resources:
+        namespace = None if (args.all_namespaces or not res.namespaced) else args.namespace
+        items, _ = await api.list_all(res, namespace=namespace, label_selector=args.selector,
+                                      field_selector=args.field_selector)
+        listed.append((res, items))
+    if args.output in ("yaml", "json"):
+        everything = [o for _, items in listed for o in items]
+        sys.stdout.write(printers.dump(printers.as_list(resources[0], everything), args.output))
+        return OK
+    shown = [(res, items) for res, items in listed if items]
+    if not shown:
+        where = "" if args.all_namespaces else f" in {args.namespace} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+    for i, (res, items) in enumerate(shown):
+        if i and args.output != "name":
+            sys.stdout.write("\n")
+        _Printer(res, args).many(items)
     return OK
 
 

@@ -102,8 +102,8 @@ async def test_apply_from_stdin_and_namespace_flag(meshctl_script: Run) -> None:
 
 async def test_get_tables_formats_selectors_and_not_found(meshctl: Run, tmp_path: Path) -> None:
     """get prints kubectl's table for the kind; -o yaml/json/name/wide; -l filters;
-    -A adds NAMESPACE; an empty list says so; a missing name prints the server's
-    message and exits 1."""
+    -A adds NAMESPACE; TYPE,TYPE prints a table per type that has objects; an empty list
+    says so; a missing name prints the server's message and exits 1."""
     await meshctl("apply", "-f", str(write_app(tmp_path)))
     rc, out, _ = await meshctl("get", "deployments", "-n", "shop")
     assert rc == 0
@@ -125,6 +125,11 @@ async def test_get_tables_formats_selectors_and_not_found(meshctl: Run, tmp_path
     assert re.search(r"^shop\s+web\s+ClusterIP", out, re.M)
     rc, out, _ = await meshctl("get", "deploy", "-n", "shop", "-l", "app=web", "-o", "name")
     assert out == "deployment.apps/web\n"
+    rc, out, _ = await meshctl("get", "deploy,svc,pods", "-n", "shop")
+    tables = out.split("\n\n")
+    assert [t.split()[0:2] for t in tables] == [["NAME", "READY"], ["NAME", "TYPE"]]
+    rc, out, _ = await meshctl("get", "deploy,svc", "-n", "shop", "-o", "name")
+    assert out == "deployment.apps/web\nservice/web\n"
     rc, out, _ = await meshctl("get", "deploy", "-n", "shop", "-l", "app=other")
     assert (rc, out) == (0, "")
     rc, out, err = await meshctl("get", "pods")
