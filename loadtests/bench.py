@@ -138,7 +138,22 @@ def machine() -> dict:
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "loadavg_start": _loadavg(),
-            "versions": _versions()}
+            "versions": _versions(), **_source()}
+
+
+def _source() -> dict[str, str]:
+    """The commit measured, and whether meshproxy/ differed from it (uncommitted work)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "meshproxy"], capture_output=True, text=True, timeout=10,
+                               check=True)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": head.stdout.strip(),
+            "meshproxy_tree": "modified" if dirty.stdout.strip() else "as committed"}
 
 
 def _loadavg() -> str:

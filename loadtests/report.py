@@ -236,7 +236,9 @@ def render(results: dict, style: Style = "text") -> str:
              f"load average {m['loadavg_start']} at start, {m.get('loadavg_end', '?')} at end;",
              f"nginx {m['versions'].get('nginx', '?')}, haproxy "
              f"{m['versions'].get('haproxy', '?')}, wrk {m['versions'].get('wrk', '?')}, "
-             f"Python {m['python']}", ""]
+             f"Python {m['python']}"
+             + (f"; commit {m['commit']}, meshproxy/ {m['meshproxy_tree']}"
+                if "commit" in m else ""), ""]
     for mode in results.get("wrk", {}):
         title, *table = wrk_table(results, mode, style)
         lines += [f"**{title}**" if md else title, *gap, *table, ""]
