@@ -251,6 +251,50 @@ clusters:
         assert samples[(reason, str(status))] == 1
 
 
+async def test_answer_before_request_body_closes_client_connection(upstream,
+                                                                   proxy_factory) -> None:
+    """An upstream that answers before the request body is fully sent: the client gets
+    the answer with Connection: close and the connection closes, instead of stalling on
+    a body nobody will read."""
+    p = await proxy_factory(http_config([upstream.address]))
+    conn = await RawConn.open(p.listeners["web"].port)
+    await conn.send(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+                    + b"x" * 1000)
+    r = await conn.read_reply()
+    assert r.status == 200
+    assert r.body == b"early\n"
+    assert r.headers["connection"] == "close"
+    assert await conn.closed_by_peer()
+    await conn.close()
+
+
+async def test_connect_timeout_is_503(proxy_factory) -> None:
+    """An endpoint that never completes the TCP handshake (its accept queue is full, so
+    the kernel drops our SYN) fails after the cluster's connect timeout: 503
+    connect_timeout."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue; nobody ever accepts
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        fillers.append(c)
+    try:
+        p = await proxy_factory(http_config([f"127.0.0.1:{port}"],
+                                            cluster_extra=", connect_timeout: 0.3"))
+        r = await request(p.listeners["web"].port, "GET", "/echo")
+        assert (r.status, r.reason) == (503, "connect_timeout")
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()
+
+
 async def test_upstream_reset_mid_body_cuts_client_connection(upstream, proxy_factory) -> None:
     """When the upstream dies after the head was forwarded, the client's connection is cut
     (it must not mistake a truncated body for a complete one)."""

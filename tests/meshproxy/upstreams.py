@@ -17,6 +17,7 @@ not below)                  body sha256, connection number and request number on
 ``/huge-headers/{bytes}``   a response header of that size
 ``/close``                  answers with ``Connection: close`` and closes
 ``/close-delimited``        an HTTP/1.0 answer without length: the close ends the body
+``/early``                  answers (and closes) before reading the request body
 ``/garbage``                answers with bytes that are not HTTP
 ``/websocket``              RFC 6455 handshake (101), then echoes raw tunnel bytes
 ``/drip/{n}/{interval}``    n chunks, one every interval seconds (slow streaming)
@@ -174,6 +175,10 @@ class Upstream:
         if parts[0] == "close":
             await respond(writer, 200, b"bye\n", [*hdr, ("connection", "close")])
             return False
+        if parts[0] == "early":
+            await respond(writer, 200, b"early\n", [*hdr, ("connection", "close")])
+            await asyncio.sleep(0.5)  # keep reading nothing for a while, then leave
+            return False
         if parts[0] == "close-delimited":
             writer.write(b"HTTP/1.0 200 OK\r\nx-upstream: " + self.name.encode()
                          + b"\r\n\r\nuntil the end")
@@ -228,11 +233,15 @@ def _rst(writer: asyncio.StreamWriter) -> None:
 
 
 async def read_request(reader: asyncio.StreamReader) -> dict | None:
-    """Read one request (head and body, Content-Length or chunked); None at EOF."""
+    """Read one request (head and body, Content-Length or chunked); None at EOF.
+    For ``/early`` the body is left unread (that upstream answers before it)."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
         return None
+    if head.split(b" ", 2)[1].startswith(b"/early"):
+        return {"method": "POST", "target": "/early", "path": "/early", "headers": {},
+                "raw_headers": [], "body": b""}
     lines = head[:-4].decode("latin-1").split("\r\n")
     method, target, _version = lines[0].split(" ", 2)
     raw_headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
