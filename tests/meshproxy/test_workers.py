@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -55,3 +56,36 @@ async def test_two_workers_share_port_and_merge_metrics(tmp_path: Path, spawn,
     proc.send_signal(signal.SIGTERM)
     assert await _wait_exit(proc) == 0
     assert not child_pids(proc.pid)
+
+
+async def test_dead_worker_is_replaced(tmp_path: Path, spawn, upstream) -> None:
+    """A worker killed with SIGKILL is replaced by a new one; traffic keeps flowing and
+    /ready answers 200 again once the replacement is up."""
+    port, admin = new_port(), new_port()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(port, admin, [upstream.address]))
+    proc = await _start(spawn, path, port, admin, "--workers", "2")
+    for _ in range(100):
+        if len(child_pids(proc.pid)) == 2:
+            break
+        await asyncio.sleep(0.1)
+    before = child_pids(proc.pid)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(300):
+        now = child_pids(proc.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"no replacement for {victim}\n{proc.output()}")
+    for _ in range(20):
+        assert (await request(port)).status == 200
+    for _ in range(200):
+        if (await _get(f"http://127.0.0.1:{admin}/ready"))[0] == 200:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("not ready again")
+    proc.send_signal(signal.SIGTERM)
+    assert await _wait_exit(proc) == 0
