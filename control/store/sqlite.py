@@ -21,8 +21,9 @@ Design (the statements themselves are in ``sqlite_schema.py``):
   growing the way k3s's kine does.
 - **Leader election** uses TTL locks on the store's clock (injectable for tests).
 
-One process owns a store file: live watch events are published in-process, so a
-second process writing the same file would not wake this one's watchers.
+One process owns a store file (``sqlite_owner.py`` enforces it with a lock file): live
+watch events are published in-process, so a second process writing the same file would
+not wake this one's watchers.
 
 Neighbours: ``base.py`` (the interface), ``watch.py`` (fan-out), ``consul.py`` (the
 other backend), ``__init__.open_store``.
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from control.store import sqlite_owner
 from control.store import sqlite_schema as schema
 from control.store.base import (
     Event,
@@ -238,6 +240,7 @@ class SqliteStore:
         self._readers = concurrent.futures.ThreadPoolExecutor(
             options.readers, thread_name_prefix="store-read")
         self._maintenance: asyncio.Task[None] | None = None
+        self._owner: str | None = None
         self._closed = False
 
     @classmethod
@@ -249,22 +252,28 @@ class SqliteStore:
             raise ValueError("sqlite store path must not be empty")
         options = options or SqliteOptions()
 
-        def prepare() -> int:
+        def prepare() -> tuple[str, int]:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise ValueError(f"sqlite store directory does not exist: {parent}")
-            conn = schema.connect(path)
+            owner = sqlite_owner.acquire(path)  # before touching the file
             try:
-                schema.create_schema(conn)
-                return schema.meta(conn, "revision")
-            finally:
-                conn.close()
+                conn = schema.connect(path)
+                try:
+                    schema.create_schema(conn)
+                    return owner, schema.meta(conn, "revision")
+                finally:
+                    conn.close()
+            except BaseException:
+                sqlite_owner.release(owner)
+                raise
 
         try:
-            revision = await asyncio.to_thread(prepare)
+            owner, revision = await asyncio.to_thread(prepare)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open sqlite store {path}: {exc}") from exc
         store = cls(path, options=options, clock=clock, loop=asyncio.get_running_loop())
+        store._owner = owner
         store._hub.last_revision = store._hub.last_position = revision
         store._writer.start()
         if options.maintenance_interval > 0:
@@ -449,3 +458,6 @@ class SqliteStore:
         for conn in self._reader_conns:
             conn.close()
         self._reader_conns.clear()
+        if self._owner is not None:
+            sqlite_owner.release(self._owner)
+            self._owner = None

@@ -4,6 +4,7 @@ commit, slow watchers, compaction policy, ageing under churn, ``open_store`` URL
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from control.store.base import Compacted, Conflict, StoreError
 from control.store.sqlite import SqliteOptions, SqliteStore
 
 P = "/registry/pods/default/"
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 async def test_acknowledged_writes_survive_close_and_reopen(data_dir: Path) -> None:
@@ -185,6 +187,32 @@ async def test_a_file_that_is_not_a_store_is_refused_clearly(data_dir: Path) -> 
     with pytest.raises(StoreError, match=r"cannot open sqlite store .*not-a-db"):
         await SqliteStore.open(path)
     assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+async def test_a_store_file_in_use_by_another_process_is_refused(spawn, data_dir: Path) -> None:
+    """One process owns a store file (another one's writes would not reach this one's
+    watchers): opening it while another process has it open fails with StoreError
+    naming that process; once it is gone the file opens."""
+    path = data_dir / "owned.db"
+    owner = spawn.python("-c", (
+        "import asyncio, sys\n"
+        "from control.store.sqlite import SqliteStore\n"
+        "async def main():\n"
+        f"    s = await SqliteStore.open({str(path)!r})\n"
+        "    print('owned', flush=True)\n"
+        "    await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n"), name="owner", env={"PYTHONPATH": str(ROOT)})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while "owned" not in owner.output():
+        assert owner.poll() is None, owner.output()
+        assert loop.time() < deadline, "the owner process never opened the store"
+        await asyncio.sleep(0.05)
+    with pytest.raises(StoreError, match=f"in use by another process \\(pid {owner.pid}\\)"):
+        await SqliteStore.open(path)
+    owner.stop(signal.SIGKILL)
+    async with await SqliteStore.open(path, options=SqliteOptions(maintenance_interval=0)) as s:
+        assert await s.current_revision() == 1
 
 
 def test_bad_options_are_refused_with_the_field_named() -> None:

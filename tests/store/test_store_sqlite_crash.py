@@ -75,7 +75,7 @@ async def test_sigkill_mid_burst_loses_no_acknowledged_write(spawn, data_dir: Pa
     for key, (mod, value) in current.items():
         assert log[mod] == (key, value)
 
-    # and the store opens and keeps counting from there
+    # the killed owner's lock died with it: the store opens and keeps counting
     async with await SqliteStore.open(path, options=SqliteOptions(maintenance_interval=0)) as s:
         assert await s.current_revision() == revision
         assert (await s.create("/after/crash", b"x")).mod_revision == revision + 1
