@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from control.agent import sidecar
 from control.agent.clock import Clock
 from control.agent.pod_worker import EventType, PodWorker
 from control.agent.ports import HostPorts
@@ -91,7 +92,7 @@ class Agent:
             if (obj.get("metadata") or {}).get("deletionTimestamp"):
                 continue  # being deleted: treat as gone (graceful termination below)
             try:
-                pod = parse_pod(obj)
+                pod = sidecar.inject(parse_pod(obj))
             except PodSpecError as e:
                 await self._reject(obj, uid, e)
                 continue

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from control.agent import sidecar
 from control.agent.clock import Clock
 from control.agent.ports import HostPorts, PortError
 from control.agent.probes import ProbeTracker, run_action
@@ -41,6 +42,7 @@ from control.agent.runtime.base import (
     ContainerInfo,
     ContainerNotFound,
     ContainerRuntimeError,
+    CreateContainerError,
     ImagePullError,
     PortBinding,
     RunContainerError,
@@ -93,6 +95,10 @@ class PodWorker:
         self._start_time: datetime | None = None
         self._conditions: dict[str, tuple[bool, datetime]] = {}
         self.terminated = False
+        # A meshed Pod (already injected, see sidecar.py): which app port the sidecar fronts.
+        self._fronted = (sidecar.target_port(pod)
+                         if any(c.name == sidecar.NAME for c in pod.containers)
+                         and sidecar.wanted(pod) else None)
 
     # -- converge ----------------------------------------------------------------
 
@@ -196,11 +202,13 @@ class PodWorker:
             return
         c = slot.spec
         try:
+            extra_env = self._sidecar_env() if self._is_sidecar(slot) else {}
             bindings = self._ports_for(slot)
-            await self.runtime.ensure_image(c.image, policy=c.pull_policy)
+            if not self._is_sidecar(slot):
+                await self.runtime.ensure_image(c.image, policy=c.pull_policy)
             cid = await self.runtime.create(ContainerConfig(
                 node=self.node, pod=self.pod, container=c, attempt=slot.next_attempt,
-                ports=bindings, volume_dirs=self._volume_dirs()))
+                ports=bindings, volume_dirs=self._volume_dirs(), extra_env=extra_env))
             try:
                 await self.runtime.start(cid)
             except ContainerRuntimeError:
@@ -222,6 +230,23 @@ class PodWorker:
         slot.next_attempt += 1
         self._arm_probes(slot)
         self._event("Normal", "Started", f"Started container {c.name}")
+
+    def _is_sidecar(self, slot: _Slot) -> bool:
+        return self._fronted is not None and slot.spec.name == sidecar.NAME
+
+    def _sidecar_env(self) -> dict[str, str]:
+        """The sidecar's view of the app: the host port of the port it fronts."""
+        assert self._fronted is not None
+        if self.runtime.name != "process":
+            raise CreateContainerError(
+                "the mesh sidecar runs meshproxy as a local process and needs the process "
+                f"runtime; this node runs Pods on {self.runtime.name!r}")
+        app, port = self._fronted
+        host = next((b.host_port for b in self._bindings.get(app, ())
+                     if b.container_port == port), None)
+        if host is None:
+            raise CreateContainerError(f"container {app!r} has no host port for {port} yet")
+        return {sidecar.APP_PORT_ENV: str(host)}
 
     def _ports_for(self, slot: _Slot) -> tuple[PortBinding, ...]:
         """The Pod's host ports for this container, allocated once and kept across restarts."""
@@ -352,9 +377,26 @@ class PodWorker:
             "podIP": self.node_ip,
             "startTime": _rfc3339(self._start_time),
             "containerStatuses": statuses,
-            "portMappings": [dict(b.to_json(), container=name)
-                          for name, bs in self._bindings.items() for b in bs],
+            "portMappings": self._port_mappings(),
         }
+
+    def _port_mappings(self) -> list[dict[str, Any]]:
+        """Container port → host port. In a meshed Pod the fronted app port maps to the
+        sidecar's inbound port (so endpoints send traffic through the proxy); the
+        app's own host port stays visible as ``appHostPort``."""
+        out = []
+        inbound = next((b.host_port for b in self._bindings.get(sidecar.NAME, ())
+                        if b.name == sidecar.INBOUND), None) if self._fronted else None
+        for name, bs in self._bindings.items():
+            for b in bs:
+                m = dict(b.to_json(), container=name)
+                if self._fronted is not None and name == sidecar.NAME:
+                    if b.name == sidecar.INBOUND:
+                        continue  # represented by the fronted app port below
+                elif inbound is not None and (name, b.container_port) == self._fronted:
+                    m.update(hostPort=inbound, appHostPort=b.host_port, sidecar=True)
+                out.append(m)
+        return out
 
     def _phase(self) -> str:
         slots = list(self._slots.values())

@@ -102,6 +102,8 @@ class ContainerConfig:
     ports: tuple[PortBinding, ...] = ()
     volume_dirs: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     """Host directory of each volume (emptyDir made by the worker, hostPath as given)."""
+    extra_env: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    """Variables the worker adds (the sidecar's ``MESH_APP_PORT``), before the spec's."""
 
     def labels(self) -> dict[str, str]:
         return {
@@ -124,7 +126,7 @@ class ContainerConfig:
         (``docker``), the host port where the process listens on the node itself
         (``process``). A pod written against ``$(PORT)`` runs unchanged on both.
         """
-        env: dict[str, str] = {}
+        env: dict[str, str] = dict(self.extra_env)
         for i, b in enumerate(self.ports):
             value = str(b.container_port if ports_as == "container" else b.host_port)
             if i == 0:
