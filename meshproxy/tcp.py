@@ -1,8 +1,9 @@
 """L4 TCP proxying: each accepted connection is piped to one endpoint of a cluster.
 
-The downstream protocol stops reading until the upstream connection is open (so no
-byte is buffered without bound), then bytes flow both ways with backpressure: when
-one side's write buffer fills, the other side's reading pauses. Half-close (EOF) is
+Bytes a client sends before the upstream connection is open are buffered, its reading
+paused past 256 KiB (nothing is buffered without bound); then bytes flow both ways with
+backpressure: when one side's write buffer fills, the other side's reading pauses.
+Half-close (EOF) is
 passed through. A connect failure closes the client's connection (at L4 there is no
 status to send) and is counted by outcome. An idle timeout closes both sides after a
 period with no byte in either direction, checked by a periodic tick.
@@ -96,22 +97,33 @@ class TcpDownstream(asyncio.Protocol):
             return
         self.endpoint = ep
         ep.active_requests += 1
+        task = asyncio.current_task()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()  # type: ignore[union-attr]
+
+        timer = self.loop.call_later(cluster.config.connect_timeout, expire)
         try:
-            async with asyncio.timeout(cluster.config.connect_timeout):
-                _, up = await self.loop.create_connection(lambda: _Upstream(self),
-                                                          ep.host, ep.port)
-        except (OSError, TimeoutError) as e:
-            reason = "connect_timeout" if isinstance(e, TimeoutError) else "connect_failure"
-            cluster.attempt_done(ep, started, False, 0, reason)
+            _, up = await self.loop.create_connection(lambda: _Upstream(self), ep.host, ep.port)
+        except (OSError, asyncio.CancelledError) as e:
+            if isinstance(e, asyncio.CancelledError) and not expired:
+                raise  # the client left: connection_lost accounts for the endpoint
+            reason = "connect_timeout" if expired else "connect_failure"
+            if expired:
+                task.uncancel()  # type: ignore[union-attr]
             self.endpoint = None
+            cluster.attempt_done(ep, started, False, 0, reason)
             self.listener.count(reason)
             self._close()
             return
         finally:
+            timer.cancel()
             self._task = None
         cluster.balancer.observe(ep, self.loop.time() - started, True)
         self.upstream = up
-        self._cluster = cluster
         if self._closed:
             up.transport.close()  # type: ignore[union-attr]
             return
@@ -121,6 +133,8 @@ class TcpDownstream(asyncio.Protocol):
             self._pending = []
             if self.transport is not None:
                 self.transport.resume_reading()
+        if self.eof_down and up.transport.can_write_eof():  # type: ignore[union-attr]
+            up.transport.write_eof()  # type: ignore[union-attr]  # the client's EOF came early
 
     def data_received(self, data: bytes) -> None:
         self.active = True
@@ -184,7 +198,7 @@ class TcpDownstream(asyncio.Protocol):
 
     def _finish(self) -> None:
         ep, self.endpoint = self.endpoint, None
-        if ep is not None and self.upstream is not None:
+        if ep is not None:
             ep.active_requests -= 1
         self.listener.count_bytes(self.rx, self.tx)
         self.rx = self.tx = 0

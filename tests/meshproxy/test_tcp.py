@@ -4,6 +4,8 @@ over endpoints."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
@@ -120,3 +122,65 @@ async def test_connections_spread_over_endpoints(proxy_factory) -> None:
         for s in servers:
             s.close()
             await s.wait_closed()
+
+
+async def test_client_leaving_during_connect_frees_endpoint(proxy_factory) -> None:
+    """A client that resets its connection while the proxy is still connecting upstream
+    (here: an endpoint that never completes the handshake) leaves the endpoint's active
+    count at zero at once; a connect that outlives connect_timeout is counted as
+    connect_timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        fillers.append(c)
+    try:
+        p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]).replace(
+            "connect_timeout: 2", "connect_timeout: 0.5"))
+        ep = p.clusters["c"].endpoints[0]
+        r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+        for _ in range(100):
+            if ep.active_requests == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert ep.active_requests == 1
+        # Gone for good: a reset (a FIN would be a half-close, which is kept open).
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
+        w.transport.abort()
+        for _ in range(100):
+            if ep.active_requests == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert ep.active_requests == 0
+        r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+        assert await asyncio.wait_for(r.read(), 10) == b""  # closed after the timeout
+        w.close()
+        await w.wait_closed()
+        outcomes = {s.labels["outcome"]: s.value for m in p.stats.registry.collect()
+                    if m.name == "meshproxy_tcp_connections" for s in m.samples
+                    if s.name.endswith("_total")}
+        assert outcomes["connect_timeout"] == 1
+        assert ep.active_requests == 0
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()
+
+
+async def test_early_eof_reaches_upstream_after_connect(echo_server, proxy_factory) -> None:
+    """A client that sends its bytes and EOF before the upstream connection is open still
+    gets the whole exchange: the bytes and then the EOF are delivered once connected."""
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+    r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+    w.write(b"early")
+    w.write_eof()
+    assert await asyncio.wait_for(r.read(), 10) == b"earlybye"
+    w.close()
+    await w.wait_closed()
