@@ -20,12 +20,9 @@ NOT_YET = 2
 PLANNED: dict[str, tuple[str, int]] = {
     "up": ("run the whole system on this machine: API server on SQLite, scheduler, "
            "controllers, one node agent; --demo also applies config/demo/", 9),
-    "apiserver": ("run the Kubernetes-style API server over the store", 6),
-    "controller-manager": ("run the scheduler and controllers (leader-elected)", 7),
     "agent": ("run the node agent (kubelet): pods in containers or processes", 8),
     "logs": ("print a pod container's logs", 8),
     "exec": ("run a command in a pod's container", 8),
-    "rollout": ("undo, pause, resume or watch a Deployment's rollout", 7),
     "top": ("show pod or node CPU, memory and mesh traffic", 10),
     "capacity": ("estimate a service's capacity and headroom", 10),
     "store": ("store maintenance: migrate SQLite -> Consul", 6),
@@ -36,6 +33,17 @@ PLANNED: dict[str, tuple[str, int]] = {
 CLIENT_VERBS = (get, apply_cmd, scale, describe, config_cmd)
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _register_apiserver(sub: argparse._SubParsersAction) -> None:
+    """``meshctl apiserver``: options and runner live with the server (control/api/main.py)."""
+    from control.api.main import add_arguments, run_from_args
+
+    sp = sub.add_parser("apiserver", help="run the Kubernetes-style API server over the "
+                        "store (HTTPS, bearer tokens, SQLite by default)",
+                        description="Run the Kubernetes-style API server over the store.")
+    add_arguments(sp)
+    sp.set_defaults(handler=run_from_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description=f"{text}. Not implemented yet (issue #{issue}).")
         sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         sp.set_defaults(handler=_not_yet(name, issue))
+    _register_apiserver(sub)
+    from control.controllers.main import register as register_controllers
+    register_controllers(sub)  # controller-manager and rollout (issue 7)
     for module in CLIENT_VERBS:
         module.register(sub)
     return p

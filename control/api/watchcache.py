@@ -1,0 +1,238 @@
+"""The API server's watch cache: one store watch, decoded once, fanned out to clients.
+
+The store already fans changes out without polling (``control/store/watch.py``), but
+every watcher there would decode each event's JSON and encode it again for its client:
+500 watchers of 1,000 updates would be half a million decodes. Like kube-apiserver's
+watch cache, :class:`WatchCache` holds ONE store watch on ``/registry/``, decodes each
+event once, keeps the recent ones in a ring (so a client resuming from a recent
+``resourceVersion`` is served from memory) and hands them to each
+:class:`Subscription` whose prefix and selectors match; the wire line of an event is
+encoded once and shared by every client that receives it. Selectors see the object
+before and after a change, so an object that stops matching is sent as DELETED and one
+that starts matching as ADDED, as Kubernetes does.
+
+A resume from a revision older than the ring falls back to a direct store watch (which
+replays the store's history or raises ``Compacted``: 410 for the client). A subscriber
+that falls more than ``max_pending`` events behind is ended with a 410 ERROR event, so
+its informer re-lists instead of the server buffering without bound. Listeners
+(``add_listener``) see every event; the garbage collector is one.
+
+Neighbours: ``watch.py`` streams a subscription to an HTTP client; ``gc.py`` listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from control.store import Compacted, Event, Store
+
+log = logging.getLogger(__name__)
+
+ROOT = "/registry/"
+
+
+class CachedEvent:
+    """One store change, decoded once; ``line(type)`` is its encoded watch event."""
+
+    __slots__ = ("_lines", "_prev", "_prev_raw", "key", "obj", "revision", "type")
+
+    def __init__(self, event: Event) -> None:
+        self.type = event.type
+        self.key = event.kv.key
+        self.revision = event.revision
+        self.obj: dict[str, Any] = json.loads(event.kv.value)
+        self.obj["metadata"]["resourceVersion"] = str(event.revision)
+        self._prev_raw = event.prev_kv.value if event.prev_kv is not None else None
+        self._prev: dict[str, Any] | None = None
+        self._lines: dict[str, bytes] = {}
+
+    @property
+    def prev(self) -> dict[str, Any] | None:
+        """The object before this change (None for ADDED or when the store omits it)."""
+        if self._prev is None and self._prev_raw is not None:
+            self._prev = json.loads(self._prev_raw)
+        return self._prev
+
+    def line(self, event_type: str) -> bytes:
+        line = self._lines.get(event_type)
+        if line is None:
+            line = json.dumps({"type": event_type, "object": self.obj},
+                              separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            self._lines[event_type] = line
+        return line
+
+
+Matcher = Callable[[dict[str, Any]], bool]
+
+
+class Subscription:
+    """What one watching client receives: lines queued in order, then an end."""
+
+    def __init__(self, prefix: str, from_revision: int, matcher: Matcher | None,
+                 max_pending: int) -> None:
+        self.prefix = prefix
+        self.from_revision = from_revision
+        self.matcher = matcher
+        self.max_pending = max_pending
+        self.pending: deque[bytes] = deque()
+        self.wakeup = asyncio.Event()
+        self.ended: str | None = None  # why the stream must stop, once it must
+        self.gone = False  # ended because the client must re-list (410)
+        self.last_revision = from_revision
+
+    def offer(self, ev: CachedEvent) -> None:
+        if self.ended is not None or ev.revision <= self.from_revision \
+                or not ev.key.startswith(self.prefix):
+            return
+        event_type: str | None = ev.type
+        if self.matcher is not None:
+            now = ev.type != "DELETED" and self.matcher(ev.obj)
+            if ev.type == "DELETED":
+                event_type = "DELETED" if self.matcher(ev.obj) else None
+            elif ev.type == "ADDED":
+                event_type = "ADDED" if now else None
+            else:
+                prev = ev.prev
+                before = self.matcher(prev) if prev is not None else now
+                event_type = ("MODIFIED" if now and before else "ADDED" if now
+                              else "DELETED" if before else None)
+        self.last_revision = ev.revision
+        if event_type is not None:
+            self.push(ev.line(event_type))
+
+    def push(self, line: bytes) -> None:
+        if len(self.pending) >= self.max_pending:
+            self.end("the watch fell too far behind; list again", gone=True)
+            return
+        self.pending.append(line)
+        self.wakeup.set()
+
+    def end(self, why: str, *, gone: bool = False) -> None:
+        if self.ended is None:
+            self.ended, self.gone = why, gone
+            if gone:  # the client re-lists: what is queued would only be repeated
+                self.pending.clear()
+            self.wakeup.set()
+
+
+class WatchCache:
+    """See the module docstring."""
+
+    def __init__(self, store: Store, *, ring_size: int = 20_000, max_pending: int = 50_000
+                 ) -> None:
+        self.store = store
+        self.ring: deque[CachedEvent] = deque(maxlen=ring_size)
+        self.max_pending = max_pending
+        self.covered_from = 0  # the ring holds every event with revision > this
+        self.last_revision = 0
+        self.subscriptions: set[Subscription] = set()  # fed by this cache
+        self.streams: set[Subscription] = set()  # every open one, direct ones included
+        self.listeners: list[Callable[[CachedEvent], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._direct: set[asyncio.Task[None]] = set()
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        start = await self.store.current_revision()
+        self.covered_from = self.last_revision = start
+        self._task = asyncio.create_task(self._run(start), name="watch-cache")
+
+    async def _run(self, start: int) -> None:
+        watch = self.store.watch(ROOT, from_revision=start)
+        self.ready.set()
+        try:
+            async for event in watch:
+                self._dispatch(CachedEvent(event))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the store failed: every client must reconnect
+            log.exception("watch cache lost its store watch")
+            for sub in list(self.subscriptions):
+                sub.end(f"the server's store watch failed: {e}", gone=True)
+        finally:
+            closer = getattr(watch, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    def _dispatch(self, ev: CachedEvent) -> None:
+        if len(self.ring) == self.ring.maxlen:
+            self.covered_from = self.ring[0].revision
+        self.ring.append(ev)
+        self.last_revision = ev.revision
+        for listener in self.listeners:
+            try:
+                listener(ev)
+            except Exception:
+                log.exception("watch cache listener failed")
+        for sub in self.subscriptions:
+            sub.offer(ev)
+
+    def add_listener(self, fn: Callable[[CachedEvent], None]) -> None:
+        self.listeners.append(fn)
+
+    def subscribe(self, prefix: str, from_revision: int, matcher: Matcher | None = None
+                  ) -> Subscription:
+        """Events under ``prefix`` after ``from_revision``; served from the ring when it
+        covers that revision, else from a direct store watch (410 if compacted)."""
+        sub = Subscription(prefix, from_revision, matcher, self.max_pending)
+        self.streams.add(sub)
+        if from_revision >= self.covered_from:
+            for ev in self.ring:
+                if ev.revision > from_revision:
+                    sub.offer(ev)
+            self.subscriptions.add(sub)
+        else:
+            task = asyncio.create_task(self._pump_direct(sub), name="watch-direct")
+            self._direct.add(task)
+            task.add_done_callback(self._direct.discard)
+            sub.direct_task = task  # type: ignore[attr-defined]
+        return sub
+
+    async def _pump_direct(self, sub: Subscription) -> None:
+        watch = self.store.watch(sub.prefix, from_revision=sub.from_revision)
+        try:
+            async for event in watch:
+                sub.offer(CachedEvent(event))
+                if sub.ended is not None:
+                    return
+        except Compacted as e:
+            sub.end(str(e), gone=True)
+        except Exception as e:
+            log.exception("direct watch failed")
+            sub.end(f"watch failed: {e}", gone=True)
+        else:
+            sub.end("the store closed")
+        finally:
+            closer = getattr(watch, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscriptions.discard(sub)
+        self.streams.discard(sub)
+        task = getattr(sub, "direct_task", None)
+        if task is not None:
+            task.cancel()
+
+    @property
+    def watchers(self) -> int:
+        return len(self.streams)
+
+    def end_all(self, why: str) -> None:
+        for sub in list(self.streams):
+            sub.end(why)
+
+    async def stop(self) -> None:
+        self.end_all("the server is shutting down")
+        tasks = [t for t in (self._task, *self._direct) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
