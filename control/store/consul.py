@@ -180,10 +180,20 @@ class ConsulStore:
         return KeyValue(item["Key"][len(self._data):], item.get("Value") or b"",
                         item["CreateIndex"], item["ModifyIndex"], max(item.get("Flags", 1), 1))
 
+    def _entries(self, items: list[dict] | None) -> dict[str, KeyValue]:
+        """Entries under the data prefix as KeyValues; entries this store cannot have
+        written (a "folder" key ending in '/', put there by hand) are ignored."""
+        out = {}
+        for item in items or []:
+            key = item["Key"][len(self._data):]
+            if len(key) > 1 and not key.endswith("/"):
+                out[key] = self._entry(item)
+        return out
+
     async def _read_all(self) -> tuple[int, dict[str, KeyValue]]:
         async with _translated("read"):
             index, items = await self._c.kv.get(self._data + "/", recurse=True)
-        return int(index), {kv.key: kv for kv in map(self._entry, items or [])}
+        return int(index), self._entries(items)
 
     async def _txn(self, ops: list[dict]) -> tuple[bool, dict]:
         """Run a KV transaction; (committed, body). A 409 is a failed check, not an
@@ -222,7 +232,7 @@ class ConsulStore:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
         async with _translated("list"):
             index, items = await self._c.kv.get(self._path(prefix or "/"), recurse=True)
-        kvs = [self._entry(item) for item in items or []]
+        kvs = list(self._entries(items).values())  # Consul answers in key order
         if start_after is not None:
             kvs = [kv for kv in kvs if kv.key > start_after]
         if limit is not None:
@@ -329,7 +339,7 @@ class ConsulStore:
                 continue
             backoff = 0.1
             new_index = int(new_index)
-            self._apply({kv.key: kv for kv in map(self._entry, items or [])}, new_index)
+            self._apply(self._entries(items), new_index)
             # Consul's index can go backwards (tombstones reaped); it asks clients to
             # start over then, which the snapshot diff makes safe.
             index = new_index if new_index >= index else 0

@@ -1,8 +1,10 @@
 """Copy every key of one store into another: ``meshctl store migrate --to consul://...``
 moves a cluster's state from the embedded SQLite store to Consul.
 
-The source is read in one ``list("")`` (one consistent snapshot on SQLite), so run it
-with the API server stopped, or accept that writes after that snapshot are not copied.
+The source is read in one ``list("")`` (one consistent snapshot on SQLite). Run it with
+the API server stopped: a SQLite file is owned by one process, so opening the source
+while the server runs is refused (``sqlite_owner.py``); writes after the snapshot would
+not be copied anyway.
 Revisions are not copied (each backend numbers its own writes); values are, byte for
 byte. Before writing anything the destination is checked: a key that already exists
 there with a different value stops the migration with an error naming it (unless

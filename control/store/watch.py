@@ -175,12 +175,16 @@ class Watch:
         # Everything buffered so far was committed before this read starts, so the
         # read returns it too: drop it to keep revision order.
         self._buffer.clear()
+        published = self._hub.last_position
         page = await self._hub._history(self.prefix, self._position, self._from_revision,
                                         HISTORY_PAGE)
+        if self._closed:
+            return
         self._catch_up = len(page) >= HISTORY_PAGE
         if self._position is None and not page:
-            # Nothing after from_revision yet: live events follow (filtered by revision).
-            self._position = -1
+            # Nothing after from_revision was committed when the read began, so every
+            # event published by then is behind us; later ones come live.
+            self._position = published
         self._ready.extend(page)
 
     async def aclose(self) -> None:

@@ -72,6 +72,26 @@ async def test_slow_watcher_catches_up_from_history_after_its_buffer_overflows(
         assert got == written
 
 
+async def test_watch_from_the_current_revision_that_overflows_resumes_where_it_was(
+        data_dir: Path) -> None:
+    """A watch started from the current revision (its first history read is empty) that
+    overflows before taking any event resumes from where it was: no replay of older
+    (here compacted) history, no gap."""
+    opts = SqliteOptions(maintenance_interval=0, watch_buffer=3)
+    async with await SqliteStore.open(data_dir / "s.db", options=opts) as s:
+        for i in range(5):
+            await s.create(f"{P}before{i}", b"v")
+        await s.compact(await s.current_revision() - 1)  # old history is gone
+        async with s.watch(P, from_revision=await s.current_revision()) as w:
+            waiting = asyncio.create_task(anext(w))  # reads the (empty) history, parks
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            kvs = await asyncio.gather(*(s.create(f"{P}k{i:02}", b"v") for i in range(10)))
+            got = [(await asyncio.wait_for(waiting, 10)).revision]
+            got += [(await asyncio.wait_for(anext(w), 10)).revision for _ in range(9)]
+        assert got == sorted(kv.mod_revision for kv in kvs)
+
+
 async def test_overflowed_watcher_whose_history_was_compacted_gets_compacted(
         data_dir: Path) -> None:
     """If the history a lagging watcher needs is compacted meanwhile, it gets Compacted

@@ -409,3 +409,20 @@ class ConsulDouble:
         session = self.sessions.get(request.match_info["id"])
         body = [session.to_json()] if session else []
         return web.json_response(body, headers=self._headers(self.index))
+
+
+async def _serve(port: int, token: str | None) -> None:
+    double = ConsulDouble(token=token)
+    print(f"consul double (a test double, not Consul) on {await double.start(port)}",
+          flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await double.stop()
+
+
+if __name__ == "__main__":
+    # Standalone, for trying the store by hand: python tests/support/consul_double.py PORT
+    import sys
+
+    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))
