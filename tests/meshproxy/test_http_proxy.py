@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+import pytest
 from client import RawConn, build, request
 from conftest import http_config
 
@@ -217,10 +218,13 @@ clusters:
     assert await who("/v2/items/1") == "no_route"
 
 
-async def test_upstream_errors_map_to_reasons(upstream, proxy_factory, free_port) -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-path", "layer-stack"])
+async def test_upstream_errors_map_to_reasons(upstream, proxy_factory, free_port,
+                                              fused: bool) -> None:
     """Reset → 502 upstream_reset; refused connect → 502 connect_failure; garbage →
     502 upstream_protocol_error; hang past the route timeout → 504 route_timeout; an
-    empty cluster → 503 no_healthy_upstream. Each carries x-mesh-reason."""
+    empty cluster → 503 no_healthy_upstream. Each carries x-mesh-reason, the same
+    through the fused default path and through the task-run layer stack."""
     cfg = f"""
 admin: {{enabled: false}}
 listeners:
@@ -238,6 +242,11 @@ clusters:
 """
     p = await proxy_factory(cfg)
     port = p.listeners["web"].port
+    assert (await request(port)).status == 200  # leaves an idle pooled connection
+    for route in p.listeners["web"].router.routes:
+        assert route.direct is not None  # default stack: the fused path is available
+        if not fused:
+            route.direct = None
     cases = {"/reset": (502, "upstream_reset"), "/dead": (502, "connect_failure"),
              "/garbage": (502, "upstream_protocol_error"), "/hang": (504, "route_timeout"),
              "/empty": (503, "no_healthy_upstream")}
