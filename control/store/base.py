@@ -7,7 +7,15 @@ changes; a bounded history whose compacted part is an error (the API turns it in
 410 Gone). Leader election uses a named lock with a TTL.
 
 Keys are ``/``-separated strings such as ``/registry/pods/default/web-1``. Values are
-opaque bytes (the API server stores JSON). The contract is pinned by
+opaque bytes (the API server stores JSON).
+
+What a revision is depends on the backend; callers may rely only on what is common:
+revisions only grow, every acknowledged write's revision is above all earlier ones, and
+watching from a revision R yields the changes after R. SQLite counts +1 per write (a new
+store is at 1). Consul uses its raft index: increasing but with gaps, and several
+deletes noticed in one blocking query share one revision (their events still arrive,
+in order). A DELETED event's ``revision`` is the delete's, its ``kv.mod_revision`` that
+of the value deleted. The contract is pinned by
 ``tests/store/test_store_contract.py``, which runs against every backend.
 """
 
