@@ -223,18 +223,20 @@ def _reopen(runtime, tmp_path):
     return ProcessRuntime(runtime.root, node=runtime.node)
 
 
-async def test_memory_limit_is_applied_by_the_runtime(make_worker, runtime):
-    """resources.limits.memory reaches the engine (read back from its inspect) or, on the
-    process runtime, the container's cgroup."""
+async def test_memory_and_cpu_limits_are_applied_by_the_runtime(make_worker, runtime):
+    """resources.limits (memory, cpu) reach the engine (read back from its inspect) or,
+    on the process runtime, the container's cgroup."""
     from control.agent.runtime.process import ProcessRuntime
     if isinstance(runtime, ProcessRuntime) and runtime.cgroups is None:
         pytest.skip(f"process runtime cannot manage cgroups here: {runtime.cgroups_note}")
     w = make_worker(pod("mem", container("app", "while true; do busybox sleep 0.2; done",
-                                         resources={"limits": {"memory": "48Mi"}})))
+                                         resources={"limits": {"memory": "48Mi",
+                                                               "cpu": "250m"}})))
     await w.sync()
     info = await runtime.inspect(w.container_id("app"))
     assert info.state == "running"
     assert info.memory_limit == 48 * 2**20
+    assert info.cpu_limit_millis == 250
 
 
 async def test_logs_exec_and_stats_reach_the_running_container(make_worker, runtime):

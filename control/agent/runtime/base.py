@@ -157,6 +157,7 @@ class ContainerInfo:
     error: str = ""  # the engine's message for a failed start, if any
     oom_killed: bool = False
     memory_limit: int | None = None  # bytes, as the engine applied it
+    cpu_limit_millis: int | None = None  # millicores, as the engine applied it
 
     @property
     def pod_uid(self) -> str:

@@ -64,6 +64,21 @@ class Cgroups:
         value = int(raw)
         return None if value >= 2**62 else value  # v1 "unlimited" is a huge number
 
+    def cpu_limit_millis(self, name: str) -> int | None:
+        """The CPU quota in force, in millicores; None when unlimited or unknown."""
+        if self.version == 2:
+            raw = _read(self._dir("cpu", name) / "cpu.max")
+            if raw is None or raw.startswith("max"):
+                return None
+            quota, _, period = raw.partition(" ")
+        else:
+            d = self._dir("cpu", name)
+            quota, period = _read(d / "cpu.cfs_quota_us") or "-1", \
+                _read(d / "cpu.cfs_period_us") or "0"
+        if int(quota) <= 0 or int(period) <= 0:
+            return None
+        return int(quota) * 1000 // int(period)
+
     def usage(self, name: str) -> tuple[float, int] | None:
         """(CPU seconds, memory bytes) used by the cgroup, None when it is gone."""
         if self.version == 2:

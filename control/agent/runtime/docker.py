@@ -203,6 +203,7 @@ class DockerRuntime:
         else:  # created, configured, initialized
             state = "created"
         memory = (d.get("HostConfig") or {}).get("Memory") or None
+        nano_cpus = (d.get("HostConfig") or {}).get("NanoCpus") or None
         return ContainerInfo(
             id=d["Id"], labels=dict((d.get("Config") or {}).get("Labels") or {}), state=state,
             image=str((d.get("Config") or {}).get("Image", "")),
@@ -210,6 +211,7 @@ class DockerRuntime:
             started_at=_time(st.get("StartedAt")), finished_at=_time(st.get("FinishedAt")),
             error=str(st.get("Error") or ""), oom_killed=bool(st.get("OOMKilled")),
             memory_limit=int(memory) if memory else None,
+            cpu_limit_millis=int(nano_cpus) // 1_000_000 if nano_cpus else None,
         )
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:

@@ -194,10 +194,13 @@ class ProcessRuntime:
         d = self._dir(container_id)
         meta = self._meta(container_id)
         pidinfo = _read_json(d / "pid")
-        limit = (self.cgroups.memory_limit(container_id)
-                 if self.cgroups is not None and meta["memory_limit"] is not None else None)
+        cgroups = self.cgroups if pidinfo is not None else None
+        limit = (cgroups.memory_limit(container_id)
+                 if cgroups is not None and meta["memory_limit"] is not None else None)
+        cpu = (cgroups.cpu_limit_millis(container_id)
+               if cgroups is not None and meta["cpu_limit_millis"] is not None else None)
         common = {"id": container_id, "labels": meta["labels"], "image": meta["image"],
-                  "memory_limit": limit}
+                  "memory_limit": limit, "cpu_limit_millis": cpu}
         if pidinfo is None:
             return ContainerInfo(state="created", **common)
         started = datetime.fromisoformat(pidinfo["started"])
