@@ -419,8 +419,16 @@ class SqliteStore:
             return free, None
 
         freed = await self._write(vacuum)
-        busy, _log_pages, _done = await asyncio.wrap_future(self._writer.submit(
-            "raw", lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()))
+        def checkpoint(c: sqlite3.Connection) -> int:
+            # TRUNCATE waits for readers through the busy handler while blocking this
+            # (the only) writer: wait briefly, and try again next pass if readers stay.
+            c.execute("PRAGMA busy_timeout = 200")
+            try:
+                return int(c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+            finally:
+                c.execute(f"PRAGMA busy_timeout = {schema.BUSY_TIMEOUT_MS}")
+
+        busy = await asyncio.wrap_future(self._writer.submit("raw", checkpoint))
         return {"compacted": compacted, "freed_pages": freed, "checkpoint_busy": busy}
 
     def statistics(self) -> dict[str, int]:

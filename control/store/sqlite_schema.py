@@ -67,7 +67,10 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 1), ('compacted', 0
 """
 
 
-def connect(path: str, *, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, and
     ``synchronous=FULL``: a commit is on disk before it returns, so an acknowledged
     write survives SIGKILL and power loss."""
