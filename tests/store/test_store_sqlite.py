@@ -105,6 +105,28 @@ async def test_overflowed_watcher_whose_history_was_compacted_gets_compacted(
             await asyncio.wait_for(anext(w), 10)
 
 
+async def test_cancelled_writes_apply_entirely_or_not_at_all(sqlite_store) -> None:
+    """A caller cancelled mid-write (the API server cancels handlers of clients that
+    went away) leaves each write either fully applied, with its event, or not applied,
+    and the store keeps working."""
+    s, _clock = sqlite_store
+    start = await s.current_revision()
+    tasks = [asyncio.create_task(s.create(f"{P}c{i:02}", b"v")) for i in range(50)]
+    await asyncio.sleep(0)  # let them all submit
+    for t in tasks[::2]:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    items, rev = await s.list(P)
+    assert rev - start == len(items)  # one revision per applied write, no more
+    for t in tasks[1::2]:
+        assert not t.cancelled()  # the others were not disturbed
+    assert {kv.key for kv in items} >= {t.result().key for t in tasks[1::2]}
+    async with s.watch(P, from_revision=start) as w:
+        events = [await asyncio.wait_for(anext(w), 10) for _ in range(len(items))]
+    assert sorted(e.kv.key for e in events) == sorted(kv.key for kv in items)
+    assert (await s.create(P + "after", b"v")).mod_revision == rev + 1
+
+
 async def test_closing_the_store_ends_pending_watches(data_dir: Path) -> None:
     s = await SqliteStore.open(data_dir / "s.db", options=SqliteOptions(maintenance_interval=0))
     w = s.watch(P)
