@@ -47,7 +47,13 @@ from control.client.workers import PermanentError, run_workers
 from control.client.workqueue import WorkQueue
 from control.controllers.events import EventRecorder
 from control.controllers.podutil import is_active, is_available, is_ready
-from control.controllers.replicaset import OWNER_INDEX, controller_ref, owned_by, owner_reference
+from control.controllers.replicaset import (
+    OWNER_INDEX,
+    POD_EVENT_DELAY,
+    controller_ref,
+    owned_by,
+    owner_reference,
+)
 from control.controllers.rollout import (
     RSState,
     plan_rolling_update,
@@ -135,10 +141,11 @@ class DeploymentController:
     def _enqueue(self, d: Obj) -> None:
         self.queue.add(object_key(d))
 
-    def _rs_changed(self, rs: Obj) -> None:
+    def _rs_changed(self, rs: Obj, delay: float = 0.0) -> None:
         ref = controller_ref(rs)
         if ref and ref.get("kind") == "Deployment":
-            self.queue.add(f"{rs['metadata'].get('namespace')}/{ref.get('name')}")
+            self.queue.add_after(f"{rs['metadata'].get('namespace')}/{ref.get('name')}",
+                                 delay)
 
     def _pod_changed(self, pod: Obj) -> None:
         # Readiness drives the rollout: a Pod's change wakes its ReplicaSet's Deployment.
@@ -148,7 +155,7 @@ class DeploymentController:
         ns = pod["metadata"].get("namespace")
         rs = self.replicasets.get(ns, ref.get("name", ""))
         if rs is not None:
-            self._rs_changed(rs)
+            self._rs_changed(rs, POD_EVENT_DELAY)  # batched, see replicaset.py
 
     async def run(self) -> None:
         for inf in (self.deployments, self.replicasets, self.pods):
@@ -160,12 +167,18 @@ class DeploymentController:
 
     # -- reconcile -----------------------------------------------------------------------
 
-    def _pods_of(self, rs: Obj) -> list[Obj]:
-        return [p for p in self.pods.store.by_index(OWNER_INDEX, rs["metadata"]["uid"])
-                if owned_by(p, rs) and is_active(p)]
+    def _pods_of(self, rs: Obj, memo: dict[str, list[Obj]]) -> list[Obj]:
+        """Active Pods of ``rs`` from the cache, computed once per reconcile (``memo``):
+        with thousands of Pods the scan is the controller's main cost."""
+        uid = rs["metadata"]["uid"]
+        if uid not in memo:
+            memo[uid] = [p for p in self.pods.store.by_index(OWNER_INDEX, uid)
+                         if owned_by(p, rs) and is_active(p)]
+        return memo[uid]
 
-    def _state(self, rs: Obj, min_ready: int, now: datetime) -> RSState:
-        pods = self._pods_of(rs)
+    def _state(self, rs: Obj, min_ready: int, now: datetime, memo: dict[str, list[Obj]]
+               ) -> RSState:
+        pods = self._pods_of(rs, memo)
         return RSState(rs["metadata"]["name"], (rs.get("spec") or {}).get("replicas", 0),
                        sum(1 for p in pods if is_available(p, min_ready, now)),
                        rs["metadata"].get("creationTimestamp", ""))
@@ -183,6 +196,7 @@ class DeploymentController:
         kind, surge, unavailable = _strategy(d)
         min_ready = int(spec.get("minReadySeconds") or 0)
         now = datetime.now(UTC)
+        memo: dict[str, list[Obj]] = {}
         owned = [rs for rs in self.replicasets.store.by_index(OWNER_INDEX, d["metadata"]["uid"])
                  if owned_by(rs, d)]
         template = spec.get("template") or {}
@@ -195,13 +209,13 @@ class DeploymentController:
         if spec.get("paused"):
             if new is not None and not any((o.get("spec") or {}).get("replicas") for o in olds):
                 await self._scale(d, new, replicas)
-            await self._write_status(d, new, olds, min_ready, unavailable, now)
+            await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
             return None
 
         if new is None:
-            if kind == "Recreate" and self._old_pods_remain(olds):
+            if kind == "Recreate" and self._old_pods_remain(olds, memo):
                 await self._scale_olds_to_zero(d, olds)
-                await self._write_status(d, new, olds, min_ready, unavailable, now)
+                await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
                 return None
             start = replicas if kind == "Recreate" or not olds else 0
             new = await self._create_rs(d, template, h, top + 1, start)
@@ -212,14 +226,14 @@ class DeploymentController:
         await self._set_deployment_revision(d, revision_of(new))
 
         if kind == "Recreate":
-            if self._old_pods_remain(olds):
+            if self._old_pods_remain(olds, memo):
                 await self._scale_olds_to_zero(d, olds)
             else:
                 await self._scale(d, new, replicas)
         else:
             plan = plan_rolling_update(
-                replicas, surge, unavailable, self._state(new, min_ready, now),
-                [self._state(o, min_ready, now) for o in olds
+                replicas, surge, unavailable, self._state(new, min_ready, now, memo),
+                [self._state(o, min_ready, now, memo) for o in olds
                  if (o.get("spec") or {}).get("replicas", 0) > 0])
             by_name = {rs["metadata"]["name"]: rs for rs in owned}
             by_name[new["metadata"]["name"]] = new
@@ -228,12 +242,12 @@ class DeploymentController:
             for rs_name, count in sorted(plan.items(), key=lambda kv: kv[0] == new[
                     "metadata"]["name"]):
                 await self._scale(d, by_name[rs_name], count)
-        await self._cleanup(d, olds, spec.get("revisionHistoryLimit", DEFAULT_HISTORY))
-        await self._write_status(d, new, olds, min_ready, unavailable, now)
+        await self._cleanup(d, olds, spec.get("revisionHistoryLimit", DEFAULT_HISTORY), memo)
+        await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
         return None
 
-    def _old_pods_remain(self, olds: list[Obj]) -> bool:
-        return any((o.get("spec") or {}).get("replicas", 0) > 0 or self._pods_of(o)
+    def _old_pods_remain(self, olds: list[Obj], memo: dict[str, list[Obj]]) -> bool:
+        return any((o.get("spec") or {}).get("replicas", 0) > 0 or self._pods_of(o, memo)
                    for o in olds)
 
     async def _scale_olds_to_zero(self, d: Obj, olds: list[Obj]) -> None:
@@ -297,9 +311,10 @@ class DeploymentController:
                              {"metadata": {"annotations": {REVISION: str(revision)}}},
                              namespace=md.get("namespace"))
 
-    async def _cleanup(self, d: Obj, olds: list[Obj], limit: int) -> None:
+    async def _cleanup(self, d: Obj, olds: list[Obj], limit: int,
+                       memo: dict[str, list[Obj]]) -> None:
         idle = [o for o in olds if (o.get("spec") or {}).get("replicas", 0) == 0
-                and not self._pods_of(o)]
+                and not self._pods_of(o, memo)]
         idle.sort(key=revision_of)
         for o in idle[:max(0, len(idle) - max(0, int(limit)))]:
             try:
@@ -309,11 +324,12 @@ class DeploymentController:
                 pass
 
     async def _write_status(self, d: Obj, new: Obj | None, olds: list[Obj], min_ready: int,
-                            max_unavailable: int, now: datetime) -> None:
+                            max_unavailable: int, now: datetime,
+                            memo: dict[str, list[Obj]]) -> None:
         spec = d.get("spec") or {}
         replicas = spec.get("replicas", 1)
-        new_pods = self._pods_of(new) if new is not None else []
-        all_pods = new_pods + [p for o in olds for p in self._pods_of(o)]
+        new_pods = self._pods_of(new, memo) if new is not None else []
+        all_pods = new_pods + [p for o in olds for p in self._pods_of(o, memo)]
         available = sum(1 for p in all_pods if is_available(p, min_ready, now))
         updated = len(new_pods)
         old = copy.deepcopy(d.get("status") or {})

@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eviction-rate", type=_positive, default=0.1,
                    help="nodes per second evicted at most (default 0.1)")
     p.add_argument("--node-monitor-period", type=_positive, default=1.0, metavar="SECONDS")
+    p.add_argument("--orphan-grace", type=_positive, default=10.0, metavar="SECONDS",
+                   help="pods bound to a deleted node are deleted after this (default 10)")
+    p.add_argument("--bind-concurrency", type=int, default=32,
+                   help="bindings in flight at once (default 32)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_run_manager)
 
@@ -97,6 +101,8 @@ def _manager_config(args: argparse.Namespace) -> ManagerConfig:
                                      eviction_timeout=args.pod_eviction_timeout,
                                      eviction_rate=args.eviction_rate),
         node_monitor_period=args.node_monitor_period,
+        orphan_grace=args.orphan_grace,
+        bind_concurrency=args.bind_concurrency,
         controllers=names,  # type: ignore[arg-type]  # checked by ManagerConfig
         **kw)
 

@@ -49,6 +49,10 @@ Obj = dict[str, Any]
 log = logging.getLogger(__name__)
 
 OWNER_INDEX = "owner"
+# Pod events wake their owner this much later: a burst of a hundred Pod changes (a
+# node's Pods evicted, a deployment's Pods bound) becomes one reconcile and one status
+# write instead of a hundred, and deletions are replaced in one batch.
+POD_EVENT_DELAY = 0.1  # seconds
 BURST = 500  # Pods created or deleted per reconcile at most (Kubernetes' burstReplicas)
 
 
@@ -188,13 +192,13 @@ class ReplicaSetController:
         key = self._owner_key(pod)
         if key:
             self.expectations.created(key)
-            self.queue.add(key)
+            self.queue.add_after(key, POD_EVENT_DELAY)
 
     def _pod_updated(self, old: Obj, new: Obj) -> None:
         for p in (old, new):
             key = self._owner_key(p)
             if key:
-                self.queue.add(key)
+                self.queue.add_after(key, POD_EVENT_DELAY)
         if (new.get("metadata") or {}).get("deletionTimestamp"):
             key = self._owner_key(new)
             if key:
@@ -204,7 +208,7 @@ class ReplicaSetController:
         key = self._owner_key(pod)
         if key:
             self.expectations.deleted(key, pod["metadata"].get("uid", ""))
-            self.queue.add(key)
+            self.queue.add_after(key, POD_EVENT_DELAY)
 
     # -- reconcile -----------------------------------------------------------------------
 

@@ -1,0 +1,463 @@
+"""Scheduler benchmark (issue #7): ``python -m loadtests.scheduler_bench``.
+
+Simulated nodes, a real control plane, on loopback:
+
+1. starts the **API server** (``meshctl apiserver``: HTTPS, SQLite store in a temporary
+   directory) and the **controller manager** (``meshctl controller-manager``: scheduler
+   and controllers, leader-elected), each in its own process group;
+2. registers ``--nodes`` Node objects (8 CPU, 32 GiB, 110 pods each, spread over
+   ``--zones`` zones) and **heartbeats** them from this process every ``--heartbeat``
+   seconds, as agents would (a status write with a fresh ``lastHeartbeatTime``); no
+   containers run anywhere;
+3. **placement**: creates one Deployment of ``--replicas`` Pods (100m CPU, 128 MiB each)
+   and watches the Pods: time until all are bound, binds per second (first to last
+   binding, and from the Deployment's creation), and placement quality: Pods per node
+   and per zone (min, max, standard deviation) and resource fit (no node over its
+   allocatable; the fullest node's CPU and memory share);
+4. **node deletion**: deletes ``--lost`` Node objects: time until every Pod they held is
+   replaced by a bound Pod elsewhere (the node lifecycle controller deletes Pods of a
+   vanished node after ``--orphan-grace``; target: orphan grace + 5 s);
+5. **node silence**: stops heartbeating ``--lost`` other nodes: time until their Pods
+   are replaced elsewhere (NotReady after ``--grace``, evicted after
+   ``--eviction-timeout``; the issue's target: grace + eviction timeout + 5 s).
+
+Every phase has a time limit; a phase that does not finish is reported as such with how
+far it got, never filled in. Both servers are killed as process groups at the end, also
+on failure or Ctrl-C. Only ``127.0.0.1`` is used.
+
+Neighbours: ``procs.py`` (process groups, CPU sampling); the README's "Scheduler"
+section has the measured table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from control.client.config import ClientConfig
+from control.client.informer import Informer
+from control.client.rest import ApiClient
+from control.quantity import bytes_value, cpu_millis
+from loadtests.procs import Server, ServerSet, free_port, group_usage
+
+ZONE = "topology.kubernetes.io/zone"
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    nodes: int = 100
+    replicas: int = 3000
+    lost: int = 10
+    zones: int = 4
+    node_cpu: str = "8"
+    node_memory: str = "32Gi"
+    pod_cpu: str = "100m"
+    pod_memory: str = "128Mi"
+    heartbeat: float = 2.5        # s between a node's heartbeats
+    grace: float = 10.0           # s without heartbeat before NotReady
+    eviction_timeout: float = 10.0  # s NotReady before eviction
+    eviction_rate: float = 10.0   # nodes/s
+    orphan_grace: float = 5.0     # s before a deleted node's Pods are deleted
+    place_timeout: float = 300.0  # s allowed for placing every replica
+    recover_timeout: float = 120.0  # s allowed for each node-loss phase
+
+    def __post_init__(self) -> None:
+        if self.nodes < 2 or self.replicas < 1 or self.zones < 1:
+            raise ValueError("need at least 2 nodes, 1 replica and 1 zone")
+        if not 0 <= 2 * self.lost < self.nodes:
+            raise ValueError(f"--lost must leave most nodes alive: 2 x {self.lost} lost of "
+                             f"{self.nodes}")
+        if self.heartbeat >= self.grace:
+            raise ValueError(f"--heartbeat ({self.heartbeat}s) must be shorter than --grace "
+                             f"({self.grace}s)")
+
+
+@dataclass
+class Result:
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    placed: int = 0
+    place_seconds: float | None = None          # Deployment created -> last bound
+    binds_per_second: float | None = None       # first -> last binding
+    binds_per_second_overall: float | None = None  # Deployment created -> last binding
+    creates_per_second: float | None = None     # Deployment created -> last Pod created
+    per_node: dict[str, float] = field(default_factory=dict)
+    per_zone: dict[str, int] = field(default_factory=dict)
+    overcommitted_nodes: int | None = None
+    fullest_cpu: float | None = None
+    fullest_memory: float | None = None
+    apiserver_cpu_seconds: float | None = None
+    manager_cpu_seconds: float | None = None
+    deleted_pods: int = 0
+    delete_recover_seconds: float | None = None
+    silent_pods: int = 0
+    silence_recover_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "load_avg_at_start": os.getloadavg()[0]}
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig, work: Path) -> None:
+        self.cfg = cfg
+        self.work = work
+        self.api: ApiClient | None = None
+        self.alive: set[str] = set()
+        self.pods: Informer | None = None
+        self.first_bound: dict[str, float] = {}  # pod uid -> when first seen bound
+        self.first_seen: dict[str, float] = {}   # pod uid -> when first seen at all
+        self.changed = asyncio.Event()
+        self.manager: Server | None = None
+
+    # -- servers ---------------------------------------------------------------------
+
+    def start_apiserver(self, servers: ServerSet) -> tuple[Server, ClientConfig]:
+        port = free_port()
+        data = self.work / "apiserver"
+        server = servers.start("apiserver", [
+            sys.executable, "-m", "control.cli.main", "apiserver", "--data-dir", str(data),
+            "--port", str(port),
+            "--log-level", "WARNING"], port=port, timeout=60)
+        token = (data / "admin.token").read_text().strip()
+        return server, ClientConfig(server=f"https://127.0.0.1:{port}", token=token,
+                                    ca_file=str(data / "ca.crt"))
+
+    def start_manager(self, servers: ServerSet, client: ClientConfig) -> Server:
+        c = self.cfg
+        profile = os.environ.get("SCHEDULER_BENCH_PROFILE")  # cProfile output file
+        server = Server("controller-manager", [
+            sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []),
+            "-m", "control.cli.main", "controller-manager", "--server", client.server,
+            "--token", str(client.token), "--certificate-authority", str(client.ca_file),
+            "--node-grace-period", str(c.grace), "--pod-eviction-timeout",
+            str(c.eviction_timeout), "--eviction-rate", str(c.eviction_rate),
+            "--orphan-grace", str(c.orphan_grace), "--log-level", "WARNING"],
+            log_dir=servers.log_dir)
+        self.manager = server
+        return server
+
+    # -- simulated nodes -------------------------------------------------------------
+
+    def _node(self, i: int) -> Obj:
+        c = self.cfg
+        res = {"cpu": c.node_cpu, "memory": c.node_memory, "pods": "110"}
+        name = f"node-{i:03d}"
+        return {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+                                                      ZONE: f"zone-{i % c.zones}"}},
+                "status": {"capacity": res, "allocatable": res,
+                           "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                           "conditions": [self._ready()]}}
+
+    @staticmethod
+    def _ready() -> Obj:
+        now = _stamp()
+        return {"type": "Ready", "status": "True", "reason": "AgentReady",
+                "lastHeartbeatTime": now, "lastTransitionTime": now}
+
+    async def register_nodes(self) -> None:
+        assert self.api is not None
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            async with sem:
+                node = await self.api.create("nodes", self._node(i))  # type: ignore[union-attr]
+                self.alive.add(node["metadata"]["name"])
+        await asyncio.gather(*(one(i) for i in range(self.cfg.nodes)))
+
+    async def heartbeat_loop(self) -> None:
+        """Each live node posts Ready every ``heartbeat`` s, spread over the interval."""
+        assert self.api is not None
+        while True:
+            names = sorted(self.alive)
+            gap = self.cfg.heartbeat / max(1, len(names))
+            for name in names:
+                if name in self.alive:
+                    with contextlib.suppress(Exception):  # deleted meanwhile
+                        await self.api.patch("nodes", name, {
+                            "status": {"conditions": [self._ready()]}}, subresource="status")
+                await asyncio.sleep(gap)
+
+    # -- watching pods ---------------------------------------------------------------
+
+    def _seen(self, pod: Obj) -> None:
+        self.first_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
+        if pod["spec"].get("nodeName"):
+            self.first_bound.setdefault(pod["metadata"]["uid"], time.monotonic())
+        self.changed.set()
+
+    def live_pods(self) -> list[Obj]:
+        assert self.pods is not None
+        return [p for p in self.pods.list() if not p["metadata"].get("deletionTimestamp")]
+
+    async def until(self, check: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not check():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
+        return True
+
+    def bound_elsewhere(self, gone: set[str]) -> bool:
+        pods = self.live_pods()
+        return (len(pods) == self.cfg.replicas
+                and all(p["spec"].get("nodeName") and p["spec"]["nodeName"] not in gone
+                        for p in pods))
+
+    # -- phases ----------------------------------------------------------------------
+
+    async def place(self, r: Result, apiserver: Server, manager: Server) -> None:
+        assert self.api is not None
+        c = self.cfg
+        cpu0 = group_usage(apiserver.pgid).cpu_seconds, group_usage(manager.pgid).cpu_seconds
+        labels = {"app": "bench"}
+        start = time.monotonic()
+        await self.api.create("deployments", {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "bench", "namespace": "default"},
+            "spec": {"replicas": c.replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                         "name": "app", "image": "busybox:1", "resources": {"requests": {
+                             "cpu": c.pod_cpu, "memory": c.pod_memory}}}]}}}})
+
+        def all_bound() -> bool:
+            pods = self.live_pods()
+            return len(pods) == c.replicas and all(p["spec"].get("nodeName") for p in pods)
+        done = await self.until(all_bound, c.place_timeout)
+        pods = self.live_pods()
+        r.placed = sum(1 for p in pods if p["spec"].get("nodeName"))
+        r.apiserver_cpu_seconds = group_usage(apiserver.pgid).cpu_seconds - cpu0[0]
+        r.manager_cpu_seconds = group_usage(manager.pgid).cpu_seconds - cpu0[1]
+        if not done:
+            r.notes.append(f"placement did not finish in {c.place_timeout:g}s: "
+                           f"{r.placed}/{c.replicas} bound")
+            return
+        created = max(self.first_seen[p["metadata"]["uid"]] for p in pods)
+        r.creates_per_second = c.replicas / max(created - start, 1e-9)
+        times = sorted(self.first_bound[p["metadata"]["uid"]] for p in pods)
+        last = times[-1]
+        r.place_seconds = last - start
+        r.binds_per_second_overall = c.replicas / r.place_seconds
+        if last > times[0]:
+            r.binds_per_second = (c.replicas - 1) / (last - times[0])
+        self._quality(r, pods)
+
+    def _quality(self, r: Result, pods: list[Obj]) -> None:
+        c = self.cfg
+        per_node = Counter(p["spec"]["nodeName"] for p in pods)
+        counts = [per_node.get(n, 0) for n in sorted(self.alive)]
+        r.per_node = {"min": min(counts), "max": max(counts),
+                      "mean": round(statistics.fmean(counts), 2),
+                      "stdev": round(statistics.pstdev(counts), 2)}
+        zone_of = {f"node-{i:03d}": f"zone-{i % c.zones}" for i in range(c.nodes)}
+        r.per_zone = dict(sorted(Counter(zone_of[p["spec"]["nodeName"]] for p in pods).items()))
+        node_cpu, node_mem = cpu_millis(c.node_cpu), bytes_value(c.node_memory)
+        pod_cpu, pod_mem = cpu_millis(c.pod_cpu), bytes_value(c.pod_memory)
+        r.overcommitted_nodes = sum(1 for n in counts
+                                    if n * pod_cpu > node_cpu or n * pod_mem > node_mem)
+        r.fullest_cpu = round(max(counts) * pod_cpu / node_cpu, 3)
+        r.fullest_memory = round(max(counts) * pod_mem / node_mem, 3)
+
+    async def lose_nodes(self, r: Result, *, how: str) -> None:
+        assert self.api is not None
+        c = self.cfg
+        names = sorted(self.alive)
+        # Take nodes from the middle of the list: delete and silence hit different ones.
+        victims = set(names[:c.lost]) if how == "delete" else set(names[-c.lost:])
+        held = sum(1 for p in self.live_pods() if p["spec"].get("nodeName") in victims)
+        start = time.monotonic()
+        self.alive -= victims
+        if how == "delete":
+            for name in sorted(victims):
+                await self.api.delete("nodes", name)
+        done = await self.until(lambda: self.bound_elsewhere(victims), c.recover_timeout)
+        took = time.monotonic() - start
+        if how == "delete":
+            r.deleted_pods = held
+            r.delete_recover_seconds = took if done else None
+        else:
+            r.silent_pods = held
+            r.silence_recover_seconds = took if done else None
+        if not done:
+            r.notes.append(f"node {how}: pods not all rescheduled within "
+                           f"{c.recover_timeout:g}s")
+
+    async def run(self) -> Result:
+        r = Result(config=asdict(self.cfg), machine=machine())
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        with ServerSet(self.work / "logs") as servers:
+            apiserver, client = self.start_apiserver(servers)
+            async with ApiClient(client, timeout=60) as api:
+                self.api = api
+                await self.register_nodes()
+                beats = asyncio.create_task(self.heartbeat_loop(), name="heartbeats")
+                self.pods = Informer(api, "pods", namespace="default")
+                self.pods.add_handler(on_add=self._seen, on_update=lambda _o, n: self._seen(n),
+                                      on_delete=lambda _p: self.changed.set())
+                try:
+                    async with self.pods:
+                        await self.pods.wait_synced(60)
+                        manager = self.start_manager(servers, client)
+                        await self._wait_leader(manager)
+                        await self.place(r, apiserver, manager)
+                        if r.place_seconds is not None and self.cfg.lost:
+                            await self.lose_nodes(r, how="delete")
+                            await self.lose_nodes(r, how="silence")
+                finally:
+                    beats.cancel()
+                    await asyncio.gather(beats, return_exceptions=True)
+                    if self.manager is not None:  # before the API server it talks to
+                        self.manager.stop()
+        return r
+
+    async def _wait_leader(self, manager: Server, timeout: float = 60.0) -> None:
+        assert self.api is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if manager.popen.poll() is not None:
+                raise RuntimeError(f"controller manager exited: {manager.output()}")
+            with contextlib.suppress(Exception):
+                ep = await self.api.get("endpoints", "mesh-controller-manager",
+                                        namespace="kube-system")
+                if ep["metadata"].get("annotations"):
+                    return
+            await asyncio.sleep(0.2)
+        raise RuntimeError("the controller manager never became leader")
+
+
+def verdicts(r: Result, cfg: BenchConfig) -> list[tuple[str, str, bool | None]]:
+    out: list[tuple[str, str, bool | None]] = []
+    rate = r.binds_per_second_overall
+    out.append(("≥ 200 pods scheduled/s (creation to last binding)",
+                f"{rate:.0f}/s" if rate else "not measured",
+                None if rate is None else rate >= 200))
+    target = cfg.orphan_grace + 5
+    t = r.delete_recover_seconds
+    out.append((f"deleted nodes' pods rescheduled within orphan grace + 5 s ({target:g} s)",
+                f"{t:.1f} s" if t is not None else "not measured",
+                None if t is None else t <= target))
+    target = cfg.grace + cfg.eviction_timeout + 5
+    t = r.silence_recover_seconds
+    out.append((f"silent nodes' pods rescheduled within grace + eviction + 5 s ({target:g} s)",
+                f"{t:.1f} s" if t is not None else "not measured",
+                None if t is None else t <= target))
+    out.append(("no node over its allocatable",
+                str(r.overcommitted_nodes) if r.overcommitted_nodes is not None
+                else "not measured",
+                None if r.overcommitted_nodes is None else r.overcommitted_nodes == 0))
+    return out
+
+
+def report(r: Result, cfg: BenchConfig) -> str:
+    def f(v: float | None, unit: str = "", digits: int = 1) -> str:
+        return "not measured" if v is None or (isinstance(v, float) and math.isnan(v)) \
+            else f"{v:.{digits}f}{unit}"
+    m = r.machine
+    lines = [
+        f"machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, kernel "
+        f"{m['kernel']}, load average at start {m['load_avg_at_start']:.2f}",
+        f"cluster: {cfg.nodes} simulated nodes ({cfg.node_cpu} CPU, {cfg.node_memory}) in "
+        f"{cfg.zones} zones, heartbeat every {cfg.heartbeat:g} s; one Deployment of "
+        f"{cfg.replicas} replicas ({cfg.pod_cpu}, {cfg.pod_memory})",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| replicas bound | {r.placed} / {cfg.replicas} |",
+        f"| Deployment created → all bound | {f(r.place_seconds, ' s')} |",
+        f"| binds/s, creation → last binding | {f(r.binds_per_second_overall, '', 0)} |",
+        f"| binds/s, first → last binding | {f(r.binds_per_second, '', 0)} |",
+        f"| Pods created/s by the ReplicaSet controller | {f(r.creates_per_second, '', 0)} |",
+        f"| pods per node (min / max / stdev) | {r.per_node.get('min', '-')} / "
+        f"{r.per_node.get('max', '-')} / {r.per_node.get('stdev', '-')} |",
+        f"| pods per zone | {', '.join(f'{k}: {v}' for k, v in r.per_zone.items()) or '-'} |",
+        f"| nodes over allocatable | {r.overcommitted_nodes} |",
+        f"| fullest node: CPU / memory requested | "
+        f"{f(r.fullest_cpu and r.fullest_cpu * 100, '%', 0)}"
+        f" / {f(r.fullest_memory and r.fullest_memory * 100, '%', 0)} |",
+        f"| CPU seconds during placement: API server / controller manager | "
+        f"{f(r.apiserver_cpu_seconds)} / {f(r.manager_cpu_seconds)} |",
+        f"| {cfg.lost} nodes deleted ({r.deleted_pods} pods) → all rescheduled | "
+        f"{f(r.delete_recover_seconds, ' s')} |",
+        f"| {cfg.lost} nodes silent ({r.silent_pods} pods) → all rescheduled | "
+        f"{f(r.silence_recover_seconds, ' s')} |",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
+    for what, value, ok in verdicts(r, cfg):
+        lines.append(f"| {what} | {value} | {'yes' if ok else 'no' if ok is False else '-'} |")
+    lines.extend(f"note: {n}" for n in r.notes)
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m loadtests.scheduler_bench",
+                                description=__doc__.split("\n\n")[0])
+    d = BenchConfig()
+    p.add_argument("--nodes", type=int, default=d.nodes)
+    p.add_argument("--replicas", type=int, default=d.replicas)
+    p.add_argument("--lost", type=int, default=d.lost, help="nodes deleted, then silenced")
+    p.add_argument("--zones", type=int, default=d.zones)
+    p.add_argument("--heartbeat", type=float, default=d.heartbeat)
+    p.add_argument("--grace", type=float, default=d.grace)
+    p.add_argument("--eviction-timeout", type=float, default=d.eviction_timeout)
+    p.add_argument("--orphan-grace", type=float, default=d.orphan_grace)
+    p.add_argument("--quick", action="store_true",
+                   help="20 nodes, 300 replicas, 2 lost: checks the harness in ~1 min")
+    p.add_argument("--json", type=Path, help="also write every number to this file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.nodes, args.replicas, args.lost = 20, 300, 2
+    try:
+        cfg = BenchConfig(nodes=args.nodes, replicas=args.replicas, lost=args.lost,
+                          zones=args.zones, heartbeat=args.heartbeat, grace=args.grace,
+                          eviction_timeout=args.eviction_timeout,
+                          orphan_grace=args.orphan_grace)
+    except ValueError as e:
+        p.error(str(e))
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse(argv)
+    with tempfile.TemporaryDirectory(prefix="scheduler-bench-") as tmp:
+        result = asyncio.run(Bench(cfg, Path(tmp)).run())
+    print(report(result, cfg))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(result), indent=2))
+    return 0 if result.place_seconds is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
