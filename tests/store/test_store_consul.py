@@ -75,6 +75,35 @@ async def test_deletes_seen_in_one_poll_share_a_revision_and_all_reach_watchers(
             assert event.kv == later
 
 
+async def test_changes_between_two_polls_coalesce_into_the_latest_state(
+        double: ConsulDouble) -> None:
+    """Consul has no history: two updates of one key between two blocking queries are
+    seen as one MODIFIED carrying the latest value (prev_kv is the last value seen), and
+    a key created and deleted in between is never reported. Simulated by changing the
+    double's state twice before waking its blocking queries once."""
+    from support.consul_double import _Entry
+
+    async with await _open(double) as s:
+        start = await s.current_revision()
+        a = await s.create(P + "a", b"1")
+        async with s.watch(P, from_revision=start) as w:
+            assert (await _events(w, 1))[0].kv == a  # the poller has seen "a"
+            path = "mesh/data" + P
+            for value in (b"2", b"3"):
+                idx = double._next_index()
+                double._write(path + "a", _Entry(value, 3, a.create_revision, idx))
+            idx = double._next_index()
+            double._write(path + "brief", _Entry(b"x", 1, idx, idx))
+            double._next_index()
+            double._write(path + "brief", None)
+            double._notify()
+            (event,) = await _events(w, 1)
+            assert (event.type, event.kv.value, event.prev_kv) == ("MODIFIED", b"3", a)
+            later = await s.create(P + "z", b"z")
+            (event,) = await _events(w, 1)
+            assert event.kv == later  # nothing about "brief" came in between
+
+
 async def test_writes_by_another_client_reach_this_clients_watchers(
         double: ConsulDouble) -> None:
     """Several API servers may share one Consul prefix: each one's poller sees the
