@@ -309,3 +309,23 @@ async def test_empty_dir_volume_is_shared_by_the_pods_containers(make_worker, ru
     assert denied.exit_code != 0  # mounted read-only
     await w.terminate(grace=0)
     assert not w.volume_root.exists()
+
+
+@pytest.mark.parametrize("runtime", ["process"], indirect=True)
+async def test_container_over_its_memory_limit_is_oom_killed_and_says_so(make_worker,
+                                                                        runtime):
+    """A command that allocates past resources.limits.memory is killed by the kernel and
+    its terminated state says OOMKilled (exit 137). (Podman 4.3 on cgroup v1 does not
+    report OOMKilled through the Docker API here, so only the process runtime is
+    checked; the docker runtime passes the engine's flag through.)"""
+    if runtime.cgroups is None:
+        pytest.skip(f"process runtime cannot manage cgroups here: {runtime.cgroups_note}")
+    w = make_worker(pod("oom", container(
+        "app", "exec busybox dd if=/dev/zero of=/dev/null bs=64M count=1",
+        resources={"limits": {"memory": "32Mi"}}), restart_policy="Never"))
+    await w.sync()
+    await wait_until(lambda: _exited_once(w), what="the OOM kill")
+    await w.sync()
+    term = _status(w)["state"]["terminated"]
+    assert term["reason"] == "OOMKilled"
+    assert term["exitCode"] == 137

@@ -14,14 +14,13 @@ layouts are handled because both exist on the machines this runs on:
 read-only ``/sys/fs/cgroup``): the process runtime then runs without limits and logs
 that reason once, as a warning, rather than pretending the limits hold.
 
-The container's shim joins the cgroup (writes its pid to each ``cgroup.procs``) before
-it starts the command, so the command and all its children are inside from the start.
+The shim moves the command into the cgroup (its pid into each ``cgroup.procs``) between
+fork and exec, so the command and all its children are inside from the start.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 CFS_PERIOD_US = 100_000  # the kernel's default CFS period
@@ -63,6 +62,16 @@ class Cgroups:
             return None
         value = int(raw)
         return None if value >= 2**62 else value  # v1 "unlimited" is a huge number
+
+    def oom_kills(self, name: str) -> int:
+        """How many processes the kernel OOM-killed in the cgroup (0 when unknown)."""
+        f = "memory.events" if self.version == 2 else "memory.oom_control"
+        raw = _read(self._dir("memory", name) / f) or ""
+        for line in raw.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
 
     def cpu_limit_millis(self, name: str) -> int | None:
         """The CPU quota in force, in millicores; None when unlimited or unknown."""
@@ -155,11 +164,3 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except (FileNotFoundError, ProcessLookupError, OSError):
         return None
-
-
-def join(procs_files: list[str], pid: int | None = None) -> None:
-    """Move ``pid`` (this process by default) into each cgroup (used by the shim)."""
-    me = str(pid or os.getpid())
-    for f in procs_files:
-        with open(f, "w") as fh:
-            fh.write(me)

@@ -211,9 +211,9 @@ class ProcessRuntime:
             # Gone without a word: killed from outside with SIGKILL (as an engine
             # reports a container whose init was killed: 137).
             code, message = 137, "process group ended without recording an exit status"
+        oom = cgroups is not None and cgroups.oom_kills(container_id) > 0
         return ContainerInfo(state="exited", started_at=started, exit_code=code,
-                             finished_at=finished, error=message,
-                             oom_killed=False, **common)
+                             finished_at=finished, error=message, oom_killed=oom, **common)
 
     async def logs(self, container_id: str, *, tail: int | None = None) -> bytes:
         self._meta(container_id)
