@@ -205,8 +205,11 @@ class _Writer(threading.Thread):
             self.writes += len(events)
         except BaseException as exc:
             # The whole batch failed (I/O error, disk full): nothing of it is stored.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolls back itself when the connection cannot
             error = StoreError(f"sqlite write failed: {exc}")
             error.__cause__ = exc
             for _op, fut in batch:
