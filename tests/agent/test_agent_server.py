@@ -105,3 +105,42 @@ async def test_bad_agent_api_requests_get_status_errors(served, method, path, bo
         st = await r.json()
     assert st["kind"] == "Status"
     assert text in st["message"]
+
+
+@pytest.mark.parametrize("runtime", ["process"], indirect=True)
+async def test_agent_client_reads_logs_execs_and_reports_refusals(served):
+    """AgentClient (what meshctl logs/exec and the metrics pipeline use) gets logs,
+    runs commands, reads stats; a refusal is an AgentError with the agent's reason, a
+    wrong token 401, and a dead address AgentUnreachable."""
+    from control.agent.remote import AgentClient, AgentError, AgentUnreachable
+    base, _ = served
+    async with AgentClient(base, TOKEN) as agent:
+        assert await agent.logs("default", "tools", "app", tail=1) == b"line-2\n"
+        out = await agent.exec("default", "tools", "app", ["busybox", "echo", "hi"])
+        assert (out.exit_code, out.output) == (0, "hi\n")
+        assert (await agent.stats())["pods"][0]["podRef"]["name"] == "tools"
+        assert [p["name"] for p in await agent.pods()] == ["tools"]
+        with pytest.raises(AgentError) as err:
+            await agent.logs("default", "tools", "nope")
+        assert (err.value.code, err.value.reason) == (404, "NotFound")
+    async with AgentClient(base, "wrong") as agent:
+        with pytest.raises(AgentError) as err:
+            await agent.pods()
+        assert err.value.code == 401
+    from support.net import free_port
+    async with AgentClient(f"http://127.0.0.1:{free_port()}", TOKEN) as agent:
+        with pytest.raises(AgentUnreachable):
+            await agent.pods()
+
+
+def test_endpoint_of_reads_the_nodes_advertised_agent_api():
+    """The agent API URL comes from the Node's InternalIP and daemonEndpoints; a Node
+    without them is a ValueError naming it."""
+    from control.agent.remote import endpoint_of
+    node = {"metadata": {"name": "n1"},
+            "status": {"addresses": [{"type": "Hostname", "address": "h"},
+                                     {"type": "InternalIP", "address": "10.0.0.5"}],
+                       "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}}}
+    assert endpoint_of(node) == "http://10.0.0.5:10250"
+    with pytest.raises(ValueError, match="n1"):
+        endpoint_of({"metadata": {"name": "n1"}, "status": {}})
