@@ -127,6 +127,32 @@ async def test_cancelled_writes_apply_entirely_or_not_at_all(sqlite_store) -> No
     assert (await s.create(P + "after", b"v")).mod_revision == rev + 1
 
 
+async def test_a_full_disk_fails_the_writes_changes_nothing_and_the_store_recovers(
+        sqlite_store) -> None:
+    """When SQLite cannot write (simulated: the writer's max_page_count is reached, which
+    fails like a full disk), the writes of that transaction fail with StoreError, no
+    revision is used and no event is published; once space is back, writes succeed."""
+    s, _clock = sqlite_store
+
+    async def writer_pragma(sql: str) -> None:
+        await asyncio.wrap_future(s._writer.submit("raw", lambda c: c.execute(sql)))
+
+    before = await s.current_revision()
+    pages = (await asyncio.wrap_future(s._writer.submit(
+        "raw", lambda c: c.execute("PRAGMA page_count").fetchone()[0])))
+    await writer_pragma(f"PRAGMA max_page_count = {pages}")
+    async with s.watch(P) as w:
+        results = await asyncio.gather(*(s.create(f"{P}big{i}", b"x" * 50_000)
+                                         for i in range(5)), return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in results), results
+        assert await s.current_revision() == before
+        assert (await s.list(P))[0] == []
+        await writer_pragma("PRAGMA max_page_count = 1073741823")
+        kv = await s.create(P + "after", b"v")
+        assert kv.mod_revision == before + 1
+        assert (await asyncio.wait_for(anext(w), 10)).kv == kv  # nothing published before
+
+
 async def test_closing_the_store_ends_pending_watches(data_dir: Path) -> None:
     s = await SqliteStore.open(data_dir / "s.db", options=SqliteOptions(maintenance_interval=0))
     w = s.watch(P)
