@@ -98,17 +98,6 @@ async def _sqlite_backend(data_dir: Path) -> AsyncIterator[Backend]:
         await store.close()
 
 
-@pytest.fixture
-async def consul_double(manual_clock: ManualClock) -> AsyncIterator[ConsulDouble]:
-    """The Consul HTTP double on a free loopback port, its sessions on ``manual_clock``."""
-    double = ConsulDouble(clock=manual_clock, token="test-token")
-    await double.start()
-    try:
-        yield double
-    finally:
-        await double.stop()
-
-
 async def _consul_backend(host: str, port: int, *, token: str | None, prefix: str,
                           clock: ManualClock | None, name: str) -> AsyncIterator[Backend]:
     # a short blocking-query wait keeps teardown quick; behaviour does not depend on it
