@@ -313,8 +313,11 @@ class OpenLoopGenerator:
         now = self.clock()
         res = self.result
         if conn.index < 0:
+            # A response nobody asked for: the connection's framing cannot be trusted.
             self._count_event("unsolicited_response")
-        elif 200 <= conn.status < 400:
+            self._failed(conn, "unsolicited_response")
+            return
+        if 200 <= conn.status < 400:
             res.completed += 1
             res.latency.add(now - self._schedule.due(conn.index))
             res.service.add(now - conn.sent_at)
@@ -330,6 +333,8 @@ class OpenLoopGenerator:
 
     def _failed(self, conn: _Conn, reason: str) -> None:
         conn.failure = reason
+        if conn in self._idle:
+            self._idle.remove(conn)  # never hand it another request
         if conn.transport is not None:
             conn.transport.abort()  # connection_lost counts the request in flight
 

@@ -46,6 +46,9 @@ class _Backend(asyncio.Protocol):
         if drop:
             self.transport.abort()
             return
+        if self.app.garbage:
+            self.transport.write(b"NOT HTTP AT ALL\r\n\r\n")
+            return
         body = b"ok"
         close = b"Connection: close\r\n" if self.app.close_after_answer else b""
         self.transport.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n%s"
@@ -62,6 +65,7 @@ class _App:
         self.status = 200
         self.drop_every = 0
         self.close_after_answer = False
+        self.garbage = False
         self.requests = 0
         self.connections = 0
         self.gate = asyncio.Event()
@@ -176,6 +180,17 @@ async def test_connection_close_answers_are_counted_and_the_connection_replaced(
     assert res.completed == 40
     assert res.errors == {}
     assert backend.connections >= 40  # a fresh connection for every request
+
+
+async def test_a_malformed_answer_fails_its_request_and_the_connection_is_replaced(
+        backend: _App) -> None:
+    backend.garbage = True
+    res = await OpenLoopGenerator(f"http://127.0.0.1:{backend.port}/", rate=100,
+                                  duration=0.1, connections=2).run()
+    assert res.scheduled == 10
+    assert res.completed == 0
+    assert res.errors == {"bad_response": 10}
+    assert backend.connections >= 10
 
 
 async def test_a_server_that_never_answers_ends_the_run_with_unfinished_requests(
