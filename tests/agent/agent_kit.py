@@ -4,6 +4,7 @@ image's name, the runtime parametrization, real-time waiting for real processes.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +16,8 @@ import pytest
 
 from control.agent.runtime.process import ProcessRuntime
 
-IMAGE = "localhost/mesh-busybox:test"
+# One tag per test process: concurrent sessions never retag (and orphan) each other's image.
+IMAGE = f"localhost/mesh-busybox:test-{os.getpid()}"
 BUSYBOX = "/bin/busybox"
 
 DOCKER_NEEDS = ["podman", "runc", "busybox"]

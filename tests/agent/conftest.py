@@ -2,7 +2,7 @@
 
 - ``podman_socket`` (session): ``podman system service`` serving the Docker-compatible
   API on a private unix socket, started once and stopped at the end of the session.
-- ``busybox_image`` (session): ``localhost/mesh-busybox:test``, a root filesystem of
+- ``busybox_image`` (session): ``localhost/mesh-busybox:test-<pid>``, a root filesystem of
   Debian's static busybox with its applet links, imported with ``podman import``
   (no registry is reachable from these machines).
 - ``runtime`` (parametrized ``process`` / ``docker``): a runtime for one test, with its

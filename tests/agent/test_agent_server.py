@@ -115,6 +115,10 @@ async def test_agent_client_reads_logs_execs_and_reports_refusals(served):
     from control.agent.remote import AgentClient, AgentError, AgentUnreachable
     base, _ = served
     async with AgentClient(base, TOKEN) as agent:
+        async def logged() -> bool:
+            return b"line-2" in await agent.logs("default", "tools", "app")
+
+        await wait_until(logged, what="the container's log")
         assert await agent.logs("default", "tools", "app", tail=1) == b"line-2\n"
         out = await agent.exec("default", "tools", "app", ["busybox", "echo", "hi"])
         assert (out.exit_code, out.output) == (0, "hi\n")
