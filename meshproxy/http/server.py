@@ -123,6 +123,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel: UpstreamBody | None = None
         self._early_tunnel = b""
         self._since = 0.0
+        self._trailer_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._rx = 0
         self._tx = 0
@@ -196,6 +197,7 @@ class HttpServerProtocol(asyncio.Protocol):
     # --- parser callbacks: collect, enforce limits, flip flags ------------------------
     def on_message_begin(self) -> None:
         self._head = _Head(self.loop.time())
+        self._trailer_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         head = self._head
@@ -204,7 +206,14 @@ class HttpServerProtocol(asyncio.Protocol):
             raise DownstreamError(414, "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        head: _Head = self._head  # type: ignore[assignment]
+        head = self._head
+        if head is None:
+            # A trailer field after a chunked body: not forwarded (the body is re-framed
+            # and trailers are optional to relay), but bounded like a header block.
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_bytes > self.limits.max_header_bytes:
+                raise DownstreamError(431, "trailer_too_large")
+            return
         head.size += len(name) + len(value) + 4
         if head.size > self.limits.max_header_bytes:
             raise DownstreamError(431, "header_too_large")

@@ -280,6 +280,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._conn_tokens = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._body is not None:
+            return  # a trailer after a chunked body: not relayed (the head is gone)
         # Hop-by-hop headers are dropped here, so the head needs no second pass.
         low = name.lower()
         if low in HOP_BY_HOP:

@@ -57,6 +57,32 @@ async def test_request_bodies_stream_with_length_and_chunked(upstream, proxy_fac
     assert r.json()["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
 
 
+async def test_chunked_request_trailers_are_dropped(upstream, proxy_factory) -> None:
+    """Trailer fields after a chunked request body are accepted and not forwarded (the
+    body is re-framed); the body arrives intact."""
+    p = await proxy_factory(http_config([upstream.address]))
+    r = await request(p.listeners["web"].port, "POST", "/echo",
+                      headers={"Transfer-Encoding": "chunked"},
+                      body=b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\nX-More: 2\r\n\r\n")
+    assert r.status == 200
+    assert r.json()["body_len"] == 3
+    assert "x-checksum" not in {k.lower() for k, _ in r.json()["headers"]}
+
+
+async def test_response_trailers_are_not_turned_into_headers(upstream, proxy_factory) -> None:
+    """A chunked response's trailer is not relayed, and in particular never leaks into
+    the response head; the body is intact and the connection stays usable."""
+    p = await proxy_factory(http_config([upstream.address]))
+    conn = await RawConn.open(p.listeners["web"].port)
+    for _ in range(2):
+        await conn.send(build("GET", "/trailers"))
+        r = await conn.read_reply()
+        assert r.status == 200
+        assert r.body == b"abc"
+        assert "x-checksum" not in r.headers
+    await conn.close()
+
+
 async def test_response_bodies_large_and_chunked(upstream, proxy_factory) -> None:
     """A large Content-Length body and a chunked body reach the client intact."""
     p = await proxy_factory(http_config([upstream.address]))

@@ -13,6 +13,7 @@ not below)                  body sha256, connection number and request number on
 ``/reset``                  closes the connection with a TCP RST before answering
 ``/reset-mid-body``         sends a head promising 1000 bytes, 10 of them, then RST
 ``/chunked/{n}``            n chunks of ``chunk-i\n``, chunked encoding
+``/trailers``               a chunked body followed by a trailer field
 ``/big/{bytes}``            a body of that many bytes, with Content-Length
 ``/huge-headers/{bytes}``   a response header of that size
 ``/close``                  answers with ``Connection: close`` and closes
@@ -148,6 +149,12 @@ class Upstream:
                 c = f"chunk-{i}\n".encode()
                 writer.write(b"%x\r\n%b\r\n" % (len(c), c))
             writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return True
+        if parts[0] == "trailers":
+            writer.write(_head(200, [*hdr, ("transfer-encoding", "chunked"),
+                                     ("trailer", "x-checksum")])
+                         + b"3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n")
             await writer.drain()
             return True
         if parts[0] == "drip":
