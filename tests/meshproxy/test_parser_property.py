@@ -254,3 +254,87 @@ def test_generated_requests_never_crash_or_smuggle() -> None:
     finally:
         logging.getLogger("meshproxy").removeHandler(handler)
         h.stop()
+
+
+class _Responder(asyncio.Protocol):
+    """Answers each request with the bytes the current example drew, then closes."""
+
+    reply = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(_Responder.reply)
+            self.transport.close()
+
+
+STATUS_LINES = st.one_of(
+    st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.1 204 No Content", "HTTP/1.1 304 NM",
+                     "HTTP/1.0 200 OK", "HTTP/1.1 101 Switching", "HTTP/1.1 100 Continue",
+                     "HTTP/1.1 999 X", "HTTP/1.1 20 short", "HTTP/2 200", "ICY 200 OK",
+                     "HTTP/1.1 503 Busy"]),
+    st.integers(100, 599).map(lambda c: f"HTTP/1.1 {c} R"))
+RESPONSE_HEADER_NAMES = st.one_of(st.sampled_from([
+    "Content-Length", "Transfer-Encoding", "Connection", "Upgrade", "Trailer", "Keep-Alive",
+    "Set-Cookie", "Content-Length "]), TOKEN)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> bytes:
+    headers = draw(st.lists(st.tuples(RESPONSE_HEADER_NAMES, HEADER_VALUES), max_size=5))
+    head = "\r\n".join([draw(STATUS_LINES)] + [f"{n}: {v}" for n, v in headers]) + "\r\n\r\n"
+    body = draw(st.one_of(chunked_bodies(), st.binary(max_size=64)))
+    return head.encode("utf-8", "surrogatepass") + body
+
+
+def test_generated_upstream_responses_never_crash_the_proxy() -> None:
+    """Whatever an upstream answers (bad status lines, conflicting framing, bad chunks,
+    trailers, 1xx, 101 without an upgrade request), the client receives bytes that a
+    strict parser accepts (a complete response, or one cut short), never a 500 or a
+    crash of the proxy (an exception logged by the proxy fails the test)."""
+    h = _Harness()
+
+    async def _swap() -> None:  # point cluster c at a responder instead of the recorder
+        server = await h.loop.create_server(_Responder, "127.0.0.1", 0)
+        h.responder = server
+        port = server.sockets[0].getsockname()[1]
+        h.proxy.clusters["c"].set_endpoints([("127.0.0.1", port, 1)])
+
+    asyncio.run_coroutine_threadsafe(_swap(), h.loop).result(30)
+    logged: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: logged.append(  # type: ignore[method-assign]
+        record.getMessage() + (f": {record.exc_info[1]!r}" if record.exc_info else ""))
+    logging.getLogger("meshproxy").addHandler(handler)
+    seen: set[int] = set()
+
+    @settings(max_examples=200, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(responses())
+    @example(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    @example(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+    def check(reply: bytes) -> None:
+        logged.clear()
+        h.errors.clear()
+        _Responder.reply = reply
+        statuses = _exchange(h.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        seen.update(statuses)
+        assert 500 not in statuses, reply
+        assert h.errors == [], (h.errors, reply)
+        assert logged == [], (logged, reply)
+
+    try:
+        check()
+        assert 200 in seen  # well-formed answers were relayed
+        assert 502 in seen  # malformed ones were refused with a local reply
+    finally:
+        logging.getLogger("meshproxy").removeHandler(handler)
+
+        async def _close() -> None:
+            h.responder.close()
+            await h.responder.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(_close(), h.loop).result(30)
+        h.stop()
