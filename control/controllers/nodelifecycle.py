@@ -18,6 +18,9 @@ do and converges, level-triggered:
 - a node NotReady for the eviction timeout has its Pods deleted (rate-limited across
   nodes; none at all in a mass outage, see ``nodehealth.py``) so their owners recreate
   them on healthy nodes; an Event ``NodeControllerEviction`` names each;
+- when a disruption ends (enough nodes are back), the nodes still silent start a new
+  grace period, as in Kubernetes, rather than being evicted the moment the first
+  returning node turns the cluster's state back to normal;
 - a Pod bound to a node that no longer exists is deleted after ``orphan_grace`` seconds
   (Kubernetes' pod garbage collector), which is what happens to a deleted node's Pods.
 
@@ -148,6 +151,15 @@ class NodeLifecycleController:
     async def tick(self) -> Decisions:
         """One pass: evaluate, then converge nodes and Pods. Returns the decisions."""
         now = self._clock.now()
+        if self.last is not None and self.last.state != "Normal" \
+                and self.health.state(now) == "Normal":
+            # Leaving a disruption (Kubernetes does the same when a zone leaves full
+            # disruption): the nodes still silent get a fresh grace period instead of
+            # being evicted at once because the first returning node tipped the balance.
+            for name in sorted(self.not_ready):
+                self.health.heartbeat(name, now)
+            log.info("disruption over: %d NotReady nodes get a new grace period",
+                     len(self.not_ready))
         d = self.health.evaluate(now)
         self.last = d
         for name in d.mark_not_ready:

@@ -149,3 +149,35 @@ async def test_own_status_writes_are_not_heartbeats(cluster: Cluster) -> None:
         node["status"]["conditions"][0]["lastHeartbeatTime"] = now_stamp()
         ctl.observe_node(node)
         assert (await ctl.tick()).mark_ready == ["n0"]
+
+
+async def test_end_of_a_mass_outage_gives_still_silent_nodes_a_new_grace_period(
+        cluster: Cluster) -> None:
+    """Three of four nodes silent well past the eviction timeout; then one comes back,
+    which makes the state normal again. The two still silent are not evicted in that
+    pass: they start a new grace period (and are evicted only after grace + timeout)."""
+    await _seed(cluster, ["n0", "n1", "n2", "n3"])
+    clock = ManualClock()
+    async with controller(cluster, clock) as (ctl, client):
+        clock.advance(CONFIG.grace_period + 1)
+        await beat(cluster, ctl, "n3")
+        await ctl.tick()
+        clock.advance(2 * CONFIG.eviction_timeout)
+        await beat(cluster, ctl, "n3")
+        assert (await ctl.tick()).state == "PartialDisruption"
+        await refresh(cluster, ctl)
+        clock.advance(1)
+        await beat(cluster, ctl, "n0", "n3")
+        client.actions.clear()
+        d = await ctl.tick()
+        assert d.state == "Normal"
+        assert d.evict == []
+        assert [w for w in client.writes() if w[0] == "DELETE"] == []
+        for _ in range(3):  # grace, then the eviction timeout, then eviction
+            clock.advance(CONFIG.grace_period + CONFIG.eviction_timeout)
+            await beat(cluster, ctl, "n0", "n3")
+            await refresh(cluster, ctl)
+            d = await ctl.tick()
+        deleted = sorted(u for m, u in client.writes() if m == "DELETE")
+        assert deleted == ["/api/v1/namespaces/default/pods/pod-n1",
+                           "/api/v1/namespaces/default/pods/pod-n2"]
