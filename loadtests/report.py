@@ -110,7 +110,7 @@ def wrk_table(results: dict, mode: str, style: Style = "text") -> list[str]:
     out = [f"Closed loop: wrk, 1 thread, {s['connections']} connections, {s['duration']:g} s "
            f"per target in {s['rounds']} interleaved rounds, {_MODE_TITLE[mode]}"]
     header = ["target", "layer", "req/s", "p50 ms", "p99 ms", "errors", "req/s vs ref",
-              "p99 vs ref", "cpu %", "peak RSS MB"]
+              "p99 vs ref", "cpu %", "req/CPU-s", "peak RSS MB"]
     rows = []
     for name in TARGETS:
         if name not in cells:
@@ -123,9 +123,16 @@ def wrk_table(results: dict, mode: str, style: Style = "text") -> list[str]:
         rows.append([name, LAYER[name], f"{cell['rps']:.0f}", _fmt(cell["p50_ms"]),
                      _fmt(cell["p99_ms"]), str(cell["error_count"]),
                      "-" if rr is None else f"{rr:.2f}x", "-" if pr is None else f"{pr:.2f}x",
-                     _fmt(cell.get("cpu_percent"), 0),
+                     _fmt(cell.get("cpu_percent"), 0), _per_cpu_second(cell),
                      _fmt(cell.get("peak_rss_bytes", 0) / 2**20, 1)])
     return out + _table(header, rows, style)
+
+
+def _per_cpu_second(cell: dict) -> str:
+    """Requests served per second of the target's own CPU time: how much work each
+    request costs it, which CPU contention from other work disturbs less than req/s."""
+    cpu = cell.get("cpu_percent") or 0.0
+    return f"{cell['rps'] / (cpu / 100):.0f}" if cpu > 0 else "-"
 
 
 def openloop_table(results: dict, rate: str, style: Style = "text") -> list[str]:

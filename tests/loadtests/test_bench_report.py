@@ -179,7 +179,8 @@ def test_markdown_report_has_one_row_per_target_and_reasons_in_place_of_numbers(
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps(results))
     text = report.render(results, "markdown")
-    assert "| nginx | L7 | 20000 | 0.67 | 2.00 | 0 | 1.00x | 1.00x | 50 | 10.0 |" in text
+    # 20000 req/s at 50% of a core: 40000 requests per CPU-second.
+    assert "| nginx | L7 | 20000 | 0.67 | 2.00 | 0 | 1.00x | 1.00x | 50 | 40000 | 10.0 |" in text
     assert "| meshproxy-l4 | not available (exited with status 1) |" in text
     assert "- **NOT met** meshproxy-l7 resident memory" not in text  # 35 MB is within 40
     assert report.main([str(saved), "--markdown"]) == 0
