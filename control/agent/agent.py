@@ -9,8 +9,9 @@ desired set* (:meth:`Agent.set_pods`), level-triggered like the kubelet's pod co
   exits) and reports its status when it changed;
 - a Pod that disappears from the set is terminated gracefully (its
   ``terminationGracePeriodSeconds``) and forgotten;
-- a Pod whose spec changed (same uid, different spec) is restarted with the new spec,
-  since containers cannot be changed in place;
+- a Pod whose spec changed (same uid, different spec) is terminated and started again
+  from the new spec once its old containers are gone (containers cannot be changed in
+  place, and the two incarnations must not share containers or host ports);
 - a Pod dict the agent cannot run is reported once with its PodSpecError (a Failed
   status and a Warning event) and not retried until it changes.
 
@@ -80,6 +81,11 @@ class Agent:
         self._pods: dict[str, _Entry] = {}  # uid -> entry
         self._rejected: dict[str, str] = {}  # uid -> repr of the refused spec
         self._background: set[asyncio.Task[None]] = set()  # terminations, event writes
+        # A Pod whose old incarnation (same uid) is still being terminated starts only
+        # once that is done: both would otherwise share its containers and host ports.
+        self._terminating: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, tuple[Obj, Pod]] = {}
+        self._closing = False
         self._housekept = False
 
     # -- desired state -----------------------------------------------------------
@@ -105,9 +111,14 @@ class Agent:
             elif desired[uid][1] != entry.pod:
                 log.info("pod %s: spec changed, recreating its containers", entry.pod.key)
                 self._retire(uid, grace=entry.pod.termination_grace_period)
+        for uid in set(self._pending) - set(desired):
+            del self._pending[uid]
         for uid, (obj, pod) in desired.items():
             if uid in self._pods:
                 self._pods[uid].obj = obj
+                continue
+            if uid in self._terminating:
+                self._pending[uid] = (obj, pod)
                 continue
             self._start(obj, pod)
         if not self._housekept:
@@ -136,6 +147,14 @@ class Agent:
                                                    name=f"terminate {entry.pod.key}")
         self._background.add(t)
         t.add_done_callback(self._background.discard)
+        self._terminating[uid] = t
+        t.add_done_callback(lambda _: self._terminated(uid))
+
+    def _terminated(self, uid: str) -> None:
+        self._terminating.pop(uid, None)
+        pending = self._pending.pop(uid, None)
+        if pending is not None and not self._closing:
+            self._start(*pending)
 
     async def _terminate(self, entry: _Entry, grace: float) -> None:
         await self._stop_task(entry)
@@ -240,6 +259,8 @@ class Agent:
 
     async def close(self, *, stop_pods: bool = False) -> None:
         """Stop the agent's tasks. Containers keep running unless ``stop_pods``."""
+        self._closing = True
+        self._pending.clear()
         entries = list(self._pods.values())
         if stop_pods:
             for entry in entries:

@@ -136,3 +136,42 @@ def _ready(rec: Recorder, name: str) -> dict | None:
 
 async def _empty(runtime) -> bool:
     return await runtime.list() == []
+
+
+async def test_changed_spec_recreates_the_pods_containers(runtime, host_ports, tmp_path):
+    """Containers cannot change in place: the same Pod (uid) with a new spec has its old
+    container stopped and, once it is gone, a new one started from the new spec, with
+    its own host port still held (the old incarnation's release does not take it)."""
+    rec = Recorder()
+    agent = _agent(runtime, host_ports, tmp_path, rec)
+    uid = str(uuid.uuid4())
+    ports = [{"containerPort": 8080}]
+    v1 = pod("web", container("app", "echo v1; while true; do busybox sleep 0.2; done",
+                              ports=ports), uid=uid, grace=1)
+    v2 = pod("web", container("app", "echo v2; while true; do busybox sleep 0.2; done",
+                              ports=ports), uid=uid, grace=1)
+    try:
+        await agent.set_pods([v1])
+        [first] = await wait_until(lambda: _running(runtime), what="v1 running")
+        await agent.set_pods([v2])
+
+        async def replaced():
+            infos = await _running(runtime)
+            return infos if infos and infos[0].id != first.id else None
+
+        [second] = await wait_until(replaced, what="v2 replacing v1")
+        await wait_until(lambda: _logged(runtime, second.id, b"v2"), what="v2's output")
+        assert len(host_ports.held(uid)) == 1  # the new incarnation keeps a host port
+        assert second.ports[0].host_port in host_ports.held(uid)
+    finally:
+        await agent.close(stop_pods=True)
+    assert await runtime.list() == []
+
+
+async def _running(runtime) -> list:
+    infos = await runtime.list()
+    return [i for i in infos if i.state == "running"] if len(infos) == 1 else []
+
+
+async def _logged(runtime, cid: str, needle: bytes) -> bool:
+    return needle in await runtime.logs(cid)
