@@ -89,3 +89,41 @@ async def test_dead_worker_is_replaced(tmp_path: Path, spawn, upstream) -> None:
         raise AssertionError("not ready again")
     proc.send_signal(signal.SIGTERM)
     assert await _wait_exit(proc) == 0
+
+
+async def test_supervisor_reload_reaches_every_worker(tmp_path: Path, spawn, upstreams) -> None:
+    """With two workers, an edit of the file is validated once by the supervisor (one
+    success counted, not one per worker) and applied by every worker: all fresh
+    connections then reach the new endpoint. A bad edit is counted as a failure and
+    changes nothing."""
+    u1, u2 = await upstreams(2)
+    port, admin = new_port(), new_port()
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config(port, admin, [u1.address]))
+    proc = await _start(spawn, path, port, admin, "--workers", "2")
+    for _ in range(100):
+        if (await _get(f"http://127.0.0.1:{admin}/ready"))[0] == 200:
+            break
+        await asyncio.sleep(0.1)
+    path.write_text(config(port, admin, [u2.address]))
+    for _ in range(200):
+        seen = {(await request(port)).headers.get("x-upstream") for _ in range(10)}
+        if seen == {"up2"}:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"not every worker reloaded: {seen}\n{proc.output()}")
+    for _ in range(30):  # more fresh connections, spread by the kernel over both workers
+        assert (await request(port)).headers.get("x-upstream") == "up2"
+    path.write_text(config(port, admin, [u1.address], route_to="zzz"))
+    for _ in range(200):
+        if "listeners[0].routes[0].cluster" in proc.output():
+            break
+        await asyncio.sleep(0.05)
+    assert (await request(port)).headers.get("x-upstream") == "up2"
+    _, metrics = await _get(f"http://127.0.0.1:{admin}/metrics")
+    text = metrics.decode()
+    assert 'meshproxy_config_reload_total{result="success"} 1.0' in text
+    assert 'meshproxy_config_reload_total{result="failure"} 1.0' in text
+    proc.send_signal(signal.SIGTERM)
+    assert await _wait_exit(proc) == 0
