@@ -387,16 +387,21 @@ def _short(cell: dict) -> str:
 
 
 async def _guarded(s: dict) -> dict:
-    """:func:`run` under a watchdog, cancelled cleanly by SIGTERM as by Ctrl-C."""
+    """:func:`run` under a watchdog, cancelled cleanly by SIGINT (Ctrl-C) or SIGTERM."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    # Both cancel the run, so every server is stopped; SIGINT too, because a shell
+    # starts background jobs with SIGINT ignored and Python then never raises
+    # KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
     try:
         return await asyncio.wait_for(
             run(s, log=lambda msg: print(msg, file=sys.stderr, flush=True)), budget(s))
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

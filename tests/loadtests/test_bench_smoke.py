@@ -3,7 +3,8 @@
 Pins: ``python -m loadtests.bench`` starts the backend and the peers, really counts
 requests through each (wrk in both modes, the open-loop generator), writes a report with
 the documented structure (a measured cell or a reason, never an empty one), and leaves
-no process or temporary file behind -- also when it is stopped with SIGTERM mid-run.
+no process or temporary file behind -- also when it is stopped with SIGTERM or SIGINT
+mid-run.
 No assertion is made about how fast anything is.
 """
 
@@ -103,8 +104,9 @@ def test_quick_run_counts_requests_through_every_target_and_cleans_up(
 
 @pytest.mark.slow
 @pytest.mark.system(commands=PEERS)
-def test_sigterm_mid_run_kills_every_server_it_started(
-        spawn: Callable[..., Managed], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_run_kills_every_server_it_started(
+        spawn: Callable[..., Managed], tmp_path: Path, sig: signal.Signals) -> None:
     proc = _bench(spawn, tmp_path, "--targets", "direct,nginx,haproxy-http", "--duration", "30",
                   "--rounds", "1", "--no-openloop")
     deadline = time.monotonic() + 60
@@ -113,7 +115,7 @@ def test_sigterm_mid_run_kills_every_server_it_started(
         assert proc.poll() is None, proc.output()
         assert time.monotonic() < deadline, "servers did not start within 60 s"
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(60) == 130, proc.output()
     assert "interrupted" in proc.output()
     assert _processes_using(tmp_path / "tmp") == []
