@@ -3,7 +3,10 @@
 - ``message``: the request/response objects one exchange passes along the layers
 - ``headers``: hop-by-hop filtering and serialising heads
 - ``flow``: pause/resume bookkeeping for backpressure
-- ``server``: the downstream protocol (clients → proxy)
+- ``server``: the downstream protocol (clients → proxy): parsing, limits, dispatch
+- ``request``: the request head being parsed; request ids
+- ``respond``: writing responses to the client (framing, streaming, tunnels)
+- ``reply``: local replies (``x-mesh-reason``)
 - ``upstream``: the upstream protocol (proxy → endpoint) and its keep-alive reuse
 - ``pool``: per-endpoint upstream connection pools
 """

@@ -4,10 +4,10 @@ One :class:`HttpServerProtocol` per client connection, an asyncio ``Protocol`` w
 httptools request parser. Parser callbacks only collect bytes, enforce limits and flip
 flags; a complete request head becomes an :class:`~meshproxy.http.message.Exchange`
 and is dispatched to its route's handler stack (one task per request: the layers
-await). The response is written by exactly one method, :meth:`_send_response`, which
-frames it for this client (content-length, chunked, or close-delimited for HTTP/1.0),
-adds ``x-mesh-reason`` to local replies, and then streams the upstream body with
-backpressure both ways.
+await; routes with only the default layers run "fused", without a task). The response
+is written by exactly one method, ``_send_response`` (in :mod:`meshproxy.http.respond`),
+which frames it for this client and then streams the upstream body with backpressure
+both ways.
 
 Defences against hostile input, each a local reply and a closed connection: malformed
 request line or headers (400 ``bad_request``), Content-Length with Transfer-Encoding
@@ -18,15 +18,16 @@ are answered in order; ``Upgrade`` (WebSocket) becomes a tunnel after a 101, but
 ``Upgrade: h2c`` is stripped and the request served as HTTP/1.1.
 
 Timeouts (header, idle) are checked by one periodic tick per connection rather than a
-timer per request. Neighbours: :mod:`meshproxy.listener` owns these protocols,
-:mod:`meshproxy.http.upstream` is the other side.
+timer per request. Neighbours: :mod:`meshproxy.http.request` (the head being parsed,
+request ids), :mod:`meshproxy.http.respond` (writing responses: a mixin of this
+protocol), :mod:`meshproxy.listener` owns these protocols, :mod:`meshproxy.http.upstream`
+is the other side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,16 @@ import httptools
 
 from meshproxy.errors import DownstreamError, ProxyError
 from meshproxy.http.flow import FlowControl
-from meshproxy.http.headers import HOP_BY_HOP, connection_tokens, serialize
+from meshproxy.http.headers import HOP_BY_HOP, connection_tokens
 from meshproxy.http.message import Exchange, RequestBody, Response
 from meshproxy.http.reply import local_reply
+from meshproxy.http.request import (
+    SPECIAL_HEADERS,
+    STANDARD_CONN_TOKENS,
+    RequestHead,
+    request_id,
+)
+from meshproxy.http.respond import ResponseWriter
 from meshproxy.layers.forward import stale_retry_ok
 
 if TYPE_CHECKING:
@@ -45,56 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
-                      b"upgrade", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-                      b"x-request-id", b"te", b"keep-alive", b"proxy-connection", b"trailer",
-                      b"proxy-authorization", b"proxy-authenticate", b"http2-settings"})
-_STANDARD_CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te",
-                                   b"http2-settings"})
-
-
-def _id_prefix() -> bytes:
-    h = b"%032x" % ((random.getrandbits(128) & ~(0xF000 << 64 | 0xC << 60)) | 0x4000 << 64
-                    | 0x8 << 60)
-    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], b""))
-
-
-_ID_PREFIX = _id_prefix()  # 74 random bits per process (re-drawn in each worker)
-_id_counter = 0
-
-
-def request_id() -> bytes:
-    """An X-Request-Id in UUID version 4 form: a random per-process prefix and a
-    48-bit counter. Unique within the process by construction and across processes
-    by the prefix; no syscall and no 128-bit random number per request."""
-    global _id_counter
-    _id_counter += 1
-    return _ID_PREFIX + b"%012x" % (_id_counter & 0xFFFFFFFFFFFF)
-
-
-class _Head:
-    """A request head being parsed: what the callbacks collect."""
-
-    __slots__ = ("chunked", "cl", "conn_tokens", "expect", "headers", "host", "lowered",
-                 "rid", "size", "start", "upgrade", "url", "xff")
-
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.url = b""
-        self.size = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.lowered: list[bytes] = []
-        self.cl: int | None = None
-        self.chunked = False
-        self.conn_tokens: frozenset[bytes] | None = None
-        self.host: bytes | None = None
-        self.upgrade: bytes | None = None
-        self.expect = False
-        self.xff: bytes | None = None
-        self.rid = False
-
-
-class HttpServerProtocol(asyncio.Protocol):
+class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
     """One downstream client connection."""
 
     def __init__(self, listener: HttpListener) -> None:
@@ -106,7 +65,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.client = ""
         self.closed = False
-        self._head: _Head | None = None
+        self._head: RequestHead | None = None
         self._reading: Exchange | None = None     # request whose body is being received
         self._active: Exchange | None = None      # request being answered
         self._queue: deque[Exchange] = deque()    # pipelined requests waiting their turn
@@ -196,7 +155,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # --- parser callbacks: collect, enforce limits, flip flags ------------------------
     def on_message_begin(self) -> None:
-        self._head = _Head(self.loop.time())
+        self._head = RequestHead(self.loop.time())
         self._trailer_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -220,12 +179,12 @@ class HttpServerProtocol(asyncio.Protocol):
         if len(head.headers) >= self.limits.max_headers:
             raise DownstreamError(431, "too_many_headers")
         low = name.lower()
-        if low in _SPECIAL and self._special(head, low, value):
+        if low in SPECIAL_HEADERS and self._special(head, low, value):
             return
         head.headers.append((name, value))
         head.lowered.append(low)
 
-    def _special(self, head: _Head, low: bytes, value: bytes) -> bool:
+    def _special(self, head: RequestHead, low: bytes, value: bytes) -> bool:
         """Handle a header the proxy interprets; True when it must not be forwarded."""
         if low == b"content-length":
             if not value.strip().isdigit():
@@ -263,7 +222,7 @@ class HttpServerProtocol(asyncio.Protocol):
         return low in HOP_BY_HOP
 
     def on_headers_complete(self) -> None:
-        head: _Head = self._head  # type: ignore[assignment]
+        head: RequestHead = self._head  # type: ignore[assignment]
         parser = self.parser
         method = parser.get_method()
         version = parser.get_http_version()
@@ -313,7 +272,7 @@ class HttpServerProtocol(asyncio.Protocol):
             h2c = head.upgrade.strip().lower().startswith(b"h2c")
             upgrade = None if h2c else head.upgrade
         headers, lowered = head.headers, head.lowered
-        if tokens and not tokens <= _STANDARD_CONN_TOKENS:
+        if tokens and not tokens <= STANDARD_CONN_TOKENS:
             keep = [i for i, low in enumerate(lowered) if low not in tokens]
             headers = [headers[i] for i in keep]
             lowered = [lowered[i] for i in keep]
@@ -424,155 +383,6 @@ class HttpServerProtocol(asyncio.Protocol):
         else:
             resp.discard()
 
-    def _send_continue(self) -> None:
-        if self.transport is not None and not self.closed and not self._head_sent:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def _send_response(self, ex: Exchange, resp: Response) -> None:
-        """Write a response head and start its body: the only place that answers."""
-        transport = self.transport
-        if transport is None or self.closed:
-            resp.discard()
-            return
-        status = resp.status
-        self._status = status
-        self._head_sent = True
-        extra: list[bytes] = []
-        if resp.local_reason is not None:
-            extra.append(b"x-mesh-reason: " + resp.local_reason.encode())
-            self.listener.count_local_reply(resp.local_reason, status)
-        if resp.upgrade and ex.upgrade is not None:
-            self._start_tunnel(ex, resp)
-            return
-        if resp.upgrade:  # a 101 we did not ask for: refuse it
-            resp.discard()
-            resp = local_reply(502, "upstream_protocol_error")
-            status = self._status = 502
-            extra = [b"x-mesh-reason: upstream_protocol_error"]
-            self.listener.count_local_reply("upstream_protocol_error", 502)
-        # Answered before its body was fully received (an early upstream answer):
-        # the rest of that body would stall the connection, so it closes after this.
-        close = (self._close_after or not ex.keep_alive or self.listener.draining
-                 or (self._no_more and not self._queue) or self._reading is ex)
-        no_body = ex.method == b"HEAD" or status in (204, 304) or status < 200
-        chunked = False
-        if no_body:
-            if resp.content_length is not None and status != 204:
-                extra.append(b"content-length: %d" % resp.content_length)
-        elif resp.content_length is not None:
-            extra.append(b"content-length: %d" % resp.content_length)
-        elif ex.version == "1.1":
-            extra.append(b"transfer-encoding: chunked")
-            chunked = True
-        else:
-            close = True  # HTTP/1.0 client, unknown length: the close delimits the body
-        if close:
-            extra.append(b"connection: close")
-            self._close_after = True
-        elif ex.version == "1.0":
-            extra.append(b"connection: keep-alive")
-        phrase = resp.phrase or b"-"
-        head = serialize(b"HTTP/1.1 %d %b" % (status, phrase), resp.headers, extra)
-        self._chunked = chunked
-        if resp.source is None:
-            data = head if no_body or not resp.body else head + resp.body
-            self._tx += len(data)
-            transport.write(data)
-            self._response_done()
-            return
-        source = resp.source
-        try:
-            chunks, complete = source.start(self)
-        except ProxyError as e:  # failed between head and start: cut the connection
-            self.abort_body(e)
-            return
-        if no_body:
-            chunks = []
-        if chunks:
-            if chunked:
-                parts = [head]
-                for c in chunks:
-                    parts.append(b"%x\r\n%b\r\n" % (len(c), c))
-                data = b"".join(parts)
-            else:
-                data = head + b"".join(chunks)
-        else:
-            data = head
-        if complete:
-            if chunked:
-                data += b"0\r\n\r\n"
-            self._tx += len(data)
-            transport.write(data)
-            self._response_done()
-            return
-        self._tx += len(data)
-        transport.write(data)
-        self._streaming = source
-        if no_body:  # a 204/304 with a body still arriving: not for this client
-            self._streaming = None
-            source.discard()
-            self._response_done()
-
-    # ResponseSink: the upstream body streams here.
-    def write_body(self, data: bytes) -> None:
-        if self.transport is None or self.closed:
-            return
-        if self._chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        self._tx += len(data)
-        self.transport.write(data)
-
-    def end_body(self) -> None:
-        if self._tunnel is not None:
-            self.end_tunnel()
-            return
-        if self._streaming is None:
-            return
-        self._streaming = None
-        if self._chunked and self.transport is not None and not self.closed:
-            self.transport.write(b"0\r\n\r\n")
-            self._tx += 5
-        self._response_done()
-
-    def abort_body(self, exc: ProxyError) -> None:
-        # The upstream failed mid-body: the client cannot be told with a status any
-        # more; cutting the connection is the only honest signal.
-        self._streaming = None
-        self._record(self._active, failed=True)
-        self._active = None
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _response_done(self) -> None:
-        ex, self._active = self._active, None
-        self._record(ex, failed=False)
-        if self._close_after:
-            if self.transport is not None:
-                self.transport.close()
-            return
-        if self._queue:
-            nxt = self._queue.popleft()
-            self.flow.resume("pipeline")
-            self._dispatch(nxt)
-        elif self._pending_error is not None:
-            err, self._pending_error = self._pending_error, None
-            self._reply_and_close(err)
-        else:
-            self._since = self.loop.time()
-
-    def _record(self, ex: Exchange | None, *, failed: bool) -> None:
-        if ex is None:
-            return
-        route = ex.route
-        if route is not None:
-            route.tally.record(self._status, self.loop.time() - ex.start)
-
-    def flush_bytes(self) -> None:
-        if self._rx or self._tx:
-            self.listener.count_bytes(self._rx, self._tx)
-            self._rx = self._tx = 0
-
-    # --- refusals ---------------------------------------------------------------------
     def _refuse(self, err: DownstreamError) -> None:
         """The client sent something we refuse: answer (in order) and close."""
         self._refused = err
@@ -594,52 +404,6 @@ class HttpServerProtocol(asyncio.Protocol):
             self.abort_body(err)
         else:
             self._pending_error = err
-
-    def _reply_and_close(self, err: DownstreamError) -> None:
-        self._close_after = True
-        self._queue.clear()
-        ex = self._active
-        if ex is None:
-            self._active = None
-        self._status = err.status
-        resp = local_reply(err.status, err.reason)
-        head = serialize(b"HTTP/1.1 %d %b" % (err.status, resp.phrase),
-                         resp.headers, [b"x-mesh-reason: " + err.reason.encode(),
-                                        b"content-length: %d" % len(resp.body or b""),
-                                        b"connection: close"])
-        self.listener.count_local_reply(err.reason, err.status)
-        if self.transport is not None and not self.closed:
-            data = head + (resp.body or b"")
-            self._tx += len(data)
-            self.transport.write(data)
-            self.transport.close()
-        self._active = None
-
-    # --- upgrade tunnel -------------------------------------------------------------
-    def _start_tunnel(self, ex: Exchange, resp: Response) -> None:
-        source: UpstreamBody = resp.source  # type: ignore[assignment]
-        head = serialize(b"HTTP/1.1 101 %b" % (resp.phrase or b"Switching Protocols"),
-                         resp.headers, [b"connection: upgrade", b"upgrade: " + ex.upgrade])
-        self._tunnel = source
-        chunks, complete = source.start(self)
-        source.set_peer_flow(self.flow)
-        self._chunked = False
-        data = head + b"".join(chunks)
-        self._tx += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
-        self._record(ex, failed=False)
-        self._active = None
-        if self._early_tunnel:
-            source.tunnel_write(self._early_tunnel)
-            self._early_tunnel = b""
-        self.flow.resume("upgrade")
-        if complete:
-            self.end_tunnel()
-
-    def end_tunnel(self) -> None:
-        self._tunnel = None
-        if self.transport is not None:
-            self.transport.close()
 
     # --- timeouts: one periodic tick per connection ------------------------------------
     def _arm_tick(self) -> None:
