@@ -7,7 +7,8 @@ summary for the kinds people describe most (Pod: node, status, containers and th
 states, conditions; Deployment/ReplicaSet: replicas line, selector, strategy,
 conditions; Node: conditions, addresses, capacity; Service: selector, ports; HPA:
 current / target per metric, replica bounds, conditions) and the
-remaining ``spec``/``status`` as an indented tree; then the object's Events, which the
+remaining ``spec``/``status`` as an indented tree (a Deployment also lists its
+ReplicaSets, a ReplicaSet its Pods by phase); then the object's Events, which the
 controllers record with ``involvedObject`` pointing at it (found with a field selector
 on ``involvedObject.kind`` and ``involvedObject.name``), oldest first.
 
@@ -60,9 +61,10 @@ async def describe_verb(api: ApiClient, args: argparse.Namespace) -> int:
     now = time.time()
     for i, obj in enumerate(objs):
         events = await events_for(api, res, obj)
+        related = await dependents_for(api, res, obj)
         if i:
             sys.stdout.write("\n\n")
-        sys.stdout.write(describe(res, obj, events, now=now))
+        sys.stdout.write(describe(res, obj, events, now=now, related=related))
     sys.stdout.flush()
     return OK
 
@@ -81,6 +83,31 @@ async def events_for(api: ApiClient, res: Resource, obj: Obj) -> list[Obj]:
     return sorted(items, key=_event_time)
 
 
+async def dependents_for(api: ApiClient, res: Resource, obj: Obj) -> list[tuple[str, str]]:
+    """Lines about what ``obj`` controls: a Deployment's ReplicaSets (kubectl's
+    NewReplicaSet/OldReplicaSets in one line), a ReplicaSet's Pods by phase."""
+    meta = obj.get("metadata") or {}
+    uid, ns = meta.get("uid"), meta.get("namespace")
+    if not uid or res.plural not in ("deployments", "replicasets"):
+        return []
+    kind = "replicasets" if res.plural == "deployments" else "pods"
+    items, _ = await api.list_all(kind, namespace=ns)
+    owned = [o for o in items if any(r.get("uid") == uid and r.get("controller")
+                                     for r in (o.get("metadata") or {}).get("ownerReferences")
+                                     or [])]
+    if kind == "replicasets":
+        parts = [f"{rs['metadata']['name']} ({(rs.get('status') or {}).get('readyReplicas', 0)}"
+                 f"/{(rs.get('spec') or {}).get('replicas', 0)} ready)"
+                 for rs in sorted(owned, key=lambda o: o["metadata"].get("creationTimestamp", ""),
+                                  reverse=True)]
+        return [("ReplicaSets", ", ".join(parts) or "<none>")]
+    phases = [(p.get("status") or {}).get("phase", "Pending") for p in owned]
+    return [("Pods Status", f"{phases.count('Running')} Running / "
+                            f"{phases.count('Pending')} Waiting / "
+                            f"{phases.count('Succeeded')} Succeeded / "
+                            f"{phases.count('Failed')} Failed")]
+
+
 def _event_time(e: Obj) -> float:
     for k in ("lastTimestamp", "eventTime", "firstTimestamp"):
         t = printers.parse_time(e.get(k))
@@ -89,7 +116,10 @@ def _event_time(e: Obj) -> float:
     return printers.parse_time((e.get("metadata") or {}).get("creationTimestamp")) or 0.0
 
 
-def describe(res: Resource, obj: Obj, events: list[Obj], *, now: float) -> str:
+def describe(res: Resource, obj: Obj, events: list[Obj], *, now: float,
+             related: list[tuple[str, str]] | None = None) -> str:
+    """The text of ``meshctl describe`` for one object (``related``: extra summary lines
+    such as a Deployment's ReplicaSets)."""
     lines: list[str] = []
     meta = obj.get("metadata") or {}
     _kv(lines, "Name", meta.get("name"))
@@ -109,13 +139,15 @@ def describe(res: Resource, obj: Obj, events: list[Obj], *, now: float) -> str:
     shown: set[str] = set()
     if summary:
         shown = summary(obj, lines)
+    for key, value in related or ():
+        _kv(lines, key, value)
     for section in ("spec", "status"):
         rest = {k: v for k, v in (obj.get(section) or {}).items() if k not in shown}
         if rest:
             lines.append(f"{section.capitalize()}:")
             _tree(lines, rest, 1)
     for key in sorted(set(obj) - {"apiVersion", "kind", "metadata", "spec", "status"}):
-        if res.plural == "events" or key != "subsets":
+        if not (res.plural == "endpoints" and key == "subsets"):  # shown as Addresses
             lines.append(f"{key}:")
             _tree(lines, obj[key], 1)
     if res.plural == "endpoints":

@@ -166,7 +166,8 @@ async def test_scale_sets_replicas_and_honours_current_replicas(meshctl: Run,
 
 async def test_describe_shows_the_object_and_only_its_events(
         meshctl: Run, apiserver: ApiServer, tmp_path: Path) -> None:
-    """describe prints the header, the workload summary and the Events whose
+    """describe prints the header, the workload summary with what the object controls
+    (a Deployment's ReplicaSets, a ReplicaSet's Pods by phase) and the Events whose
     involvedObject is this object, oldest first; others' Events are not shown."""
     await meshctl("apply", "-f", str(write_app(tmp_path)))
     async with admin(apiserver) as api:
@@ -183,8 +184,25 @@ async def test_describe_shows_the_object_and_only_its_events(
                 "reason": reason, "message": message,
                 "source": {"component": "deployment-controller"},
                 "lastTimestamp": f"2026-01-01T00:00:0{i}Z"})
+        rs = await api.create("replicasets", {
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"app": "web"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": "web", "uid": live["metadata"]["uid"],
+                                              "controller": True}]},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                         "containers": [{"name": "web", "image": "busybox"}]}}}})
+        await api.create("pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-abc-1", "namespace": "shop",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "web-abc", "uid": rs["metadata"]["uid"],
+                                              "controller": True}]},
+            "spec": {"containers": [{"name": "web", "image": "busybox"}]}})
     rc, out, err = await meshctl("describe", "deployment", "web", "-n", "shop")
     assert (rc, err) == (0, "")
+    assert re.search(r"^ReplicaSets:\s+web-abc \(0/2 ready\)$", out, re.M)
     assert re.search(r"^Name:\s+web$", out, re.M)
     assert re.search(r"^Namespace:\s+shop$", out, re.M)
     assert re.search(r"^Replicas:\s+2 desired \| 0 updated", out, re.M)
@@ -195,6 +213,10 @@ async def test_describe_shows_the_object_and_only_its_events(
                     r"Scaled up replica set web-abc to 2", events[3])
     assert "Deployment paused by user" in events[4]
     assert "other-x" not in out
+    rc, out, _ = await meshctl("describe", "rs", "web-abc", "-n", "shop")
+    assert re.search(r"^Pods Status:\s+0 Running / 1 Waiting / 0 Succeeded / 0 Failed$",
+                     out, re.M)
+    assert re.search(r"^Controlled By:\s+Deployment/web$", out, re.M)
     rc, out, _ = await meshctl("describe", "svc/web", "-n", "shop")
     assert re.search(r"^Ports:\s+80/TCP$", out, re.M)
     assert out.rstrip().endswith("Events:  <none>")
