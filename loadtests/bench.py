@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -240,6 +241,23 @@ class _WrkCell:
         }
 
 
+def _check_answer(port: int) -> None:
+    """One GET through ``port`` must return the backend's body: a target that answers
+    anything else is not measured (its numbers would describe a different request)."""
+    conn = http.client.HTTPConnection(targets.HOST, port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        body = resp.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise ServerFailed(f"a test GET failed: {e!r}") from None
+    finally:
+        conn.close()
+    if resp.status != 200 or body != targets.BODY.encode():
+        raise ServerFailed(f"a test GET answered {resp.status} with {body[:80]!r}, "
+                           "not the backend's 200")
+
+
 def _dead(server: Server | None) -> str | None:
     """Why ``server`` can no longer be measured (it exited), or None."""
     if server is None or server.popen.poll() is None:
@@ -260,6 +278,7 @@ async def run(s: dict, *, log: Log = print) -> dict:
             raise ServerFailed("the backend needs nginx (Debian package nginx-light)")
         try:
             backend = servers.start("backend", back.argv or (), port=back.port)
+            _check_answer(back.port)
         except ServerFailed as e:
             raise ServerFailed(f"the nginx backend {e}") from None
         running: dict[str, tuple[int, Server | None]] = {}
@@ -271,6 +290,7 @@ async def run(s: dict, *, log: Log = print) -> dict:
             try:
                 server = None if planned.argv is None else \
                     servers.start(name, planned.argv, port=planned.port)
+                _check_answer(planned.port)
             except ServerFailed as e:
                 results["targets"][name] = {"unavailable": str(e)}
                 log(f"{name}: not available ({e})")

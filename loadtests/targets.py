@@ -50,7 +50,7 @@ REFERENCE: dict[Layer, TargetName] = {"L7": "nginx", "L4": "haproxy-tcp"}
 
 HOST = "127.0.0.1"
 #: The backend's body: small, fixed, and long enough that a truncated answer shows.
-BODY = "hello from the benchmark backend: a small fixed body of 64 bytes\n"
+BODY = "hello from the benchmark backend, a small fixed body: 64 bytes.\n"
 _NGINX_COMMON = """\
 worker_processes 1;
 daemon off;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import yaml
 from loadtests import bench, report, wrk
 from loadtests.targets import meshproxy_config
 from meshproxy.config.load import parse_config
+from support.net import wait_for_port
+from support.procs import Managed
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -210,3 +213,15 @@ def test_added_latency_pairs_rounds_so_one_stalled_baseline_round_cannot_flatter
     assert diff is not None
     assert diff["p99_ms"] == pytest.approx(2.0)
     assert diff["p50_ms"] == pytest.approx(0.0)
+
+
+def test_a_target_answering_something_else_than_the_backend_is_refused(
+        spawn: Callable[..., Managed], free_port: int, tmp_path: Path) -> None:
+    """Before measuring, one GET through each target must return the backend's body."""
+    with pytest.raises(bench.ServerFailed, match="a test GET failed"):
+        bench._check_answer(free_port)  # nothing listens there
+    server = spawn.python("-m", "http.server", str(free_port), "--bind", "127.0.0.1",  # type: ignore[attr-defined]
+                          "--directory", str(tmp_path), name="http.server")
+    wait_for_port("127.0.0.1", free_port, timeout=30, proc=server)
+    with pytest.raises(bench.ServerFailed, match="not the backend's 200"):
+        bench._check_answer(free_port)  # a directory listing, not the backend's body
