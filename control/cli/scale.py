@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from control.cli.common import OK, UsageError, add_namespace_flags, client_parent, run_client
 from control.cli.common import split_type_and_names as split
-from control.client import errors
 
 if TYPE_CHECKING:
     from control.client.rest import ApiClient
@@ -58,9 +57,8 @@ async def scale_verb(api: ApiClient, args: argparse.Namespace) -> int:
         current = await api.get_scale(res, name, namespace=args.namespace)
         have = int((current.get("spec") or {}).get("replicas") or 0)
         if have != args.current_replicas:
-            raise errors.Conflict(409, "Conflict",
-                                  f"{display_name(res, name)} has {have} replicas, "
-                                  f"not --current-replicas={args.current_replicas}")
+            raise UsageError(f"{display_name(res, name)} has {have} replicas, "
+                             f"not --current-replicas={args.current_replicas}; not scaled")
         body = {"spec": {"replicas": args.replicas},
                 "metadata": {"resourceVersion": current["metadata"].get("resourceVersion")}}
         await api.patch(res, name, body, namespace=args.namespace, subresource="scale")
