@@ -308,11 +308,10 @@ class WatchStream:
             # Split lines ourselves: StreamReader.readline caps line length, and one
             # event carries a whole object.
             async for chunk in self._resp.content.iter_any():
-                buf += chunk
-                while (nl := buf.find(b"\n")) >= 0:
-                    line, buf = buf[:nl].strip(), buf[nl + 1:]
-                    if line:
-                        yield _event(line)
+                *lines, buf = (buf + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _event(line.strip())
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _transport_error(e, f"watch {self._url} broke") from e
         if buf.strip():
