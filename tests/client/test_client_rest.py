@@ -32,8 +32,9 @@ def deployment(name: str, replicas: int = 1) -> dict:
 
 
 async def test_create_get_replace_patch_delete_round_trip(api: ApiClient) -> None:
-    """Each verb reaches the server and returns its object; replace with a stale
-    resourceVersion is a Conflict; merge patch with None removes a key."""
+    """Each verb reaches the server and returns its object; replace or a conditional
+    delete with a stale resourceVersion is a Conflict; merge patch with None removes a
+    key."""
     created = await api.create("services", service("web"))
     assert created["metadata"]["uid"]
     got = await api.get("svc", "web")
@@ -46,7 +47,10 @@ async def test_create_get_replace_patch_delete_round_trip(api: ApiClient) -> Non
     assert info.value.code == 409
     patched = await api.patch("services", "web", {"metadata": {"labels": {"tier": None}}})
     assert patched["metadata"]["labels"] == {"app": "web"}
-    await api.delete("services", "web")
+    with pytest.raises(errors.Conflict):  # a delete conditional on a stale version
+        await api.delete("services", "web", resource_version=got["metadata"]["resourceVersion"])
+    await api.delete("services", "web",
+                     resource_version=patched["metadata"]["resourceVersion"])
     with pytest.raises(errors.NotFound, match='services "web" not found'):
         await api.get("services", "web")
 
