@@ -18,7 +18,7 @@ from aiohttp import web
 
 from control.api import subresources
 from control.api.auth import USER, Attributes, Authorizer, User
-from control.api.codec import json_response, read_body, read_object, read_patch
+from control.api.codec import encode, json_response, read_body, read_object, read_patch
 from control.api.errors import ApiError, bad_request, method_not_allowed
 from control.api.objects import Objects
 from control.api.resources import Resource, by_path
@@ -243,14 +243,16 @@ async def _list_or_watch(request: web.Request, api: Api, res: Resource, ns: str 
     query = request.query
     limit = _int_param(query, "limit") or None
     if verb == "list":
-        items, rv, token = await api.objects.storage.list(
+        items, rv, token = await api.objects.storage.list_encoded(
             res, ns, labels=labels, fields=fields, limit=limit,
             continue_token=query.get("continue") or None)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if token:
             meta["continue"] = token
-        return json_response({"kind": res.list_kind, "apiVersion": res.api_version,
-                              "metadata": meta, "items": items})
+        head = encode({"kind": res.list_kind, "apiVersion": res.api_version,
+                       "metadata": meta})
+        body = head[:-1] + b',"items":[' + b",".join(items) + b"]}"
+        return web.Response(body=body, content_type="application/json")
     rv = parse_resource_version(query.get("resourceVersion"))
     matcher = None
     if (labels is not None and not labels.empty) or (fields is not None and not fields.empty):

@@ -112,6 +112,7 @@ class ApiServer:
             await self._ensure_default_namespace()
             self.cache = WatchCache(self.store, ring_size=cfg.watch_ring)
             await self.cache.start()
+            await self.objects.follow_namespaces(self.cache)
             self.gc = GarbageCollector(self.objects, self.cache)
             await self.gc.start()
             app = build_app_for(self, authn)

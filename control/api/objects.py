@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import secrets
+import os
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +37,7 @@ from control.api.kinds import spec_part, strategy_for
 from control.api.resources import RESOURCES, Resource, by_path
 from control.api.storage import ObjectStorage, parse_resource_version
 from control.api.validation import FieldErrors
+from control.api.watchcache import CachedEvent, WatchCache
 
 Propagation = Literal["Orphan", "Background", "Foreground"]
 FOREGROUND = "foregroundDeletion"
@@ -50,9 +52,18 @@ def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock()))
 
 
+# uids and generated names must be unique, not secret: one well-seeded generator per
+# process instead of a getrandom() system call per object (slow on some VMs).
+_random = random.Random(os.urandom(32))
+
+
+def new_uid() -> str:
+    return str(uuid.UUID(int=_random.getrandbits(128), version=4))
+
+
 def _random_suffix(n: int = 5) -> str:
     alphabet = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' alphabet: no vowels, no 0/1/3
-    return "".join(secrets.choice(alphabet) for _ in range(n))
+    return "".join(_random.choice(alphabet) for _ in range(n))
 
 
 class Objects:
@@ -62,10 +73,39 @@ class Objects:
                  ) -> None:
         self.storage = storage
         self.clock = clock
+        #: namespace name -> terminating?, kept by the watch cache (``watch_namespaces``);
+        #: a miss is checked against the store, so a lagging cache only costs a read
+        self.namespaces: dict[str, bool] | None = None
         # Read-modify-write cycles on one key are serialised inside this server, so
         # concurrent patches queue instead of failing CAS in turn; CAS (and its retry)
         # still guards against writers in other processes.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def follow_namespaces(self, cache: WatchCache) -> None:
+        """Keep :attr:`namespaces` from the watch cache, so creates need no store read to
+        know their namespace exists (NamespaceLifecycle admission, informer-backed as in
+        Kubernetes). The listener goes first; the list only fills names no event has
+        touched since, so an event racing the list is never overwritten by older data."""
+        known: dict[str, bool] = {}
+        touched: set[str] = set()
+        prefix = NAMESPACES.key_prefix()
+
+        def on_event(ev: CachedEvent) -> None:
+            if not ev.key.startswith(prefix):
+                return
+            name = ev.key[len(prefix):]
+            touched.add(name)
+            if ev.type == "DELETED":
+                known.pop(name, None)
+            else:
+                known[name] = bool(ev.obj["metadata"].get("deletionTimestamp"))
+        cache.add_listener(on_event)
+        items, _, _ = await self.storage.list(NAMESPACES, None)
+        for item in items:
+            name = item["metadata"]["name"]
+            if name not in touched:
+                known[name] = bool(item["metadata"].get("deletionTimestamp"))
+        self.namespaces = known
 
     @contextlib.asynccontextmanager
     async def _key_lock(self, key: str) -> AsyncIterator[None]:
@@ -97,7 +137,7 @@ class Objects:
             md["name"] = gen[:58] + _random_suffix()
         for key in SERVER_OWNED:
             md.pop(key, None)
-        md["uid"] = str(uuid.uuid4())
+        md["uid"] = new_uid()
         md["creationTimestamp"] = now_rfc3339(self.clock)
         md["generation"] = 1
         strategy = strategy_for(res)
@@ -113,6 +153,8 @@ class Objects:
         return await self.storage.create(res, obj)
 
     async def _check_namespace_open(self, namespace: str) -> None:
+        if self.namespaces is not None and self.namespaces.get(namespace) is False:
+            return  # known to exist and not terminating (as seen by the watch cache)
         kv = await self.storage.store.get(NAMESPACES.key(None, namespace))
         if kv is None:
             raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',

@@ -112,3 +112,35 @@ async def test_limit_applies_after_label_filtering(api):
                               **{"continue": first["metadata"]["continue"]})
     assert [p["metadata"]["name"] for p in second["items"]] == ["p08", "p10"]
     assert "continue" not in second["metadata"]
+
+
+async def test_listed_objects_equal_what_get_returns(api):
+    """The list body (built from stored bytes with the resourceVersion spliced in) holds
+    exactly the objects GET returns, also for objects whose fields arrived in an unusual
+    order."""
+    body = pod("odd-order")
+    body = {"spec": body["spec"], "metadata": body["metadata"], "kind": "Pod",
+            "apiVersion": "v1"}
+    await api.post(PODS, body)
+    await api.post(PODS, pod("plain"))
+    _, listed = await api.get(PODS)
+    for item in listed["items"]:
+        _, got = await api.get(f"{PODS}/{item['metadata']['name']}")
+        assert item == got
+
+
+def test_resource_version_is_spliced_into_stored_bytes():
+    import json
+
+    from control.api.storage import encode, encoded_with_version
+    from control.store import KeyValue
+
+    obj = {"spec": {"template": {"metadata": {"name": "inner"}}}, "kind": "Deployment",
+           "apiVersion": "apps/v1", "metadata": {"name": "web", "resourceVersion": "1"}}
+    kv = KeyValue("/k", encode(obj), 5, 9)
+    out = json.loads(encoded_with_version(kv))
+    assert out["metadata"] == {"name": "web", "resourceVersion": "9"}
+    assert out["spec"]["template"]["metadata"] == {"name": "inner"}
+    foreign = KeyValue("/k", json.dumps({"spec": {"metadata": {}}, "metadata": {}}).encode(),
+                       1, 3)
+    assert json.loads(encoded_with_version(foreign))["metadata"] == {"resourceVersion": "3"}
