@@ -101,6 +101,7 @@ class OpenLoopResult:
     events: dict[str, int] = field(default_factory=dict)  # connection trouble, by kind
     unfinished: int = 0
     elapsed: float = 0.0  # first scheduled time -> last completion
+    cpu_seconds: float = 0.0  # this process's CPU time while the schedule ran
     latency: Samples = field(default_factory=Samples)
     service: Samples = field(default_factory=Samples)
     lag: Samples = field(default_factory=Samples)
@@ -110,7 +111,7 @@ class OpenLoopResult:
         if other.rate != self.rate:
             raise ValueError(f"cannot merge a {other.rate}/s run into a {self.rate}/s one")
         self.duration += other.duration
-        for name in ("scheduled", "sent", "completed", "unfinished", "elapsed"):
+        for name in ("scheduled", "sent", "completed", "unfinished", "elapsed", "cpu_seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in ((self.errors, other.errors), (self.events, other.events)):
             for k, v in theirs.items():
@@ -153,6 +154,9 @@ class OpenLoopResult:
             "errors": dict(self.errors), "events": dict(self.events),
             "unfinished": self.unfinished,
             "elapsed_s": self.elapsed, "achieved_rate": self.achieved_rate,
+            # The generator's own CPU use: far below 100 means it was not the bottleneck.
+            "generator_cpu_percent": (100 * self.cpu_seconds / self.elapsed
+                                      if self.elapsed > 0 else 0.0),
             "rate_kept": self.rate_kept, "rate_note": self.rate_note,
             "latency": self.latency.summary(), "service": self.service.summary(),
             "lag": self.lag.summary(),
@@ -252,6 +256,7 @@ class OpenLoopGenerator:
             # A collector pause in the generator would show up as server latency.
             gc_was_enabled = gc.isenabled()
             gc.disable()
+            cpu_start = time.process_time()
             self._tick()
             end = self._schedule.due(self._schedule.total) + self.drain_timeout
             with contextlib.suppress(TimeoutError):
@@ -264,6 +269,7 @@ class OpenLoopGenerator:
             if self._reconnects:
                 await asyncio.gather(*self._reconnects, return_exceptions=True)
         res = self.result
+        res.cpu_seconds = time.process_time() - cpu_start
         res.unfinished = res.scheduled - res.completed - res.error_count
         res.elapsed = self._last_done - self._schedule.start if res.completed else 0.0
         return res
@@ -296,10 +302,14 @@ class OpenLoopGenerator:
             self._idle.pop().send(self._waiting.popleft(), self.request, now)
             self.result.sent += 1
         if self._next < sched.total:
-            # uvloop timers have millisecond resolution; a tick that fires early finds
-            # nothing due and re-arms, so nothing is ever sent before its time.
-            self._timer = self._loop.call_later(max(0.0, sched.due(self._next) - now),
-                                                self._tick)
+            # uvloop timers count whole milliseconds and round a shorter delay down to
+            # zero, which would spin this callback (and burn the CPU the servers under
+            # test need) until the next request is due: wait at least one millisecond,
+            # rounded up. A tick that fires early finds nothing due and re-arms, so
+            # nothing is ever sent before its time; the lateness this costs is the
+            # ``lag`` recorded above, the same for every target.
+            delay = sched.due(self._next) - now
+            self._timer = self._loop.call_later(math.ceil(delay * 1000) / 1000, self._tick)
 
     def _make_idle(self, conn: _Conn) -> None:
         conn.index = -1

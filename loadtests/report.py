@@ -142,7 +142,7 @@ def openloop_table(results: dict, rate: str, style: Style = "text") -> list[str]
            f"{s['rounds']} interleaved rounds over {s['ol_connections']} connections, latency "
            "from scheduled send time (ms); added = target - direct, median over rounds"]
     header = ["target", "achieved/s", "p50", "p99", "p99.9", "added p50", "added p99",
-              "added p99.9", "errors", "gen lag p99", "rate kept"]
+              "added p99.9", "errors", "gen lag p99", "gen cpu %", "rate kept"]
     rows = []
     for name in TARGETS:
         if name not in cells:
@@ -159,7 +159,8 @@ def openloop_table(results: dict, rate: str, style: Style = "text") -> list[str]
                      "-" if name == "direct" or add is None else f"{add['p99_ms']:+.2f}",
                      "-" if name == "direct" or add is None else f"{add['p999_ms']:+.2f}",
                      str(sum(cell["errors"].values()) + cell["unfinished"]),
-                     _fmt(cell["lag"]["p99_ms"]), kept])
+                     _fmt(cell["lag"]["p99_ms"]),
+                     _fmt(cell.get("generator_cpu_percent"), 0), kept])
     return out + _table(header, rows, style)
 
 
