@@ -131,8 +131,7 @@ class AdminServer:
         site = web.TCPSite(self._runner, self.config.address, self.config.port,
                            reuse_address=True)
         await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        self.port = int(sock.getsockname()[1])
+        self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:

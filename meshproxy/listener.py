@@ -11,6 +11,7 @@ updates and retires both.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,17 @@ BACKLOG = 2048
 
 
 async def bind(loop: asyncio.AbstractEventLoop, factory, host: str, port: int,
-               ) -> asyncio.Server:
-    """Listen on ``host:port`` with SO_REUSEPORT (workers share the port)."""
+               *, share: asyncio.Server | None = None) -> asyncio.Server:
+    """Listen on ``host:port`` with SO_REUSEPORT (workers share the port).
+
+    With ``share`` (a server of ours on the same address), serve a duplicate of its
+    listening socket instead of a new one: the two share one accept queue, so when the
+    old server closes, the connections waiting in that queue are not reset (closing one
+    of several SO_REUSEPORT sockets resets the connections queued on it).
+    """
+    if share is not None and share.sockets:
+        sock = socket.socket(fileno=os.dup(share.sockets[0].fileno()))
+        return await loop.create_server(factory, sock=sock, backlog=BACKLOG)
     return await loop.create_server(factory, host, port, reuse_port=True, backlog=BACKLOG,
                                     family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
@@ -64,9 +74,9 @@ class HttpListener:
         assert self.server.sockets
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
+    async def start(self, *, share: asyncio.Server | None = None) -> None:
         self.server = await bind(self.loop, lambda: HttpServerProtocol(self),
-                                 self.config.address, self.config.port)
+                                 self.config.address, self.config.port, share=share)
 
     def update(self, config: HttpListenerConfig, router: Router) -> None:
         """A reload kept this listener's address: new routes and limits, same socket.

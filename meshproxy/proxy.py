@@ -124,11 +124,14 @@ class Proxy:
                     new = HttpListener(lc, target, loop=self.loop, stats=self.stats)  # type: ignore[arg-type]
                 else:
                     new = TcpListener(lc, target, loop=self.loop, stats=self.stats)  # type: ignore[arg-type]
-                if old is not None and old.config.port == lc.port:
-                    # Moving to another address on the same port: free it first, or
-                    # the new bind could fail on our own socket.
-                    old.stop_accepting()
-                await new.start()
+                # Same address and port, other protocol: share the old listening socket
+                # (no queued connection is reset when the old server closes). Another
+                # address: bind beside the old socket (both SO_REUSEPORT). Either way
+                # the old one stops accepting only at commit, so a failed reload leaves
+                # it untouched.
+                same_bind = (old is not None and old.config.address == lc.address
+                             and old.config.port == lc.port and lc.port != 0)
+                await new.start(share=old.server if same_bind else None)  # type: ignore[union-attr]
                 started.append(new)
                 plan.append((None, new, old))
         except BaseException:

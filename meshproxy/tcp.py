@@ -258,9 +258,9 @@ class TcpListener:
         assert self.server.sockets
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
+    async def start(self, *, share: asyncio.Server | None = None) -> None:
         self.server = await bind(self.loop, lambda: TcpDownstream(self),
-                                 self.config.address, self.config.port)
+                                 self.config.address, self.config.port, share=share)
 
     def update(self, config: TcpListenerConfig, cluster: Cluster) -> None:
         """New connections go to ``cluster``; open ones keep their upstream."""

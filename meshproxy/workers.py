@@ -19,6 +19,7 @@ supervisor
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -58,7 +59,7 @@ def merge_clusters(snapshots: list[dict]) -> list[dict]:
             for ep in c["endpoints"]:
                 me = mc["endpoints"].get(ep["address"])
                 if me is None:
-                    me = mc["endpoints"][ep["address"]] = json.loads(json.dumps(ep))
+                    me = mc["endpoints"][ep["address"]] = copy.deepcopy(ep)
                     continue
                 for k in summed:
                     me[k] += ep[k]

@@ -12,6 +12,10 @@ any response byte), for an idempotent request whose body can be replayed. That i
 property of connection reuse, not a policy (Go's net/http does the same), so it does
 not belong to the retry layer. Retry policy is a layer of its own above this one.
 
+A retry layer steers the next attempt away from endpoints that failed by listing them
+in ``ex.values["tried"]`` (passed to the balancer as ``exclude``); ``ex.endpoint`` is
+the endpoint of the latest attempt.
+
 :meth:`Forward.try_direct` is the same attempt without a task, for routes whose stack
 is only the defaults (see :func:`meshproxy.stack.direct_forward`).
 """

@@ -199,3 +199,34 @@ async def test_reloads_under_traffic_fail_no_request(
     assert done > 30
     assert _reloads(p, "success") == 20
     assert _reloads(p, "failure") == 10
+
+
+async def test_listener_changes_protocol_on_same_port(tmp_path: Path, upstream,
+                                                      free_port: int) -> None:
+    """A listener that turns from http into tcp on the same port is rebound: after the
+    reload the port speaks plain TCP to the cluster (the HTTP request passes through
+    unparsed, so no X-Forwarded-For is added)."""
+    path = tmp_path / "proxy.yaml"
+    _write(path, _cfg(free_port, "a", [upstream.address], []))
+    p = Proxy(load_config(path))
+    await p.start()
+    try:
+        r = await request(free_port)
+        assert "x-forwarded-for" in {k.lower() for k, _ in r.json()["headers"]}
+        http_line = (f"{{protocol: http, name: web, port: {free_port}, "
+                     f"routes: [{{name: all, cluster: a}}]}}")
+        tcp = _cfg(free_port, "a", [upstream.address], []).replace(
+            http_line, f"{{protocol: tcp, name: web, port: {free_port}, cluster: a}}")
+        assert tcp != _cfg(free_port, "a", [upstream.address], [])
+        _write(path, tcp)
+        assert await p.reload(path)
+        for _ in range(100):  # the http socket drains away in the background
+            r = await request(free_port)
+            if "x-forwarded-for" not in {k.lower() for k, _ in r.json()["headers"]}:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("still proxied at L7")
+        assert p.listeners["web"].kind == "tcp"
+    finally:
+        await p.close()
