@@ -83,6 +83,7 @@ class Informer:
         # Counters for observability and tests.
         self.lists = 0
         self.watches = 0
+        self.failures = 0  # failed list/watch attempts (each followed by a back-off)
         self.last_error: BaseException | None = None
 
     # -- configuration ---------------------------------------------------------------
@@ -160,6 +161,7 @@ class Informer:
                 need_list = True
             except errors.ClientError as e:
                 self.last_error = e
+                self.failures += 1
                 log.warning("%s: %s failed: %s; retrying in %.2fs", self.resource.plural,
                             "list" if need_list else "watch", e, delay)
                 # Jitter keeps many informers from reconnecting in lock step.
@@ -169,6 +171,7 @@ class Informer:
                 # A malformed object or a bug: never let the informer die silently;
                 # start over from a fresh list after a back-off.
                 self.last_error = e
+                self.failures += 1
                 log.exception("%s informer: unexpected error; relisting in %.2fs",
                               self.resource.plural, delay)
                 need_list = True

@@ -1,7 +1,8 @@
 """Informers against the real API server: handlers fire in order; a cut watch resumes
 from the last resourceVersion without relisting; a compacted revision (410) relists
-and the diff neither loses nor duplicates state; resync calls update handlers; custom
-indexes follow bindings; and a controller built from informer + work queue + workers
+and the diff neither loses nor duplicates state; reconnects back off exponentially on
+a manual clock; resync calls update handlers; custom indexes follow bindings; the
+factory shares informers; and a controller built from informer + work queue + workers
 converges.
 
 Watch connections are cut by stopping the in-process server; while it is "down" for the
@@ -287,3 +288,30 @@ async def test_factory_shares_one_informer_per_resource_and_merges_indexes(
         await api.bind("p1", "node-a")
         await until(lambda: len(b.store.by_index("node", "node-a")) == 1, "shared index")
         assert services.has_synced
+
+
+async def test_reconnect_backs_off_exponentially_with_jitter_and_a_cap(
+        api: ApiClient, server_handle: ServerHandle) -> None:
+    """While the server is down, each failed attempt waits on the (manual) clock before
+    the next: between half and all of 1 s, 2 s, 4 s, then 4 s again (the cap), never
+    sooner; once the server is back the next attempt reconnects and resumes."""
+    await api.create("services", service("a"))
+    clock = ManualClock()
+    inf = Informer(api, "services", namespace="default", clock=clock, backoff_base=1.0,
+                   backoff_max=4.0)
+    async with inf:
+        await inf.wait_synced(TIMEOUT)
+        await until(lambda: inf.watches == 1, "watch open")
+        await server_handle.stop()
+        await until(lambda: inf.failures == 1, "first failed reconnect")
+        for n, delay in enumerate([1.0, 2.0, 4.0, 4.0], start=1):
+            clock.advance(delay / 2 - 0.01)
+            await asyncio.sleep(0.1)
+            assert inf.failures == n, f"attempt {n + 1} came before half of {delay}s"
+            clock.advance(delay / 2 + 0.01)
+            await until(lambda n=n: inf.failures == n + 1, f"attempt {n + 1}")
+        await server_handle.start()
+        await api.create("services", service("b"))
+        clock.advance(4.0)
+        await until(lambda: inf.get("default", "b") is not None, "resumed after restart")
+        assert inf.lists == 1
