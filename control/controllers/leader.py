@@ -116,12 +116,13 @@ class LeaderElector:
                     "metadata": {"name": cfg.lock_name, "namespace": cfg.namespace,
                                  "annotations": {LEADER_ANNOTATION: json.dumps(new_record)}}}
             try:
-                await self.api.create("endpoints", body, namespace=cfg.namespace)
-            except errors.NotFound:  # the namespace is missing: make it, try next round
-                await self._ensure_namespace()
-                return False
+                try:
+                    await self.api.create("endpoints", body, namespace=cfg.namespace)
+                except errors.NotFound:  # the namespace is missing: make it, then again
+                    await self._ensure_namespace()
+                    await self.api.create("endpoints", body, namespace=cfg.namespace)
             except errors.AlreadyExists:
-                return False
+                return False  # another candidate created it first
             self._observe(new_record, now)
             return True
         record = read_record(obj)

@@ -4,7 +4,8 @@
 (scheduler and controllers, leader-elected) against an API server, with the usual
 connection flags (``--server``, ``--token``, ``--certificate-authority``, or the
 client config file). It exits 0 when stopped (SIGINT/SIGTERM) and 1 when it lost
-leadership, so a supervisor starts it again as a fresh candidate, as Kubernetes does.
+leadership or a controller crashed, so a supervisor starts it again as a fresh
+candidate, as Kubernetes does; 2 on bad flags.
 
 ``rollout`` is the user side of the Deployment controller: ``undo`` (to the previous or
 a given revision), ``pause``, ``resume``, ``history`` and ``status`` (waits until the
@@ -125,6 +126,9 @@ def _run_manager(args: argparse.Namespace) -> int:
     rc = run_client(args, verb)
     if outcome == ["lost-leadership"]:
         print("meshctl controller-manager: lost leadership; exiting", file=sys.stderr)
+        return FAILED
+    if outcome == ["failed"]:
+        print("meshctl controller-manager: a controller failed; see the log", file=sys.stderr)
         return FAILED
     return rc
 

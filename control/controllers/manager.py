@@ -12,7 +12,8 @@
    every controller at once and :meth:`run` returns ``"lost-leadership"`` (Kubernetes
    exits the process then; ``main.py`` does too, so a supervisor restarts it as a fresh
    candidate). When ``stop`` is set it stops, releases the lease and returns
-   ``"stopped"``.
+   ``"stopped"``. A controller that crashes (a bug: reconcile errors are retried, not
+   raised) stops everything too, and :meth:`run` returns ``"failed"``.
 
 A controller is anything with ``name``, ``async run()`` and ``shutdown()``
 (:class:`Controller`). Garbage collection by owner references is not here: the API
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 ControllerName = Literal["scheduler", "replicaset", "deployment", "endpoints", "nodelifecycle"]
 ALL_CONTROLLERS: tuple[ControllerName, ...] = ("scheduler", "replicaset", "deployment",
                                                "endpoints", "nodelifecycle")
-Outcome = Literal["stopped", "lost-leadership"]
+Outcome = Literal["stopped", "lost-leadership", "failed"]
 
 
 class Controller(Protocol):
@@ -159,6 +160,7 @@ class ControllerManager:
             for t in done:
                 if t in tasks and not t.cancelled() and t.exception() is not None:
                     log.error("controller %s failed: %r", tasks[t], t.exception())
+                    outcome = "failed"  # a bug: stop and let the supervisor restart us
         finally:
             self.leading.clear()
             for c in self.controllers:
