@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from client import RawConn
-from conftest import http_config
+from proxy_kit import http_config
+from rawclient import RawConn
 
 LIMITS = (", limits: {max_header_bytes: 4096, max_request_line_bytes: 256, "
           "max_body_bytes: 1000, header_timeout: 0.4, max_headers: 20}")

@@ -10,8 +10,8 @@ import asyncio
 import hashlib
 
 import pytest
-from client import RawConn, build, request
-from conftest import http_config
+from proxy_kit import http_config
+from rawclient import RawConn, build, request
 
 from meshproxy.http.message import BODY_HIGH_WATER
 

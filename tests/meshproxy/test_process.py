@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from client import RawConn, build, request
+from rawclient import RawConn, build, request
 
 from support.net import async_wait_for_port
 from support.net import free_port as new_port

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from client import RawConn, build, request
+from rawclient import RawConn, build, request
 
 from meshproxy.config import load_config
 from meshproxy.proxy import Proxy

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from client import request
+from rawclient import request
 from test_process import _get, _start, _wait_exit, config
 
 from support.net import free_port as new_port
