@@ -75,7 +75,7 @@ async def apply_verb(api: ApiClient, args: argparse.Namespace) -> int:
         raise UsageError("no objects passed to apply")
     explicit = args.namespace if args.namespace_explicit else None
     for m in manifests:  # check every namespace before the first write
-        target_namespace(m, explicit, args.namespace)
+        target_namespace(m, explicit, default=args.namespace)
     status = OK
     for m in manifests:
         try:
@@ -99,7 +99,8 @@ async def delete_verb(api: ApiClient, args: argparse.Namespace) -> int:
             raise UsageError("give either -f or TYPE NAME, not both")
         explicit = args.namespace if args.namespace_explicit else None
         for m in load_paths(args.filename, recursive=args.recursive):
-            targets.append((m.resource, m.name, target_namespace(m, explicit, args.namespace)))
+            targets.append((m.resource, m.name, target_namespace(m, explicit,
+                                                                  default=args.namespace)))
     else:
         kind, names = split_type_and_names(args.words)
         if not names:

@@ -60,16 +60,16 @@ async def describe_verb(api: ApiClient, args: argparse.Namespace) -> int:
         objs, _ = await api.list_all(res, namespace=ns)
     now = time.time()
     for i, obj in enumerate(objs):
-        events = await events_for(api, res, obj)
-        related = await dependents_for(api, res, obj)
+        events = await events_for(api, res, obj=obj)
+        related = await dependents_for(api, res, obj=obj)
         if i:
             sys.stdout.write("\n\n")
-        sys.stdout.write(describe(res, obj, events, now=now, related=related))
+        sys.stdout.write(describe(res, obj, events=events, now=now, related=related))
     sys.stdout.flush()
     return OK
 
 
-async def events_for(api: ApiClient, res: Resource, obj: Obj) -> list[Obj]:
+async def events_for(api: ApiClient, res: Resource, *, obj: Obj) -> list[Obj]:
     """The Events whose involvedObject is ``obj`` (by kind and name, and uid when both
     sides have one), oldest first."""
     meta = obj.get("metadata") or {}
@@ -83,7 +83,8 @@ async def events_for(api: ApiClient, res: Resource, obj: Obj) -> list[Obj]:
     return sorted(items, key=_event_time)
 
 
-async def dependents_for(api: ApiClient, res: Resource, obj: Obj) -> list[tuple[str, str]]:
+async def dependents_for(api: ApiClient, res: Resource, *,
+                         obj: Obj) -> list[tuple[str, str]]:
     """Lines about what ``obj`` controls: a Deployment's ReplicaSets (kubectl's
     NewReplicaSet/OldReplicaSets in one line), a ReplicaSet's Pods by phase."""
     meta = obj.get("metadata") or {}
@@ -116,7 +117,7 @@ def _event_time(e: Obj) -> float:
     return printers.parse_time((e.get("metadata") or {}).get("creationTimestamp")) or 0.0
 
 
-def describe(res: Resource, obj: Obj, events: list[Obj], *, now: float,
+def describe(res: Resource, obj: Obj, *, events: list[Obj], now: float,
              related: list[tuple[str, str]] | None = None) -> str:
     """The text of ``meshctl describe`` for one object (``related``: extra summary lines
     such as a Deployment's ReplicaSets)."""

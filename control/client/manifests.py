@@ -154,7 +154,8 @@ def display_name(res: Resource, name: str) -> str:
     return f"{kind}.{res.group}/{name}" if res.group else f"{kind}/{name}"
 
 
-def target_namespace(manifest: Manifest, namespace: str | None, default: str) -> str | None:
+def target_namespace(manifest: Manifest, namespace: str | None, *,
+                     default: str) -> str | None:
     """The namespace a manifest goes to: its own, else ``namespace``, else ``default``.
     A manifest naming a different namespace than an explicit ``namespace`` is an error
     (as in kubectl); cluster-scoped kinds have none."""
@@ -191,7 +192,7 @@ async def apply(client: ApiClient, manifest: Manifest, *, namespace: str | None 
                 default_namespace: str = "default") -> tuple[ApplyAction, Obj]:
     """Create or update one object; return what happened and the server's object."""
     res = manifest.resource
-    ns = target_namespace(manifest, namespace, default_namespace)
+    ns = target_namespace(manifest, namespace, default=default_namespace)
     desired = desired_object(manifest, ns)
     for _ in range(APPLY_RETRIES):
         try:

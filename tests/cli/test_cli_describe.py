@@ -39,7 +39,7 @@ def test_pod_description_has_containers_conditions_owner_and_counted_events() ->
     events = [{"type": "Warning", "reason": "BackOff", "count": 7, "lastTimestamp": ts(5),
                "source": {"component": "agent"},
                "message": "Back-off restarting failed container app"}]
-    out = describe(lookup("pods"), pod, events, now=NOW)
+    out = describe(lookup("pods"), pod, events=events, now=NOW)
     assert re.search(r"^Labels:\s+app=web\n\s{20}tier=front$", out, re.M)
     assert re.search(r"^Annotations:\s+team=blue$", out, re.M)
     assert re.search(r"^Controlled By:\s+ReplicaSet/web-abc$", out, re.M)
@@ -69,7 +69,7 @@ def test_hpa_description_shows_current_against_target_per_metric() -> None:
            "status": {"currentReplicas": 3, "desiredReplicas": 4, "currentMetrics": [
                {"type": "Resource", "resource": {"name": "cpu", "current": {
                    "averageUtilization": 85}}}]}}
-    out = describe(lookup("hpa"), hpa, [], now=NOW)
+    out = describe(lookup("hpa"), hpa, events=[], now=NOW)
     assert re.search(r"^Reference:\s+Deployment/web$", out, re.M)
     assert re.search(r"^  cpu:\s+85% / 60%$", out, re.M)
     assert re.search(r"^  requests_per_second:\s+<unknown> / 100$", out, re.M)

@@ -103,12 +103,12 @@ def test_namespace_comes_from_manifest_flag_or_default_and_must_agree() -> None:
     dep = Manifest({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}},
                    "y")
     node = Manifest({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}}, "z")
-    assert target_namespace(svc, None, "default") == "shop"
-    assert target_namespace(dep, None, "default") == "default"
-    assert target_namespace(dep, "prod", "default") == "prod"
-    assert target_namespace(node, "prod", "default") is None
+    assert target_namespace(svc, None, default="default") == "shop"
+    assert target_namespace(dep, None, default="default") == "default"
+    assert target_namespace(dep, "prod", default="default") == "prod"
+    assert target_namespace(node, "prod", default="default") is None
     with pytest.raises(ManifestError, match=r"\(shop\) does not match .* \(prod\)"):
-        target_namespace(svc, "prod", "default")
+        target_namespace(svc, "prod", default="default")
 
 
 def test_desired_object_drops_status_and_server_metadata_and_records_itself() -> None:
