@@ -89,6 +89,10 @@ async def stream_watch(
         await resp.prepare(request)
         if first:
             await resp.write(b"".join(first))
+        # StreamResponse.prepare() has sent the headers (it does not hold them back for
+        # the first body write as Response does), so raw chunks may follow from here.
+        sub.sink = _direct_sink(request)
+        sub.flush()
         await _pump(resp, cache, res, sub, bookmarks=bookmarks,
                     timeout=min(timeout or limits.max_timeout, limits.max_timeout),
                     bookmark_interval=limits.bookmark_interval)
@@ -97,6 +101,25 @@ async def stream_watch(
         return resp
     finally:
         cache.unsubscribe(sub)
+
+
+WRITE_HIGH_WATER = 256 * 1024  # bytes buffered in the transport before lines queue up
+
+
+def _direct_sink(request: web.Request) -> Callable[[bytes], bool]:
+    """Write one event as an HTTP chunk straight to the connection (the response is
+    chunked, so a chunk framed here is indistinguishable from one aiohttp frames).
+    Refuses (so the line is queued and the stream's task writes it with flow control)
+    when the client is slow or gone."""
+    transport = request.transport
+
+    def sink(data: bytes) -> bool:
+        if transport is None or transport.is_closing() or \
+                transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            return False
+        transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
+    return sink
 
 
 async def _pump(resp: web.StreamResponse, cache: WatchCache, res: Resource,
