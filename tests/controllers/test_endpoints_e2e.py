@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from controller_kit import Cluster, deployment, fast_config, running, wait_for
+from controller_kit import Cluster, auto_ready, deployment, fast_config, running, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +78,34 @@ async def test_endpoints_follow_pod_readiness(cluster: Cluster) -> None:
             items, _ = await api.list_all("endpoints", namespace="default")
             return all(i["metadata"]["name"] != "web" for i in items)
         await wait_for(gone, what="endpoints collected with their service")
+
+
+async def test_two_release_tracks_behind_one_service(cluster: Cluster) -> None:
+    """The canary case: a stable and a canary Deployment whose Pods share ``app=web``
+    but differ in ``track``. Each keeps exactly its own replica count (no fight over
+    Pods: ownership is by owner reference, not by labels) and the Service's Endpoints
+    list the ready Pods of both tracks."""
+    await cluster.add_node("n0")
+    api = cluster.client
+    async with running(cluster, fast_config(controllers=("scheduler", "replicaset",
+                                                         "deployment", "endpoints"))), \
+            auto_ready(cluster):
+        await api.create("services", SERVICE)
+        stable = deployment("web-stable", 3, labels={"app": "web", "track": "stable"})
+        canary = deployment("web-canary", 1, labels={"app": "web", "track": "canary"})
+        await api.create("deployments", stable)
+        await api.create("deployments", canary)
+
+        async def both_tracks_listed() -> dict | None:
+            try:
+                ep = await api.get("endpoints", "web", namespace="default")
+            except Exception:
+                return None
+            return ep if len(_names(ep, "addresses")) == 4 else None
+        ep = await wait_for(both_tracks_listed, what="4 ready endpoints")
+        names = _names(ep, "addresses")
+        assert sum(1 for n in names if n.startswith("web-stable-")) == 3
+        assert sum(1 for n in names if n.startswith("web-canary-")) == 1
+        await asyncio.sleep(0.5)  # a fight between the two would show as churn here
+        assert len(await cluster.pods("app=web,track=stable")) == 3
+        assert len(await cluster.pods("app=web,track=canary")) == 1
