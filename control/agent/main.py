@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"engine socket to try (repeatable; default {', '.join(DEFAULT_SOCKETS)})")
     p.add_argument("--data-dir", type=Path, default=Path("/var/lib/mesh-agent"),
                    help="the agent's state: process runtime, volumes, status files")
+    p.add_argument("--process-path", action="append", default=[], metavar="DIR",
+                   help="directory searched first for the commands of process-runtime "
+                        "Pods (repeatable; before the fixed system PATH)")
     p.add_argument("--port-range", default="30000-32767",
                    help="host ports handed to Pods (LOW-HIGH)")
     p.add_argument("--pod-manifest-path", type=Path,
@@ -151,7 +154,8 @@ def _token(path: Path) -> str:
 
 
 async def pick_runtime(kind: str, *, node: str, data_dir: Path,
-                       sockets: Sequence[str] = ()) -> Runtime:
+                       sockets: Sequence[str] = (),
+                       process_path: Sequence[str] = ()) -> Runtime:
     """The runtime to use; ``auto`` prefers an answering Docker-API engine."""
     candidates = tuple(sockets) or DEFAULT_SOCKETS
     if kind in ("auto", "docker"):
@@ -165,7 +169,7 @@ async def pick_runtime(kind: str, *, node: str, data_dir: Path,
                              f"{', '.join(candidates)}")
         log.info("runtime: process (no container engine answered at %s)",
                  ", ".join(candidates))
-    rt = ProcessRuntime(data_dir / "process", node=node)
+    rt = ProcessRuntime(data_dir / "process", node=node, path_prefix=process_path)
     log.info("runtime: %s", await rt.version())
     return rt
 
@@ -174,7 +178,8 @@ async def _run(args: argparse.Namespace, ports: HostPorts, listen: tuple[str, in
                token: str) -> int:
     data_dir: Path = args.data_dir
     runtime = await pick_runtime(args.runtime, node=args.node_name, data_dir=data_dir,
-                                 sockets=args.docker_socket)
+                                 sockets=args.docker_socket,
+                                 process_path=args.process_path)
     api = sync = source = None
     if args.client_config is not None:
         from control.agent.apisync import ApiSync

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,9 +72,14 @@ class ProcessRuntime:
     name = "process"
 
     def __init__(self, root: str | os.PathLike[str], *, node: str,
-                 cgroups: cg.Cgroups | bool | None = True) -> None:
+                 cgroups: cg.Cgroups | bool | None = True,
+                 path_prefix: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self.node = node
+        # Commands resolve on a fixed PATH (not the agent's own environment, so a Pod
+        # runs the same whoever started the agent); a node may put directories first,
+        # e.g. the virtual environment whose ``python`` the demo's Pods run.
+        self.path = os.pathsep.join([*(str(d) for d in path_prefix), BASE_PATH])
         (self.root / "containers").mkdir(parents=True, exist_ok=True)
         if cgroups is True:
             found, why = cg.detect(node)
@@ -111,7 +117,7 @@ class ProcessRuntime:
         d.mkdir()
         workdir = Path(c.working_dir) if c.working_dir else d / "work"
         workdir.mkdir(parents=True, exist_ok=True)
-        full_env = {"PATH": BASE_PATH, "HOME": str(workdir), "HOSTNAME": config.pod.name}
+        full_env = {"PATH": self.path, "HOME": str(workdir), "HOSTNAME": config.pod.name}
         full_env.update(env)
         meta = {
             "id": cid, "name": config.name(), "image": c.image, "labels": config.labels(),
