@@ -102,6 +102,7 @@ class OpenLoopResult:
     unfinished: int = 0
     elapsed: float = 0.0  # first scheduled time -> last completion
     cpu_seconds: float = 0.0  # this process's CPU time while the schedule ran
+    wakeups: int = 0  # dispatcher callbacks: about one per millisecond, never a spin
     latency: Samples = field(default_factory=Samples)
     service: Samples = field(default_factory=Samples)
     lag: Samples = field(default_factory=Samples)
@@ -111,7 +112,8 @@ class OpenLoopResult:
         if other.rate != self.rate:
             raise ValueError(f"cannot merge a {other.rate}/s run into a {self.rate}/s one")
         self.duration += other.duration
-        for name in ("scheduled", "sent", "completed", "unfinished", "elapsed", "cpu_seconds"):
+        for name in ("scheduled", "sent", "completed", "unfinished", "elapsed", "cpu_seconds",
+                     "wakeups"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in ((self.errors, other.errors), (self.events, other.events)):
             for k, v in theirs.items():
@@ -158,6 +160,7 @@ class OpenLoopResult:
             "generator_cpu_percent": (100 * self.cpu_seconds / self.elapsed
                                       if self.elapsed > 0 else 0.0),
             "rate_kept": self.rate_kept, "rate_note": self.rate_note,
+            "wakeups": self.wakeups,
             "latency": self.latency.summary(), "service": self.service.summary(),
             "lag": self.lag.summary(),
         }
@@ -291,6 +294,7 @@ class OpenLoopGenerator:
         self._timer = None
         if self._closing:
             return
+        self.result.wakeups += 1
         now = self.clock()
         sched = self._schedule
         until = sched.due_until(self._next, now)
