@@ -65,7 +65,9 @@ class Attributes:
     field_selector: Any = None  # selectors.FieldSelector for list/watch
 
 
-USER = web.RequestKey("user", User)  # the authenticated user of a request
+# The authenticated user of a request (typed request keys need aiohttp >= 3.12; older
+# versions take a plain string key without the warning newer ones give for it).
+USER: Any = web.RequestKey("user", User) if hasattr(web, "RequestKey") else "user"
 
 
 def _digest(token: str) -> str:
