@@ -239,3 +239,27 @@ async def test_deleting_a_deployment_cascades_to_replicasets_and_pods(
         assert len(rss) == 1
         assert not rss[0]["metadata"].get("ownerReferences")
         assert await pods_of("orphan", 2)
+
+
+async def test_revision_history_limit_prunes_old_replicasets(cluster: Cluster) -> None:
+    """revisionHistoryLimit=1 and three templates in turn: once the third is rolled out,
+    the oldest scaled-down ReplicaSet is deleted and exactly two remain (current and one
+    to roll back to)."""
+    await _nodes(cluster)
+    d = deployment("web", 1)
+    d["spec"]["revisionHistoryLimit"] = 1
+    async with running(cluster, CONTROLLERS), auto_ready(cluster):
+        await cluster.client.create("deployments", d)
+        await _rolled_out(cluster)
+        for image in ("busybox:2", "busybox:3"):
+            await _set_image(cluster, image)
+            await wait_for(lambda image=image: _all_image(cluster, image, 1),
+                           what=f"{image} pods")
+            await _rolled_out(cluster)
+
+        async def two_left() -> list[dict]:
+            rss, _ = await cluster.client.list_all("replicasets", namespace="default")
+            return rss if len(rss) == 2 else []
+        rss = await wait_for(two_left, what="old ReplicaSets pruned to the limit")
+        assert sorted(rs["metadata"]["annotations"][deploy_ops.REVISION] for rs in rss) == \
+            ["2", "3"]
