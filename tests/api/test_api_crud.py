@@ -212,7 +212,7 @@ async def test_traffic_policy_in_mesh_group(api):
     path = "/apis/mesh.io/v1alpha1/namespaces/default/trafficpolicies"
     body = {"apiVersion": "mesh.io/v1alpha1", "kind": "TrafficPolicy",
             "metadata": {"name": "catalog"},
-            "spec": {"service": "catalog", "retries": {"attempts": 3}}}
+            "spec": {"service": "catalog", "cluster": {"lb_policy": "least_request"}}}
     status, obj = await api.post(path, body)
     assert status == 201, obj
     status, err = await api.post(path, {**body, "metadata": {"name": "x"}, "spec": {}})

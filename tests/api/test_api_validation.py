@@ -184,11 +184,18 @@ def test_hpa_rules(spec, field):
                           version="v2")
 
 
+def test_traffic_policy_with_the_proxy_groups_is_accepted():
+    spec = {"service": "web", "cluster": {"lb_policy": "least_request"}, "route": {}}
+    assert check("trafficpolicies", {"metadata": {"name": "p"}, "spec": spec},
+                 group="mesh.io", version="v1alpha1") == []
+
+
 @pytest.mark.parametrize(("spec", "field"), [
     ({}, "spec.service"),
     ({"service": "Not_A_Label"}, "spec.service"),
     ({"service": "web", "teleport": {}}, "spec.teleport"),
-    ({"service": "web", "retries": 3}, "spec.retries"),
+    ({"service": "web", "route": 3}, "spec.route"),
+    ({"service": "web", "retries": {}}, "spec.retries"),
 ])
 def test_traffic_policy_envelope(spec, field):
     assert field in check("trafficpolicies", {"metadata": {"name": "p"}, "spec": spec},

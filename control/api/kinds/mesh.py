@@ -1,13 +1,16 @@
 """Strategy of the mesh's own kind: ``TrafficPolicy`` in ``mesh.io/v1alpha1``.
 
-A TrafficPolicy names the Service it governs (``spec.service``) and carries the
-resilience sections the sidecars apply to traffic towards that Service. The proxies
-read it through list/watch and apply it through the same validated, atomic path as a
-config file reload, so the API server must refuse exactly what a proxy would refuse:
-every spec check goes through the one function :func:`validate_policy_spec`, the
-place to point at the proxy's own policy schema (``meshproxy`` models) once it exists.
-Until then it checks the envelope: ``service`` (required, a DNS-1123 label), only known
-section names, each section an object. The sections' contents are not yet checked.
+A TrafficPolicy names the Service it governs (``spec.service``) and carries the policy
+the sidecars apply to traffic towards that Service, in the proxy's two groups:
+``cluster`` (load balancing, health checks, breakers, outlier detection, limits) and
+``route`` (retries, hedging, deadlines, rate limit, priority, degradation group), as
+the proxy's ``ServicePolicy`` model (``meshproxy/config/policy.py``) defines them. The
+proxies read it through list/watch and apply it through the same validated, atomic
+path as a config file reload, so the API server must refuse exactly what a proxy would
+refuse: every spec check goes through the one function :func:`validate_policy_spec`,
+the place to point at that model once it is committed. Until then it checks the
+envelope only: ``service`` (required, a DNS-1123 label), no section but ``cluster`` and
+``route``, each an object. The sections' contents are not yet checked.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ from control.api import validation as v
 from control.api.kinds.base import Strategy
 from control.api.validation import FieldErrors
 
-# The sections a policy may carry, as the proxy's resilience layers are named.
-POLICY_SECTIONS = ("loadBalancer", "timeouts", "retries", "hedging", "healthCheck",
-                   "circuitBreaker", "outlierDetection", "rateLimit", "concurrencyLimit",
-                   "degradation")
+# The sections a policy may carry: the fields of the proxy's ServicePolicy.
+POLICY_SECTIONS = ("cluster", "route")
 
 
 def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors) -> None:
