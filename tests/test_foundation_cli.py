@@ -36,3 +36,12 @@ def test_meshctl_help_lists_every_planned_verb() -> None:
                          check=True).stdout
     for verb in ("up", "apiserver", "agent", "get", "apply", "delete", "scale", "describe"):
         assert f"\n    {verb} " in out or f"\n    {verb}\n" in out, verb
+
+
+def test_planned_verbs_say_so_and_exit_non_zero() -> None:
+    from control.cli.main import NOT_YET, PLANNED
+
+    for verb, (_, issue) in PLANNED.items():
+        out = subprocess.run([_script("meshctl"), verb], capture_output=True, text=True)
+        assert out.returncode == NOT_YET, verb
+        assert f"not implemented yet (issue #{issue})" in out.stderr

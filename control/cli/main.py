@@ -12,20 +12,16 @@ from collections.abc import Callable, Sequence
 
 from control import __version__
 from control.cli import apply as apply_cmd
-from control.cli import config_cmd, describe, get, scale
+from control.cli import config_cmd, describe, get, scale, store_cmd, up
 
 NOT_YET = 2
 
 # name -> (help text, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "up": ("run the whole system on this machine: API server on SQLite, scheduler, "
-           "controllers, one node agent; --demo also applies config/demo/", 9),
-    "agent": ("run the node agent (kubelet): pods in containers or processes", 8),
     "logs": ("print a pod container's logs", 8),
     "exec": ("run a command in a pod's container", 8),
     "top": ("show pod or node CPU, memory and mesh traffic", 10),
     "capacity": ("estimate a service's capacity and headroom", 10),
-    "store": ("store maintenance: migrate SQLite -> Consul", 6),
 }
 
 # The kubectl-like client verbs (issue 6): each module registers its own subcommand
@@ -46,6 +42,20 @@ def _register_apiserver(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(handler=run_from_args)
 
 
+def _register_agent(sub: argparse._SubParsersAction) -> None:
+    """``meshctl agent``: every option belongs to the agent (control/agent/main.py)."""
+    sp = sub.add_parser("agent", add_help=False,
+                        help="run the node agent (kubelet): pods in containers (Docker "
+                             "Engine API: Docker or Podman) or as processes",
+                        description="Run the node agent; see 'meshctl agent --help'.")
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def handler(args: argparse.Namespace) -> int:
+        from control.agent.main import main as agent_main
+        return agent_main(args.rest)
+    sp.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshctl",
@@ -60,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         sp.set_defaults(handler=_not_yet(name, issue))
     _register_apiserver(sub)
+    _register_agent(sub)
+    up.register(sub)
+    store_cmd.register(sub)
     from control.controllers.main import register as register_controllers
     register_controllers(sub)  # controller-manager and rollout (issue 7)
     for module in CLIENT_VERBS:
@@ -75,6 +88,11 @@ def _not_yet(name: str, issue: int) -> Handler:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:
+        # Hand everything, --help included, to the agent's own parser.
+        from control.agent.main import main as agent_main
+        return agent_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
