@@ -225,3 +225,22 @@ def test_a_target_answering_something_else_than_the_backend_is_refused(
     wait_for_port("127.0.0.1", free_port, timeout=30, proc=server)
     with pytest.raises(bench.ServerFailed, match="not the backend's 200"):
         bench._check_answer(free_port)  # a directory listing, not the backend's body
+
+
+def test_a_quick_run_judges_nothing_but_still_shows_its_numbers() -> None:
+    results = _results()
+    results["settings"]["quick"] = True
+    v = _by_goal(results)
+    assert {status for status, _ in v.values()} == {"not measured"}
+    assert v["meshproxy-l7 req/s >= 0.6x nginx (keep-alive)"][1] == (
+        "--quick run, too short to judge (0.65x)")
+
+
+def test_added_latency_needs_interleaved_rounds_to_be_judged() -> None:
+    results = _results()
+    results["settings"]["rounds"] = 1
+    status, detail = _by_goal(results)[
+        "meshproxy-l7 added latency at 1000/s <= 1 ms p50 and <= 3 ms p99"]
+    assert status == "not measured"
+    assert "fewer than 3 interleaved rounds" in detail
+    assert "p50 +0.70 ms" in detail
