@@ -11,6 +11,7 @@ and the ``status``, ``scale`` and ``binding`` subresources (``subresources.py``)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,16 +130,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     res = target.resource
     labels, fields = _selectors(res, query) if verb in ("list", "watch", "deletecollection") \
         else (None, None)
+    if res.namespaced and target.namespace is None and verb not in ("list", "watch"):
+        raise ApiError(404, "NotFound", f"{res.plural} are namespaced: use "
+                                        f"/namespaces/{{namespace}}/{res.plural}")
     attrs = Attributes(verb, res, target.subresource, target.namespace, target.name,
                        fields)
     if verb == "create" and target.name is None and not res.namespaced:
         attrs = None  # the name is in the body: authorize after reading it
     else:
         api.authorizer.check(user, attrs)
-    if res.namespaced and target.namespace is None and verb not in ("list", "watch") \
-            and not (res.plural == "namespaces"):
-        raise ApiError(404, "NotFound", f"{res.plural} are namespaced: use "
-                                        f"/namespaces/{{namespace}}/{res.plural}")
     objects = api.objects
     ns, name = target.namespace, target.name
 
@@ -214,7 +214,6 @@ async def _delete_options(request: web.Request, api: Api) -> dict[str, Any]:
     if request.can_read_body:
         raw = await read_body(request, api.body_limit)
         if raw.strip():
-            import json
             try:
                 body = json.loads(raw)
             except ValueError as e:

@@ -162,3 +162,15 @@ async def test_refused_requests_change_nothing(api, apiserver):
     assert await store.current_revision() == before_rev
     after, _ = await store.list("/registry/")
     assert after == before
+
+
+async def test_paths_outside_the_api_are_404_status(api):
+    status, body = await api.get("/nothing/here")
+    assert status == 404
+    assert body["kind"] == "Status"
+
+
+async def test_namespaced_object_without_namespace_is_404(api):
+    status, body = await api.get("/api/v1/pods/web")
+    assert status == 404
+    assert "namespaced" in body["message"]

@@ -180,3 +180,17 @@ async def test_disconnected_watcher_frees_its_slot(data_dir):
         assert server.cache.watchers == 0
         async with session.get(url + "&timeoutSeconds=1", headers=headers) as second:
             assert second.status == 200
+
+
+def test_slow_subscriber_is_cut_off_with_gone():
+    """A subscriber that lets more than max_pending lines queue up is ended with a 410
+    (its client re-lists) and its queue is dropped, so memory stays bounded."""
+    from control.api.watchcache import Subscription
+
+    sub = Subscription("/registry/core/pods/", 0, None, max_pending=3)
+    for i in range(3):
+        sub.push(b"line %d\n" % i)
+    assert sub.ended is None
+    sub.push(b"one too many\n")
+    assert sub.gone
+    assert not sub.pending
