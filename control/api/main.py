@@ -190,7 +190,8 @@ def build_app_for(server: ApiServer, authn: Authenticator) -> web.Application:
     return build_app(server.objects, server.cache, authn, body_limit=cfg.body_limit,
                      watch_limits=WatchLimits(max_watchers=cfg.max_watchers,
                                               bookmark_interval=cfg.bookmark_interval),
-                     server_address=f"{cfg.host}:{cfg.port}")
+                     server_address=f"{cfg.host}:{cfg.port}",
+                     ready=lambda: server.cache is not None and server.cache.healthy)
 
 
 @asynccontextmanager

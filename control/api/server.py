@@ -112,6 +112,12 @@ def _metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamR
             resp = await handler(request)
             code = resp.status
             return resp
+        except ApiError as e:  # rendered by the errors middleware outside this one
+            code = e.code
+            raise
+        except web.HTTPException as e:
+            code = e.status
+            raise
         finally:
             metrics.requests.labels(verb, _resource_label(request), str(code)).inc()
             if not watch:

@@ -209,6 +209,11 @@ class WatchCache:
         for sub in self.subscriptions:
             sub.offer(ev)
 
+    @property
+    def healthy(self) -> bool:
+        """True while the store watch runs (a failed one means stale watches: not ready)."""
+        return self._task is not None and not self._task.done()
+
     def add_listener(self, fn: Callable[[CachedEvent], None]) -> None:
         self.listeners.append(fn)
 

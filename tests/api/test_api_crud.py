@@ -3,6 +3,8 @@ compare-and-swap, status separation, generation, delete, and the error bodies.""
 
 from __future__ import annotations
 
+import asyncio
+
 import yaml
 from apitest import DEPLOYMENTS, PODS, deployment, pod
 
@@ -218,3 +220,29 @@ async def test_traffic_policy_in_mesh_group(api):
     status, err = await api.post(path, {**body, "metadata": {"name": "x"}, "spec": {}})
     assert status == 422
     assert [c["field"] for c in err["details"]["causes"]] == ["spec.service"]
+
+
+async def test_deletecollection_deletes_only_matching_objects(api):
+    """DELETE on a collection with a label selector deletes the matching objects and
+    answers with the list of what it deleted."""
+    await api.post(PODS, pod("a", labels={"batch": "1"}))
+    await api.post(PODS, pod("b", labels={"batch": "1"}))
+    await api.post(PODS, pod("c", labels={"batch": "2"}))
+    status, body = await api.delete(PODS, labelSelector="batch=1")
+    assert status == 200
+    assert body["kind"] == "PodList"
+    assert sorted(p["metadata"]["name"] for p in body["items"]) == ["a", "b"]
+    _, left = await api.get(PODS)
+    assert [p["metadata"]["name"] for p in left["items"]] == ["c"]
+
+
+async def test_readyz_follows_the_watch_cache(apiserver, api):
+    """/readyz answers 200 while the store watch runs and 503 once it has stopped."""
+    assert await api.as_(None).get("/readyz") == (200, "ok")
+    apiserver.cache._task.cancel()
+    for _ in range(100):
+        if not apiserver.cache.healthy:
+            break
+        await asyncio.sleep(0.01)
+    status, _ = await api.as_(None).get("/readyz")
+    assert status == 503
