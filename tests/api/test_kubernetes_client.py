@@ -62,6 +62,9 @@ def deployment_lifecycle(api_client: client.ApiClient) -> None:
     scale = apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 5}})
     assert scale.spec.replicas == 5
     assert apps.read_namespaced_deployment_scale("web", "default").spec.replicas == 5
+    replaced_scale = apps.replace_namespaced_deployment_scale("web", "default", client.V1Scale(
+        metadata=client.V1ObjectMeta(name="web"), spec=client.V1ScaleSpec(replicas=6)))
+    assert replaced_scale.spec.replicas == 6
     body = apps.read_namespaced_deployment("web", "default")
     body.spec.replicas = 3
     replaced = apps.replace_namespaced_deployment("web", "default", body)
