@@ -19,16 +19,16 @@ For each Deployment, ``reconcile(key)``:
 4. deletes old ReplicaSets that are scaled to zero beyond ``revisionHistoryLimit``
    (default 10), oldest revision first;
 5. writes ``status`` (replicas, updated, ready, available, unavailable,
-   ``observedGeneration``, conditions ``Available`` and ``Progressing``) when it changed.
+   ``observedGeneration``, conditions ``Available`` and ``Progressing``) when it changed;
+   a rollout whose Pod counts have not moved for ``progressDeadlineSeconds`` gets
+   ``Progressing=False`` with reason ``ProgressDeadlineExceeded`` (the rollout goes on).
 
 A paused Deployment (``spec.paused``) is not rolled: only a scale change of a settled
-Deployment is applied. :func:`rollback`, :func:`pause` and :func:`resume` are what
-``meshctl rollout undo|pause|resume`` call: rollback copies an older ReplicaSet's
-template into the Deployment, as ``kubectl rollout undo`` does, and the controller does
-the rest.
+Deployment is applied. What ``meshctl rollout`` does to a Deployment (undo, pause,
+resume, history, status) is in ``rollout_ops.py``.
 
 Neighbours: ``rollout.py`` (the arithmetic), ``replicaset.py`` (makes the Pods),
-``podutil.py``, ``events.py``.
+``rollout_ops.py`` (the user's side), ``podutil.py``, ``events.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from control.client.rest import ApiClient
 from control.client.workers import PermanentError, run_workers
 from control.client.workqueue import WorkQueue
 from control.controllers.events import EventRecorder
-from control.controllers.podutil import is_active, is_available, is_ready
+from control.controllers.podutil import is_active, is_available, is_ready, parse_time
 from control.controllers.replicaset import (
     OWNER_INDEX,
     POD_EVENT_DELAY,
@@ -99,13 +99,15 @@ def _strategy(d: Obj) -> tuple[str, int, int]:
 
 
 def _set_condition(conds: list[Obj], type_: str, status: str, reason: str, message: str,
-                   now: str) -> None:
+                   now: str, *, touch: bool = False) -> None:
+    """Set a condition; ``lastUpdateTime`` moves when it changes or ``touch`` says the
+    Deployment made progress (what the progress deadline is measured from)."""
     for c in conds:
         if c.get("type") == type_:
             if c.get("status") != status:
                 c["lastTransitionTime"] = now
-            if (c.get("status"), c.get("reason"), c.get("message")) != (status, reason,
-                                                                         message):
+            if touch or (c.get("status"), c.get("reason"), c.get("message")) != (
+                    status, reason, message):
                 c["lastUpdateTime"] = now
             c.update(status=status, reason=reason, message=message)
             return
@@ -209,14 +211,13 @@ class DeploymentController:
         if spec.get("paused"):
             if new is not None and not any((o.get("spec") or {}).get("replicas") for o in olds):
                 await self._scale(d, new, replicas)
-            await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
-            return None
+            return await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
 
         if new is None:
             if kind == "Recreate" and self._old_pods_remain(olds, memo):
                 await self._scale_olds_to_zero(d, olds)
-                await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
-                return None
+                return await self._write_status(d, new, olds, min_ready, unavailable, now,
+                                                memo)
             start = replicas if kind == "Recreate" or not olds else 0
             new = await self._create_rs(d, template, h, top + 1, start)
             if new is None:
@@ -243,8 +244,7 @@ class DeploymentController:
                     "metadata"]["name"]):
                 await self._scale(d, by_name[rs_name], count)
         await self._cleanup(d, olds, spec.get("revisionHistoryLimit", DEFAULT_HISTORY), memo)
-        await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
-        return None
+        return await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
 
     def _old_pods_remain(self, olds: list[Obj], memo: dict[str, list[Obj]]) -> bool:
         return any((o.get("spec") or {}).get("replicas", 0) > 0 or self._pods_of(o, memo)
@@ -325,7 +325,9 @@ class DeploymentController:
 
     async def _write_status(self, d: Obj, new: Obj | None, olds: list[Obj], min_ready: int,
                             max_unavailable: int, now: datetime,
-                            memo: dict[str, list[Obj]]) -> None:
+                            memo: dict[str, list[Obj]]) -> float | None:
+        """Write the status if it changed; returns seconds until the progress deadline
+        must be checked again (None when no rollout is under way)."""
         spec = d.get("spec") or {}
         replicas = spec.get("replicas", 1)
         new_pods = self._pods_of(new, memo) if new is not None else []
@@ -350,6 +352,7 @@ class DeploymentController:
             _set_condition(conds, "Available", "False", "MinimumReplicasUnavailable",
                            "Deployment does not have minimum availability.", stamp)
         new_name = new["metadata"]["name"] if new is not None else ""
+        recheck: float | None = None
         if spec.get("paused"):
             _set_condition(conds, "Progressing", "Unknown", "DeploymentPaused",
                            "Deployment is paused", stamp)
@@ -358,98 +361,45 @@ class DeploymentController:
             _set_condition(conds, "Progressing", "True", "NewReplicaSetAvailable",
                            f'ReplicaSet "{new_name}" has successfully progressed.', stamp)
         else:
-            _set_condition(conds, "Progressing", "True", "ReplicaSetUpdated",
-                           f'ReplicaSet "{new_name}" is progressing.', stamp)
+            recheck = self._progress(d, old, status, conds, new_name, now, stamp)
         status["conditions"] = conds
-        if {k: old.get(k) for k in status} == status:
-            return
-        md = d["metadata"]
-        try:
-            await self.api.patch("deployments", md["name"], {"status": status},
-                                 namespace=md.get("namespace"), subresource="status")
-        except errors.NotFound:
-            pass
+        if {k: old.get(k) for k in status} != status:
+            md = d["metadata"]
+            try:
+                await self.api.patch("deployments", md["name"], {"status": status},
+                                     namespace=md.get("namespace"), subresource="status")
+            except errors.NotFound:
+                return None
+        return recheck
 
-
-# -- what meshctl rollout calls ------------------------------------------------------------
-
-async def _owned_replicasets(api: ApiClient, d: Obj) -> list[Obj]:
-    items, _ = await api.list_all("replicasets", namespace=d["metadata"].get("namespace"))
-    return [rs for rs in items if owned_by(rs, d)]
-
-
-async def history(api: ApiClient, namespace: str, name: str) -> list[tuple[int, Obj]]:
-    """(revision, ReplicaSet) pairs of a Deployment, oldest first."""
-    d = await api.get("deployments", name, namespace=namespace)
-    return sorted(((revision_of(rs), rs) for rs in await _owned_replicasets(api, d)),
-                  key=lambda pair: pair[0])
-
-
-async def rollback(api: ApiClient, namespace: str, name: str, *, to_revision: int = 0) -> str:
-    """Point the Deployment's template back at an older revision (the previous one when
-    ``to_revision`` is 0); returns kubectl's message. Raises ValueError when there is
-    no such revision."""
-    if to_revision < 0:
-        raise ValueError(f"--to-revision must be >= 0, got {to_revision}")
-    for _ in range(5):  # the controller's status writes may race with ours: read again
-        try:
-            return await _rollback_once(api, namespace, name, to_revision)
-        except errors.Conflict:
-            continue
-    return await _rollback_once(api, namespace, name, to_revision)
-
-
-async def _rollback_once(api: ApiClient, namespace: str, name: str, to_revision: int) -> str:
-    d = await api.get("deployments", name, namespace=namespace)
-    revisions = dict((rev, rs) for rev, rs in
-                     ((revision_of(rs), rs) for rs in await _owned_replicasets(api, d)))
-    current = revision_of(d) or max(revisions, default=0)
-    if to_revision == 0:
-        earlier = [r for r in revisions if r < current]
-        if not earlier:
-            raise ValueError(f'no rollout history found for deployment "{name}"')
-        to_revision = max(earlier)
-    target = revisions.get(to_revision)
-    if target is None:
-        raise ValueError(f"unable to find specified revision {to_revision} in history")
-    template = copy.deepcopy((target.get("spec") or {}).get("template") or {})
-    labels = (template.get("metadata") or {}).get("labels") or {}
-    labels.pop(HASH_LABEL, None)
-    if template == (d.get("spec") or {}).get("template"):
-        return (f"deployment.apps/{name} skipped rollback (current template already "
-                f"matches revision {to_revision})")
-    # A whole replace, not a merge patch: keys the old template lacks must go too. The
-    # resourceVersion it carries makes it conditional (409 if the Deployment changed).
-    d["spec"]["template"] = template
-    await api.replace("deployments", d, namespace=namespace)
-    return f"deployment.apps/{name} rolled back"
-
-
-async def pause(api: ApiClient, namespace: str, name: str) -> str:
-    await api.patch("deployments", name, {"spec": {"paused": True}}, namespace=namespace)
-    return f"deployment.apps/{name} paused"
-
-
-async def resume(api: ApiClient, namespace: str, name: str) -> str:
-    await api.patch("deployments", name, {"spec": {"paused": None}}, namespace=namespace)
-    return f"deployment.apps/{name} resumed"
-
-
-def rollout_status(d: Obj) -> tuple[bool, str]:
-    """(done, message) as ``kubectl rollout status`` words them."""
-    name = d["metadata"]["name"]
-    spec, status = d.get("spec") or {}, d.get("status") or {}
-    want = spec.get("replicas", 1)
-    updated = status.get("updatedReplicas", 0)
-    total = status.get("replicas", 0)
-    available = status.get("availableReplicas", 0)
-    prefix = f'Waiting for deployment "{name}" rollout to finish: '
-    if d["metadata"].get("generation", 1) > status.get("observedGeneration", 0):
-        return False, "Waiting for deployment spec update to be observed..."
-    if updated < want:
-        return False, f"{prefix}{updated} out of {want} new replicas have been updated..."
-    if total > updated:
-        return False, f"{prefix}{total - updated} old replicas are pending termination..."
-    if available < updated:
-        return False, f"{prefix}{available} of {updated} updated replicas are available..."
-    return True, f'deployment "{name}" successfully rolled out'
+    @staticmethod
+    def _progress(d: Obj, old: Obj, status: Obj, conds: list[Obj], new_name: str,
+                  now: datetime, stamp: str) -> float | None:
+        """Progressing during a rollout: True while Pod counts move; False with
+        ``ProgressDeadlineExceeded`` once they have not moved for
+        ``progressDeadlineSeconds``. Returns seconds until the deadline."""
+        deadline = (d.get("spec") or {}).get("progressDeadlineSeconds")
+        prev = next((c for c in conds if c.get("type") == "Progressing"), None)
+        moved = any(old.get(k) != status[k] for k in
+                    ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas"))
+        message = f'ReplicaSet "{new_name}" is progressing.'
+        since = parse_time((prev or {}).get("lastUpdateTime"))
+        fresh = (moved or prev is None or since is None
+                 or prev.get("reason") not in ("ReplicaSetUpdated", "ProgressDeadlineExceeded")
+                 or (prev.get("reason") == "ReplicaSetUpdated"
+                     and prev.get("message") != message))
+        if fresh:
+            _set_condition(conds, "Progressing", "True", "ReplicaSetUpdated", message, stamp,
+                           touch=True)
+            return float(deadline) if isinstance(deadline, int) else None
+        if prev is not None and prev.get("reason") == "ProgressDeadlineExceeded":
+            return None  # stays until the Pods move again
+        if not isinstance(deadline, int):
+            return None
+        assert since is not None
+        waited = (now - since).total_seconds()
+        if waited < deadline:
+            return max(0.5, deadline - waited)
+        _set_condition(conds, "Progressing", "False", "ProgressDeadlineExceeded",
+                       f'ReplicaSet "{new_name}" has timed out progressing.', stamp)
+        return None

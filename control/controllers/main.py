@@ -11,7 +11,7 @@ candidate, as Kubernetes does; 2 on bad flags.
 a given revision), ``pause``, ``resume``, ``history`` and ``status`` (waits until the
 rollout completes or ``--timeout`` passes).
 
-Neighbours: ``control/cli/main.py`` registers both; ``manager.py``, ``deployment.py``.
+Neighbours: ``control/cli/main.py`` registers both; ``manager.py``, ``rollout_ops.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from control.cli.common import FAILED, OK, add_namespace_flags, client_parent, run_client
 from control.cli.common import split_type_and_names as split
 from control.client.rest import ApiClient
-from control.controllers import deployment
+from control.controllers import rollout_ops
 from control.controllers.leader import LeaderElectionConfig
 from control.controllers.manager import ALL_CONTROLLERS, ControllerManager, ManagerConfig
 from control.controllers.nodehealth import NodeHealthConfig
@@ -143,14 +143,14 @@ async def _rollout_verb(api: ApiClient, args: argparse.Namespace) -> int:
     name, ns = names[0], args.namespace
     action = args.rollout_command
     if action == "undo":
-        print(await deployment.rollback(api, ns, name, to_revision=args.to_revision))
+        print(await rollout_ops.rollback(api, ns, name, to_revision=args.to_revision))
     elif action == "pause":
-        print(await deployment.pause(api, ns, name))
+        print(await rollout_ops.pause(api, ns, name))
     elif action == "resume":
-        print(await deployment.resume(api, ns, name))
+        print(await rollout_ops.resume(api, ns, name))
     elif action == "history":
         print(f"deployment.apps/{name}\nREVISION  REPLICASET")
-        for rev, rs in await deployment.history(api, ns, name):
+        for rev, rs in await rollout_ops.history(api, ns, name):
             print(f"{rev:<9} {rs['metadata']['name']}")
     else:
         return await _status(api, ns, name, args.timeout)
@@ -163,11 +163,14 @@ async def _status(api: ApiClient, ns: str, name: str, timeout: float) -> int:
     last = ""
     while True:
         d = await api.get("deployments", name, namespace=ns)
-        done, message = deployment.rollout_status(d)
+        state, message = rollout_ops.rollout_status(d)
+        if state == "failed":
+            print(f"error: {message}", file=sys.stderr)
+            return FAILED
         if message != last:
             print(message, flush=True)
             last = message
-        if done:
+        if state == "done":
             return OK
         if loop.time() >= deadline:
             print(f"error: timed out waiting for the rollout of {name}", file=sys.stderr)

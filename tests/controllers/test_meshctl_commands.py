@@ -11,7 +11,7 @@ import sys
 from controller_kit import Cluster, auto_ready, deployment, fast_config, running, wait_for
 
 from control.client import errors
-from control.controllers import deployment as deploy_ops
+from control.controllers import rollout_ops as deploy_ops
 from control.controllers.podutil import is_ready
 
 
@@ -31,7 +31,7 @@ async def meshctl(cluster: Cluster | None, *args: str) -> tuple[int, str, str]:
 
 async def _rolled_out(cluster: Cluster) -> bool:
     d = await cluster.client.get("deployments", "web", namespace="default")
-    return deploy_ops.rollout_status(d)[0]
+    return deploy_ops.rollout_status(d)[0] == "done"
 
 
 async def test_rollout_status_history_undo_pause_resume(cluster: Cluster) -> None:

@@ -12,7 +12,7 @@ from controller_kit import Cluster, auto_ready, deployment, fast_config, running
 
 from control.client import errors
 from control.client.informer import Informer
-from control.controllers import deployment as deploy_ops
+from control.controllers import rollout_ops as deploy_ops
 from control.controllers.podutil import is_ready
 
 CONTROLLERS = fast_config(controllers=("scheduler", "replicaset", "deployment"))
@@ -33,8 +33,8 @@ async def _ready_pods(cluster: Cluster, n: int, selector: str = "app=web") -> li
 async def _rolled_out(cluster: Cluster, name: str = "web") -> dict:
     async def check() -> dict | None:
         d = await cluster.client.get("deployments", name, namespace="default")
-        done, _ = deploy_ops.rollout_status(d)
-        return d if done else None
+        state, _ = deploy_ops.rollout_status(d)
+        return d if state == "done" else None
     return await wait_for(check, what=f"deployment {name} rolled out")
 
 
@@ -263,3 +263,25 @@ async def test_revision_history_limit_prunes_old_replicasets(cluster: Cluster) -
         rss = await wait_for(two_left, what="old ReplicaSets pruned to the limit")
         assert sorted(rs["metadata"]["annotations"][deploy_ops.REVISION] for rs in rss) == \
             ["2", "3"]
+
+
+async def test_rollout_that_stops_progressing_is_marked_past_its_deadline(
+        cluster: Cluster) -> None:
+    """progressDeadlineSeconds=1 and Pods that never become ready (no node reports
+    them): Progressing turns False with ProgressDeadlineExceeded, and ``rollout status``
+    calls the rollout failed."""
+    await _nodes(cluster, 1)
+    d = deployment("web", 2)
+    d["spec"]["progressDeadlineSeconds"] = 1
+    async with running(cluster, CONTROLLERS):
+        await cluster.client.create("deployments", d)
+
+        async def exceeded() -> dict | None:
+            d = await cluster.client.get("deployments", "web", namespace="default")
+            conds = {c["type"]: c for c in (d.get("status") or {}).get("conditions") or ()}
+            p = conds.get("Progressing") or {}
+            return d if (p.get("status"), p.get("reason")) == (
+                "False", "ProgressDeadlineExceeded") else None
+        d = await wait_for(exceeded, what="ProgressDeadlineExceeded")
+        assert deploy_ops.rollout_status(d) == (
+            "failed", 'deployment "web" exceeded its progress deadline')
