@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshproxy.config import Loaded
+from meshproxy.discovery import DiscoveringProxy
 from meshproxy.metrics import Stats
 from meshproxy.proxy import Proxy
 from meshproxy.reload import FileWatcher
@@ -39,7 +40,9 @@ async def serve(loaded: Loaded, path: str | Path, *, worker_of: int | None = Non
                 run_dir: str | None = None) -> int:
     """Run until SIGTERM/SIGINT; the exit status (0 after a clean drain)."""
     loop = asyncio.get_running_loop()
-    proxy = Proxy(loaded, stats=Stats(), loop=loop)
+    # A Proxy whose clusters may follow Services of the control plane (the config's
+    # ``discovery`` section; without one it is a plain Proxy, see meshproxy.discovery).
+    proxy: Proxy = DiscoveringProxy(loaded, stats=Stats(), loop=loop)
     try:
         await proxy.start()
     except OSError as e:

@@ -12,6 +12,7 @@ from pydantic import Field
 from meshproxy.config.admin import AdminConfig
 from meshproxy.config.base import Settings
 from meshproxy.config.clusters import ClusterConfig
+from meshproxy.config.discovery import DiscoveryConfig
 from meshproxy.config.listeners import HttpListenerConfig, ListenerConfig
 from meshproxy.config.runtime import DrainConfig, ProcessConfig, ReloadConfig
 
@@ -25,6 +26,8 @@ class ProxyConfig(Settings):
     reload: ReloadConfig = ReloadConfig()
     drain: DrainConfig = DrainConfig()
     process: ProcessConfig = ProcessConfig()
+    #: Clusters that follow Services of the control plane (None: all from this file).
+    discovery: DiscoveryConfig | None = None
 
     def cluster(self, name: str) -> ClusterConfig:
         for c in self.clusters:
@@ -64,9 +67,28 @@ def cross_check(cfg: ProxyConfig) -> list[tuple[str, str]]:
                                      f"no cluster named {r.cluster!r}"))
         elif lst.cluster not in clusters:
             problems.append((f"listeners[{i}].cluster", f"no cluster named {lst.cluster!r}"))
+    problems += _discovery_problems(cfg)
     if cfg.admin.enabled and cfg.admin.port:
         for i, lst in enumerate(cfg.listeners):
             if lst.port == cfg.admin.port and lst.address in (cfg.admin.address, "0.0.0.0"):
                 problems.append((f"listeners[{i}].port",
                                  f"port {lst.port} is the admin port"))
+    return problems
+
+
+def _discovery_problems(cfg: ProxyConfig) -> list[tuple[str, str]]:
+    """A followed cluster exists and lists no endpoints of its own (one source each)."""
+    if cfg.discovery is None:
+        return []
+    problems: list[tuple[str, str]] = []
+    by_name = {c.name: c for c in cfg.clusters}
+    for i, f in enumerate(cfg.discovery.clusters):
+        c = by_name.get(f.cluster)
+        if c is None:
+            problems.append((f"discovery.clusters[{i}].cluster",
+                             f"no cluster named {f.cluster!r}"))
+        elif c.endpoints:
+            problems.append((f"discovery.clusters[{i}].cluster",
+                             f"cluster {f.cluster!r} follows service {f.service!r}: its "
+                             f"endpoints come from discovery, remove its static endpoints"))
     return problems
