@@ -20,17 +20,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-from control.api import discovery
+from control.api import discovery, metrics_api
 from control.api.auth import USER, Authenticator, Authorizer, require_any
 from control.api.codec import json_response
 from control.api.errors import ApiError, status_body
 from control.api.handlers import API, Api, handle
 from control.api.objects import Objects
+from control.api.resources import RESOURCES
 from control.api.watch import WatchLimits
 from control.api.watchcache import WatchCache
 
@@ -60,19 +62,41 @@ class Metrics:
                          "Latest store revision seen by the watch cache",
                          registry=self.registry)
         revision.set_function(lambda: cache.last_revision)
+        # labels() costs a lock and a tuple hash per call: keep the children per key.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[str, Any] = {}
+
+    def count(self, verb: str, resource: str, code: int) -> None:
+        key = (verb, resource, code)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.requests.labels(verb, resource, str(code))
+        child.inc()
+
+    def observe(self, verb: str, seconds: float) -> None:
+        child = self._histograms.get(verb)
+        if child is None:
+            child = self._histograms[verb] = self.duration.labels(verb)
+        child.observe(seconds)
 
 
 METRICS = web.AppKey("metrics", Metrics)
 
 
+_KNOWN_PLURALS = frozenset(r.plural for r in RESOURCES)
+
+
 def _resource_label(request: web.Request) -> str:
+    """The resource of a request for metric labels: a served plural, "" for non-resource
+    paths, "other" for anything else (so no client can grow the label set)."""
     rest = request.match_info.get("rest")
     if rest is None:
         return ""
     parts = [p for p in rest.split("/") if p]
     if len(parts) >= 3 and parts[0] == "namespaces":
         parts = parts[2:]
-    return parts[0] if parts else ""
+    label = parts[0] if parts else ""
+    return label if label in _KNOWN_PLURALS else "other"
 
 
 @web.middleware
@@ -119,9 +143,9 @@ def _metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamR
             code = e.status
             raise
         finally:
-            metrics.requests.labels(verb, _resource_label(request), str(code)).inc()
+            metrics.count(verb, _resource_label(request), code)
             if not watch:
-                metrics.duration.labels(verb).observe(time.perf_counter() - start)
+                metrics.observe(verb, time.perf_counter() - start)
     return middleware
 
 
@@ -197,6 +221,7 @@ def build_app(
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics_handler)
     r.add_get("/version", version)
+    metrics_api.add_routes(app)  # before the generic /apis/{group}/... routes below
     r.add_get("/api", api_versions)
     r.add_get("/apis", api_groups)
     r.add_get("/apis/{group}", api_group)

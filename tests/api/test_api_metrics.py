@@ -18,6 +18,15 @@ async def test_requests_are_counted_by_verb_resource_and_code(api):
     assert "apiserver_registered_watchers 0.0" in text
 
 
+async def test_metric_labels_stay_bounded_for_unknown_paths(api):
+    """Requests for made-up resources (even unauthenticated ones) share one label."""
+    for name in ("aaa", "bbb", "ccc"):
+        await api.as_(None).get(f"/api/v1/namespaces/default/{name}")
+    _, text = await api.get("/metrics")
+    assert 'apiserver_request_total{code="401",resource="other",verb="GET"} 3.0' in text
+    assert "aaa" not in text
+
+
 @pytest.mark.system(commands=["promtool"])
 async def test_metrics_pass_promtool(api):
     await api.post(PODS, pod("a"))
