@@ -11,6 +11,14 @@ A reload that keeps a cluster's name keeps the object too (:meth:`Cluster.config
 Requests go through :meth:`Cluster.pick` and account for their outcome through
 :meth:`Cluster.attempt_done`, which keeps ``Endpoint.active_requests`` and tells the
 balancer (``observe``).
+
+The balancer comes from :func:`meshproxy.balance.factory.make_balancer` (the cluster's
+``load_balancer`` section); a reload that changes that section builds a new one, an
+endpoint change only ``update``s it. Active health checks (:mod:`meshproxy.health`)
+run while the cluster is started (:meth:`start` / :meth:`aclose`) and follow
+``set_endpoints``; the resilience state of the cluster (``guard``, a
+:class:`~meshproxy.resilience.runtime.ClusterResilience` the proxy attaches) follows
+it too.
 """
 
 from __future__ import annotations
@@ -19,21 +27,18 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from meshproxy.balance import Balancer, PickContext, RoundRobin
+from meshproxy.balance import Balancer, PickContext
+from meshproxy.balance.factory import make_balancer
 from meshproxy.endpoint import Endpoint
 from meshproxy.errors import NoHealthyUpstream
+from meshproxy.health import HealthChecker
 from meshproxy.http.pool import Pool
+from meshproxy.resilience.snapshot import plain
 
 if TYPE_CHECKING:
     from meshproxy.config.clusters import ClusterConfig
     from meshproxy.metrics import Stats, Tally
-
-
-def make_balancer(policy: str, endpoints: list[Endpoint]) -> Balancer:
-    """The balancer for ``lb_policy``. The balance package owns the policies."""
-    if policy == "round_robin":
-        return RoundRobin(endpoints)
-    raise ValueError(f"unknown lb_policy {policy!r}")
+    from meshproxy.resilience.runtime import ClusterResilience
 
 
 class Cluster:
@@ -48,18 +53,67 @@ class Cluster:
         self.endpoints: list[Endpoint] = []
         self.pools: dict[tuple[str, int], Pool] = {}
         self._pool_of: dict[Endpoint, Pool] = {}  # same pools by identity: no key tuple
-        self.balancer: Balancer = make_balancer(config.lb_policy, [])
+        self.balancer: Balancer = self._make_balancer(config, [])
+        #: The consistent-hash key source (ring_hash, maglev), else None.
+        self.hash_on = config.load_balancer.hash_on
         self._tallies: dict[Endpoint, Tally] = {}
+        self.health: HealthChecker | None = None
+        self.guard: ClusterResilience | None = None
+        self._panic_seen = 0
         self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
+
+    def _make_balancer(self, config: ClusterConfig, endpoints: list[Endpoint]) -> Balancer:
+        return make_balancer(config.load_balancer, endpoints, clock=self.loop.time)
 
     def configure(self, config: ClusterConfig) -> None:
         """Apply a reloaded config of the same name, keeping endpoints that stay."""
-        if config.lb_policy != self.config.lb_policy:
-            self.balancer = make_balancer(config.lb_policy, self.endpoints)
+        if config.load_balancer != self.config.load_balancer:
+            self._count_panic()
+            self.balancer = self._make_balancer(config, self.endpoints)
+            self._panic_seen = 0
+            self.hash_on = config.load_balancer.hash_on
+        old_check = self.config.health_check
         self.config = config
         for pool in self.pools.values():
             pool.configure(config)
         self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
+        if self.health is not None and config.health_check != old_check:
+            if config.health_check is None:
+                self._stop_health()
+                for ep in self.endpoints:
+                    ep.healthy = True  # nothing judges them any more
+            else:
+                self.health.reconfigure(config.health_check)
+        elif self.health is None and config.health_check is not None and self._started:
+            self.start()
+
+    # --- lifecycle (health checks) --------------------------------------------------
+    _started = False
+    _stopping: set[asyncio.Task[None]] | None = None
+
+    def start(self) -> None:
+        """Start active health checks (if configured). Needs the running loop."""
+        self._started = True
+        if self.config.health_check is not None and self.health is None:
+            self.health = HealthChecker(self.name, self.config.health_check)
+            self.health.update(self.endpoints)
+
+    def _stop_health(self) -> None:
+        checker, self.health = self.health, None
+        if checker is not None:
+            task = self.loop.create_task(checker.aclose())
+            if self._stopping is None:
+                self._stopping = set()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def aclose(self) -> None:
+        """Close pools (as :meth:`close`) and stop health checks, awaiting their tasks."""
+        self.close()
+        self._started = False
+        self._stop_health()
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
     def set_endpoints(self, specs: Iterable[tuple[str, int, int] | Endpoint]) -> None:
         """Replace the endpoint set in place: ``(host, port, weight)`` tuples or
@@ -97,8 +151,14 @@ class Cluster:
         self.endpoints = new_list
         self._pool_of = {ep: self.pools[ep.key] for ep in new_list}
         self.balancer.update(new_list)
+        if self.health is not None:
+            self.health.update(new_list)
+        if self.guard is not None:
+            self.guard.set_endpoints(new_list)
 
     def pick(self, ctx: PickContext, exclude: Iterable[Endpoint] = ()) -> Endpoint:
+        """An endpoint for one attempt (``ctx.hash_key`` set by the caller for hash
+        policies), avoiding ``exclude``; NoHealthyUpstream when there is none."""
         ep = self.balancer.pick(ctx, tuple(exclude) if exclude else ())
         if ep is None:
             raise NoHealthyUpstream(f"cluster {self.name} has no endpoint")
@@ -134,13 +194,23 @@ class Cluster:
         self.sample_pools()
 
     def sample_pools(self) -> None:
-        """Set the pool-size gauges from the pools."""
+        """Set the pool-size, endpoint-health and panic metrics from the live state."""
         idle = busy = 0
         for pool in self.pools.values():
             idle += len(pool.idle)
             busy += pool.busy_count()
         self.stats.pool_connections.labels(self.name, "idle").set(idle)
         self.stats.pool_connections.labels(self.name, "busy").set(busy)
+        for ep in self.endpoints:
+            self.stats.endpoint_healthy.labels(self.name, ep.address).set(
+                1 if ep.healthy else 0)
+        self._count_panic()
+
+    def _count_panic(self) -> None:
+        total = self.balancer.panic_total
+        if total > self._panic_seen:
+            self.stats.lb_panic.labels(self.name).inc(total - self._panic_seen)
+            self._panic_seen = total
 
     def close(self) -> None:
         """The cluster left the config: close idle connections; busy ones finish."""
@@ -164,7 +234,13 @@ class Cluster:
                          "waiting": len(pool.waiters), "connects": pool.connects,
                          "connect_failures": pool.connect_failures} if pool else None,
             })
-        return {"name": self.name, "lb_policy": self.config.lb_policy, "endpoints": eps}
+        snap = {"name": self.name, "lb_policy": self.config.load_balancer.policy,
+                "panic_total": self.balancer.panic_total, "endpoints": eps}
+        if self.health is not None:
+            snap["health_checks"] = self.health.status()
+        if self.guard is not None:
+            snap["resilience"] = plain(self.guard.statistics())
+        return snap
 
     def __repr__(self) -> str:
         return f"<Cluster {self.name} {[e.address for e in self.endpoints]}>"

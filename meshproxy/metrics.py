@@ -136,6 +136,14 @@ class Stats:
             "meshproxy_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.",
             multiprocess_mode="max", registry=r)
+        self.endpoint_healthy = Gauge(
+            "meshproxy_upstream_endpoint_healthy",
+            "1 when an endpoint passes active health checks (or has none), else 0.",
+            ["cluster", "endpoint"], multiprocess_mode="livemin", registry=r)
+        self.lb_panic = Counter(
+            "meshproxy_lb_panic_total",
+            "Balancer picks made in panic mode (too few healthy endpoints: all are used).",
+            ["cluster"], registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         self._tallies: dict[tuple[str, ...], Tally] = {}

@@ -16,6 +16,13 @@ started with. :meth:`Proxy.reload` wraps this with reading and validating the fi
 and counting ``meshproxy_config_reload_total{result}``. :meth:`Proxy.drain` is the
 SIGTERM path. Neighbours: :mod:`meshproxy.run` drives a Proxy in a process,
 :mod:`meshproxy.admin` reads it.
+
+The resilience state (breakers, outlier detectors, limiters, rate limiters,
+switches, the shedder, the event log) lives in one
+:class:`~meshproxy.resilience.runtime.ResilienceRuntime` per process, applied from each
+config in phase 1 (before the routers are built, since their stacks hold its
+objects); ``apply`` keeps everything whose config did not change. Per-route retry
+budgets and hedge windows survive reloads the same way (``route_states``).
 """
 
 from __future__ import annotations
@@ -27,9 +34,21 @@ from pathlib import Path
 from meshproxy.cluster import Cluster
 from meshproxy.config import ConfigError, Loaded, load_config
 from meshproxy.config.listeners import HttpListenerConfig
+from meshproxy.config.root import ProxyConfig
 from meshproxy.listener import HttpListener
 from meshproxy.metrics import Stats
+from meshproxy.policy_metrics import PolicyStats
+from meshproxy.resilience.concurrency import ConcurrencyConfig
+from meshproxy.resilience.ratelimit import BucketBackend
+from meshproxy.resilience.runtime import (
+    ClusterResilienceConfig,
+    ProxyResilienceConfig,
+    ResilienceRuntime,
+    RouteResilienceConfig,
+)
+from meshproxy.resilience.snapshot import plain
 from meshproxy.router import Router
+from meshproxy.stack import RouteState, StackContext
 from meshproxy.tcp import TcpListener
 
 log = logging.getLogger(__name__)
@@ -44,10 +63,17 @@ class Proxy:
     """One process's listeners and clusters."""
 
     def __init__(self, loaded: Loaded, *, stats: Stats | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 shared_buckets: BucketBackend | None = None) -> None:
         self.loaded = loaded
         self.stats = stats if stats is not None else Stats()
         self.loop = loop or asyncio.get_running_loop()
+        #: Breakers, limiters, switches...: state that outlives the route stacks.
+        self.resilience = ResilienceRuntime(clock=self.loop.time,
+                                            shared_buckets=shared_buckets)
+        self.policy_stats = PolicyStats(self.stats.registry)
+        self.route_states: dict[tuple[str, str], RouteState] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self.clusters: dict[str, Cluster] = {}
         self.listeners: dict[str, Listener] = {}
         self.started = False
@@ -63,6 +89,7 @@ class Proxy:
     async def start(self) -> None:
         """Bind every listener of the initial config; raises OSError if one cannot."""
         await self.apply(self.loaded, initial=True)
+        self.resilience.start(self.loop)
         self.stats.config_loaded.set(self.loaded.loaded_at)
         self.started = True
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -110,10 +137,18 @@ class Proxy:
         clusters = {c.name: self.clusters.get(c.name) or fresh[c.name] for c in cfg.clusters}
         plan: list[tuple[Listener | None, object, object]] = []
         started: list[Listener] = []
+        states: dict[tuple[str, str], RouteState] = {}
         try:
+            self._apply_resilience(cfg, clusters)
+            ctx = StackContext(resilience=self.resilience, clusters=clusters,
+                               states=states,
+                               limited={c.name for c in cfg.clusters if c.limits})
+            for key, st in self.route_states.items():
+                states[key] = st
             for lc in cfg.listeners:
                 old = self.listeners.get(lc.name)
-                target = (Router(lc, clusters, stats=self.stats, version=loaded.version)
+                target = (Router(lc, clusters, stats=self.stats, version=loaded.version,
+                                 ctx=ctx)
                           if isinstance(lc, HttpListenerConfig) else clusters[lc.cluster])
                 key = (lc.protocol, lc.address, lc.port)
                 if old is not None and old.bind_key == key:
@@ -139,11 +174,18 @@ class Proxy:
                 lst.stop_accepting()
             for c in fresh.values():
                 c.close()
+            if not initial:  # back to the old config's resilience tables
+                self._apply_resilience(self.loaded.config, self.clusters)
             raise
         # Phase 2: commit.
         for c in cfg.clusters:
             if c.name not in fresh:
                 clusters[c.name].configure(c)
+        for cluster in fresh.values():
+            cluster.start()
+        routes = {(lc.name, r.name) for lc in cfg.listeners
+                  if isinstance(lc, HttpListenerConfig) for r in lc.routes}
+        self.route_states = {k: v for k, v in states.items() if k in routes}
         listeners: dict[str, Listener] = {}
         for old, a, b in plan:
             if old is not None:
@@ -158,10 +200,33 @@ class Proxy:
                 self._retire(lst)
         for name, cluster in self.clusters.items():
             if name not in clusters:
-                cluster.close()
+                self._close_later(cluster)
         self.clusters = clusters
         self.listeners = listeners
         self.loaded = loaded
+
+    def _apply_resilience(self, cfg: ProxyConfig, clusters: dict[str, Cluster]) -> None:
+        """Bring the resilience tables to ``cfg`` (unchanged parts keep their state) and
+        attach each cluster's part to it."""
+        guarded = {c.name: ClusterResilienceConfig(
+            breaker=c.breaker, endpoint_breaker=c.endpoint_breaker, outlier=c.outlier,
+            limits=c.limits or ConcurrencyConfig(), endpoint_limits=c.endpoint_limits)
+            for c in cfg.clusters if c.guarded}
+        routes = {f"{lc.name}/{r.name}": RouteResilienceConfig(
+            priority=r.priority, function=r.function, rate_limit=r.rate_limit)
+            for lc in cfg.listeners if isinstance(lc, HttpListenerConfig) for r in lc.routes}
+        self.resilience.apply(
+            getattr(cfg, "resilience", None) or ProxyResilienceConfig(),
+            clusters=guarded, routes=routes,
+            endpoints={name: clusters[name].endpoints for name in guarded})
+        for name, cluster in clusters.items():
+            cluster.guard = self.resilience.clusters.get(name)
+
+    def _close_later(self, cluster: Cluster) -> None:
+        """A cluster left the config: close it (and stop its health checks) soon."""
+        task = self.loop.create_task(cluster.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _retire(self, lst: Listener) -> None:
         """Drain a listener that left the config, in the background."""
@@ -176,6 +241,7 @@ class Proxy:
             cluster.sweep(now)
         for lst in self.listeners.values():
             lst.sweep()
+        self.policy_stats.sync(self)
         self.stats.flush()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -197,6 +263,7 @@ class Proxy:
             lst.sweep()
         for cluster in self.clusters.values():
             cluster.sample_pools()
+        self.policy_stats.sync(self)
         self.stats.flush()
 
     async def close(self) -> None:
@@ -217,11 +284,14 @@ class Proxy:
         for lst in self.listeners.values():
             if lst.server is not None:
                 await lst.server.wait_closed()
+        self.resilience.stop()
         for cluster in self.clusters.values():
-            cluster.close()
+            await cluster.aclose()
             for pool in cluster.pools.values():
                 for conn in list(pool.owned):
                     conn.abort()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.sleep(0)  # let transports deliver connection_lost
         self.stats.flush()
 
@@ -230,3 +300,21 @@ class Proxy:
         return {"version": self.loaded.version, "ready": self.started and not self.draining,
                 "clusters": [c.snapshot() for c in self.clusters.values()],
                 "listeners": [lst.snapshot() for lst in self.listeners.values()]}
+
+    def resilience_snapshot(self) -> dict:
+        """Every breaker, ejection, limiter, rate limiter and switch, for the admin API."""
+        rt = self.resilience
+        return {
+            "clusters": {name: plain(c.statistics()) for name, c in rt.clusters.items()},
+            "rate_limits": {name: {"admitted_total": rl.admitted_total,
+                                   "limited_total": rl.limited_total,
+                                   "rate": rl.config.rate, "burst": rl.config.capacity,
+                                   "key": rl.config.key}
+                            for name, rl in rt.rate_limiters.items()},
+            "switches": [plain(s) for s in rt.switches.list()],
+            "shedding": plain(rt.shedder.statistics()) if rt.shedder else None,
+            "retry_budgets": {f"{lst}/{route}": plain(st.budget.statistics())
+                              for (lst, route), st in self.route_states.items()
+                              if st.budget is not None},
+            "events": rt.events.counts(),
+        }

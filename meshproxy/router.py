@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from meshproxy.config.listeners import HeaderMatch, HttpListenerConfig, RouteConfig
-from meshproxy.stack import build_handler, direct_forward
+from meshproxy.stack import StackContext, build_handler, direct_forward
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
@@ -53,12 +53,12 @@ class Route:
                  "cluster", "config", "direct", "handler", "name", "tally", "timeout")
 
     def __init__(self, config: RouteConfig, cluster: Cluster, *, listener: str,
-                 stats: Stats) -> None:
+                 stats: Stats, ctx: StackContext | None = None) -> None:
         self.name = config.name
         self.config = config
         self.cluster = cluster
-        self.handler: Handler = build_handler(config, cluster)
-        self.direct = direct_forward(config, cluster)
+        self.handler: Handler = build_handler(config, cluster, ctx)
+        self.direct = direct_forward(config, cluster, ctx)
         self.timeout = config.timeout
         m = config.match
         host = m.host.lower().encode() if m.host else None
@@ -91,10 +91,13 @@ class Router:
     __slots__ = ("listener", "routes", "version")
 
     def __init__(self, config: HttpListenerConfig, clusters: dict[str, Cluster], *,
-                 stats: Stats, version: str = "") -> None:
+                 stats: Stats, version: str = "", ctx: StackContext | None = None) -> None:
         self.listener = config.name
         self.version = version
-        self.routes = tuple(Route(r, clusters[r.cluster], listener=config.name, stats=stats)
+        if ctx is not None:
+            ctx.listener = config.name
+        self.routes = tuple(Route(r, clusters[r.cluster], listener=config.name, stats=stats,
+                                  ctx=ctx)
                             for r in config.routes)
 
     def match(self, ex: Exchange) -> Route | None:

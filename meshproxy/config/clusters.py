@@ -2,16 +2,17 @@
 
 A cluster is what routes and TCP listeners point at. Its endpoints come from this file
 for now; discovery will feed the same :class:`meshproxy.cluster.Cluster` object later
-through ``set_endpoints``. ``lb_policy`` names the :mod:`meshproxy.balance` policy.
+through ``set_endpoints``. The policy sections (load balancing, health checks, breakers,
+outlier detection, limits) come from :class:`~meshproxy.config.policy.ClusterPolicy`;
+``lb_policy: NAME`` remains as shorthand for ``load_balancer: {policy: NAME}``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator, model_validator
 
 from meshproxy.config.base import Name, Seconds, Settings, split_host_port
+from meshproxy.config.policy import ClusterPolicy
 
 
 class EndpointConfig(Settings):
@@ -53,13 +54,10 @@ class PoolConfig(Settings):
     max_idle: int = Field(default=128, ge=0, le=65536)
 
 
-class ClusterConfig(Settings):
-    """A named set of endpoints."""
+class ClusterConfig(ClusterPolicy):
+    """A named set of endpoints, with its policy (see ClusterPolicy)."""
 
     name: Name
-    #: Load-balancing policy (see meshproxy/balance/). Smooth weighted round robin
-    #: is the default: predictable, honours weights, no state to warm up.
-    lb_policy: Literal["round_robin"] = "round_robin"
     endpoints: tuple[EndpointConfig, ...] = ()
     #: Seconds to establish a TCP connection to an endpoint before failing with 503
     #: (HTTP: reason ``connect_timeout``). 1 s: loopback and LAN connects take

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshproxy.config.base import Bytes, Name, Port, Seconds, Settings
+from meshproxy.config.policy import RoutePolicy
 
 
 def _regex(v: str) -> str:
@@ -84,8 +85,9 @@ class RouteMatch(Settings):
         return self
 
 
-class RouteConfig(Settings):
-    """Requests matching ``match`` go to ``cluster``. Routes are tried in order."""
+class RouteConfig(RoutePolicy):
+    """Requests matching ``match`` go to ``cluster``. Routes are tried in order. The
+    policy sections (retry, hedge, deadline, rate limit, priority) are RoutePolicy's."""
 
     name: Name
     match: RouteMatch = RouteMatch()

@@ -15,6 +15,7 @@ from meshproxy.config.clusters import ClusterConfig
 from meshproxy.config.discovery import DiscoveryConfig
 from meshproxy.config.listeners import HttpListenerConfig, ListenerConfig
 from meshproxy.config.runtime import DrainConfig, ProcessConfig, ReloadConfig
+from meshproxy.resilience.runtime import ProxyResilienceConfig
 
 
 class ProxyConfig(Settings):
@@ -26,6 +27,8 @@ class ProxyConfig(Settings):
     reload: ReloadConfig = ReloadConfig()
     drain: DrainConfig = DrainConfig()
     process: ProcessConfig = ProcessConfig()
+    #: Process-wide resilience: load shedding, degradation switches, the event ring.
+    resilience: ProxyResilienceConfig = ProxyResilienceConfig()
     #: Clusters that follow Services of the control plane (None: all from this file).
     discovery: DiscoveryConfig | None = None
 
@@ -68,6 +71,7 @@ def cross_check(cfg: ProxyConfig) -> list[tuple[str, str]]:
         elif lst.cluster not in clusters:
             problems.append((f"listeners[{i}].cluster", f"no cluster named {lst.cluster!r}"))
     problems += _discovery_problems(cfg)
+    problems += _switch_problems(cfg, clusters)
     if cfg.admin.enabled and cfg.admin.port:
         for i, lst in enumerate(cfg.listeners):
             if lst.port == cfg.admin.port and lst.address in (cfg.admin.address, "0.0.0.0"):
@@ -91,4 +95,21 @@ def _discovery_problems(cfg: ProxyConfig) -> list[tuple[str, str]]:
             problems.append((f"discovery.clusters[{i}].cluster",
                              f"cluster {f.cluster!r} follows service {f.service!r}: its "
                              f"endpoints come from discovery, remove its static endpoints"))
+    return problems
+
+
+def _switch_problems(cfg: ProxyConfig, clusters: set[str]) -> list[tuple[str, str]]:
+    """Switch names are unique; a service switch and a cluster fallback name clusters."""
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, sw in enumerate(cfg.resilience.switches):
+        where = f"resilience.switches[{i}]"
+        if sw.name in seen:
+            problems.append((f"{where}.name", f"switch {sw.name!r} is defined twice"))
+        seen.add(sw.name)
+        if sw.level == "service" and sw.target not in clusters:
+            problems.append((f"{where}.target", f"no cluster named {sw.target!r}"))
+        fallback = getattr(sw.action, "cluster", None)
+        if fallback is not None and fallback not in clusters:
+            problems.append((f"{where}.action.cluster", f"no cluster named {fallback!r}"))
     return problems

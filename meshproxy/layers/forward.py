@@ -14,7 +14,11 @@ not belong to the retry layer. Retry policy is a layer of its own above this one
 
 A retry layer steers the next attempt away from endpoints that failed by listing them
 in ``ex.values["tried"]`` (passed to the balancer as ``exclude``); ``ex.endpoint`` is
-the endpoint of the latest attempt.
+the endpoint of the latest attempt. A layer that picks the endpoint itself (the
+endpoint guard, which must check that endpoint's breaker first) hands it over in
+``ex.values["endpoint"]``. For consistent-hash clusters the request's key is computed
+here (:func:`~meshproxy.balance.hashing.request_hash_key`). With deadline propagation
+on (``ex.values["deadline_header"]``), each attempt sends the time left.
 
 :meth:`Forward.try_direct` is the same attempt without a task, for routes whose stack
 is only the defaults (see :func:`meshproxy.stack.direct_forward`).
@@ -26,7 +30,9 @@ import asyncio
 from collections.abc import Callable
 
 from meshproxy.balance import PickContext
+from meshproxy.balance.hashing import request_hash_key
 from meshproxy.cluster import Cluster
+from meshproxy.deadline import format_timeout_ms
 from meshproxy.endpoint import Endpoint
 from meshproxy.errors import ProxyError, UpstreamReset
 from meshproxy.http.message import Exchange, Response
@@ -45,6 +51,15 @@ def stale_retry_ok(ex: Exchange, conn: UpstreamConnection, exc: ProxyError) -> b
             and ex.body.replayable)
 
 
+def pick_context(ex: Exchange, cluster: Cluster, now: float) -> PickContext:
+    """The balancer's view of ``ex``: the time, and the hash key for hash policies."""
+    hash_on = cluster.hash_on
+    if hash_on is None:
+        return PickContext(now)
+    return PickContext(now, hash_key=request_hash_key(hash_on, headers=ex.headers,
+                                                      client_host=ex.client))
+
+
 class Forward:
     """Send the exchange to an endpoint of ``cluster``."""
 
@@ -57,9 +72,13 @@ class Forward:
     async def __call__(self, ex: Exchange) -> Response:
         cluster = self.cluster
         ep = ex.endpoint
-        if ep is None or ex.attempts:
-            exclude = ex.values.get("tried", ()) if ex.values else ()
-            ep = cluster.pick(PickContext(self.loop.time()), exclude)
+        values = ex.values
+        pinned = values.pop("endpoint", None) if values else None
+        if pinned is not None:
+            ep = pinned
+        elif ep is None or ex.attempts:
+            exclude = values.get("tried", ()) if values else ()
+            ep = cluster.pick(pick_context(ex, cluster, self.loop.time()), exclude)
         ex.endpoint = ep
         pool = cluster.pool(ep)
         conn = pool.take_idle()
@@ -81,7 +100,7 @@ class Forward:
     def try_direct(self, ex: Exchange, on_head: HeadCallback) -> UpstreamConnection | None:
         """Start the attempt without a task when an idle pooled connection is at hand;
         None when not (the endpoint picked is kept in ``ex.endpoint`` for the task)."""
-        ep = self.cluster.balancer.pick(PickContext(self.loop.time()), ())
+        ep = self.cluster.balancer.pick(pick_context(ex, self.cluster, self.loop.time()), ())
         if ep is None:
             return None
         ex.endpoint = ep
@@ -104,8 +123,14 @@ class Forward:
         def done(ok: bool, status: int, reason: str) -> None:
             cluster.attempt_done(ep, started, ok, status, reason)
 
+        head = ex.upstream_head()
+        values = ex.values
+        if values and "deadline_header" in values:
+            # the time left, as of this attempt (the head is otherwise reused as is)
+            head = (head[:-2] + values["deadline_header"] + b": "
+                    + format_timeout_ms(ex.deadline - started) + b"\r\n\r\n")
         try:
-            return conn.send(ex.upstream_head(), ex.body, head_only=ex.method == b"HEAD",
+            return conn.send(head, ex.body, head_only=ex.method == b"HEAD",
                              on_done=done, on_head=on_head)
         except UpstreamReset:
             conn.abort()

@@ -13,7 +13,26 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from meshproxy import config as cfgmod
+from meshproxy.balance.config import HashOn, LoadBalancerConfig
 from meshproxy.config import ConfigError, load_config, parse_config
+from meshproxy.deadline import DeadlineConfig
+from meshproxy.health import HealthCheckConfig
+from meshproxy.hedge import HedgeConfig
+from meshproxy.resilience.adaptive import AdaptiveConfig
+from meshproxy.resilience.breaker import BreakerConfig
+from meshproxy.resilience.concurrency import ConcurrencyConfig
+from meshproxy.resilience.degrade import (
+    AutoTrip,
+    ClusterFallback,
+    FailFast,
+    StaticResponse,
+    SwitchConfig,
+)
+from meshproxy.resilience.outlier import OutlierConfig
+from meshproxy.resilience.ratelimit import RateLimitConfig
+from meshproxy.resilience.runtime import ProxyResilienceConfig
+from meshproxy.resilience.shedding import SheddingConfig
+from meshproxy.retry import BackoffConfig, RetryBudgetConfig, RetryConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "meshproxy.example.yaml"
 
@@ -36,6 +55,14 @@ def _fields(model: type[BaseModel], prefix: str = "") -> set[str]:
     return out
 
 
+#: The policy sections' models (embedded in clusters, routes and ``resilience``).
+POLICY_MODELS = [LoadBalancerConfig, HashOn, HealthCheckConfig, BreakerConfig, OutlierConfig,
+                 ConcurrencyConfig, RetryConfig, BackoffConfig, RetryBudgetConfig,
+                 HedgeConfig, DeadlineConfig, RateLimitConfig, ProxyResilienceConfig,
+                 SheddingConfig, AdaptiveConfig, SwitchConfig, AutoTrip, FailFast,
+                 StaticResponse, ClusterFallback]
+
+
 def test_example_config_loads_and_mentions_every_option() -> None:
     """The shipped example validates, and every schema field name appears in it."""
     loaded = load_config(EXAMPLE)
@@ -45,7 +72,7 @@ def test_example_config_loads_and_mentions_every_option() -> None:
               cfgmod.RouteConfig, cfgmod.RouteMatch, cfgmod.HeaderMatch, cfgmod.HttpLimits,
               cfgmod.ClusterConfig, cfgmod.EndpointConfig, cfgmod.PoolConfig,
               cfgmod.AdminConfig, cfgmod.ReloadConfig, cfgmod.DrainConfig,
-              cfgmod.ProcessConfig]
+              cfgmod.ProcessConfig, *POLICY_MODELS]
     missing = sorted({f for m in models for f in _fields(m) if f"{f}:" not in text})
     assert missing == []
 
