@@ -34,6 +34,7 @@ from typing import Any, Literal
 from control.api import validation as v
 from control.api.errors import ApiError, bad_request, conflict, invalid
 from control.api.kinds import spec_part, strategy_for
+from control.api.patch import PatchError, apply_patch
 from control.api.resources import RESOURCES, Resource, by_path
 from control.api.storage import ObjectStorage, parse_resource_version
 from control.api.validation import FieldErrors
@@ -141,7 +142,7 @@ class Objects:
         md["creationTimestamp"] = now_rfc3339(self.clock)
         md["generation"] = 1
         strategy = strategy_for(res)
-        if "status" in res.subresources or res.kind == "Namespace":
+        if "status" in res.subresources:
             status = strategy.initial_status(obj)
             if status is None:
                 obj.pop("status", None)
@@ -179,8 +180,6 @@ class Objects:
 
     async def patch(self, res: Resource, namespace: str | None, name: str, kind: str,
                     patch: Any, *, subresource: str | None = None) -> dict[str, Any]:
-        from control.api.patch import PatchError, apply_patch
-
         state: dict[str, int | None] = {"precondition": None}
 
         def mutate(old: dict[str, Any]) -> dict[str, Any]:
