@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from control.autoscaler.controller import HPAController
 from control.client.config import ClientConfig
 from control.client.factory import InformerFactory
 from control.client.rest import ApiClient
@@ -44,13 +45,16 @@ from control.controllers.leader import LeaderElectionConfig, LeaderElector
 from control.controllers.nodehealth import NodeHealthConfig
 from control.controllers.nodelifecycle import NodeLifecycleController
 from control.controllers.replicaset import ReplicaSetController
+from control.metrics.collector import MetricsCollector
 from control.scheduler.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-ControllerName = Literal["scheduler", "replicaset", "deployment", "endpoints", "nodelifecycle"]
+ControllerName = Literal["scheduler", "replicaset", "deployment", "endpoints", "nodelifecycle",
+                         "metrics", "horizontalpodautoscaler"]
 ALL_CONTROLLERS: tuple[ControllerName, ...] = ("scheduler", "replicaset", "deployment",
-                                               "endpoints", "nodelifecycle")
+                                               "endpoints", "nodelifecycle", "metrics",
+                                               "horizontalpodautoscaler")
 Outcome = Literal["stopped", "lost-leadership", "failed"]
 
 
@@ -80,6 +84,7 @@ class ManagerConfig:
     resync_period: float | None = 300.0  # s; the informers' level-triggered safety net
     bind_concurrency: int = 32         # bindings in flight at once
     controllers: tuple[ControllerName, ...] = ALL_CONTROLLERS
+    agent_token: str | None = None     # the agents' API token, for the metrics collector
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.controllers if c not in ALL_CONTROLLERS]
@@ -124,6 +129,10 @@ class ControllerManager:
                 out.append(NodeLifecycleController(
                     api, factory, cm_rec, config=cfg.node_health,
                     tick=cfg.node_monitor_period, orphan_grace=cfg.orphan_grace))
+            elif name == "metrics":
+                out.append(MetricsCollector(api, factory, agent_token=cfg.agent_token))
+            elif name == "horizontalpodautoscaler":
+                out.append(HPAController(api, factory, cm_rec))
         return out
 
     async def run(self, stop: asyncio.Event) -> Outcome:
