@@ -43,9 +43,9 @@ async def test_rollout_status_history_undo_pause_resume(cluster: Cluster) -> Non
                                                          "deployment"))), \
             auto_ready(cluster):
         await cluster.client.create("deployments", deployment("web", 2))
-        rc, out, _ = await meshctl(cluster, "rollout", "status", "deployment/web",
-                                   "--timeout", "60")
-        assert rc == 0
+        rc, out, err = await meshctl(cluster, "rollout", "status", "deployment/web",
+                                     "--timeout", "60")
+        assert rc == 0, err
         assert out.strip().endswith('deployment "web" successfully rolled out')
         for _ in range(20):
             d = await cluster.client.get("deployments", "web", namespace="default")
@@ -56,8 +56,8 @@ async def test_rollout_status_history_undo_pause_resume(cluster: Cluster) -> Non
             except errors.Conflict:
                 continue
         await wait_for(lambda: _rolled_out(cluster), what="v2 rolled out")
-        rc, out, _ = await meshctl(cluster, "rollout", "history", "deployment", "web")
-        assert rc == 0
+        rc, out, err = await meshctl(cluster, "rollout", "history", "deployment", "web")
+        assert rc == 0, err
         lines = out.splitlines()
         assert lines[:2] == ["deployment.apps/web", "REVISION  REPLICASET"]
         assert [line.split()[0] for line in lines[2:]] == ["1", "2"]
@@ -89,7 +89,7 @@ async def test_rollout_status_history_undo_pause_resume(cluster: Cluster) -> Non
 
 async def test_rollout_refuses_a_kind_that_is_not_a_deployment(cluster: Cluster) -> None:
     rc, _, err = await meshctl(cluster, "rollout", "undo", "pods/web")
-    assert rc == 1
+    assert rc == 1, err
     assert "rollout takes one deployment" in err
 
 
