@@ -211,3 +211,19 @@ def test_traffic_policy_envelope(spec, field):
 ])
 def test_metadata_rules(md, field):
     assert field in check("pods", {"metadata": md, "spec": pod_spec()})
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"service": "web", "cluster": {"lb_policy": "fastest"}}, "spec.cluster.load_balancer"),
+    ({"service": "web", "cluster": {"breaker": {"reset_timeout": -1}}},
+     "spec.cluster.breaker.reset_timeout"),
+    ({"service": "web", "route": {"retry": {"attempts": 0}}}, "spec.route.retry.attempts"),
+    ({"service": "web", "route": {"priority": "urgent"}}, "spec.route.priority"),
+    ({"service": "web", "cluster": {"no_such_knob": 1}}, "spec.cluster.no_such_knob"),
+])
+def test_traffic_policy_contents_are_the_proxy_schema(spec, field):
+    """A TrafficPolicy is refused exactly where the proxy's ServicePolicy would refuse
+    it, with the field path in the 422 cause."""
+    causes = check("trafficpolicies", {"metadata": {"name": "p"}, "spec": spec},
+                   group="mesh.io", version="v1alpha1")
+    assert any(c.startswith(field) for c in causes), causes
