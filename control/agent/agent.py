@@ -68,8 +68,11 @@ class Agent:
 
     def __init__(self, *, node: str, node_ip: str, runtime: Runtime, ports: HostPorts,
                  clock: Clock, state_dir: Path, status_sink: StatusSink,
-                 event_sink: EventSink | None = None) -> None:
+                 event_sink: EventSink | None = None,
+                 mesh: sidecar.MeshSettings | None = None) -> None:
         self.node = node
+        #: How sidecars reach the control plane (outbound discovery); None: inbound only.
+        self.mesh = mesh
         self.node_ip = node_ip
         self.runtime = runtime
         self.ports = ports
@@ -98,7 +101,7 @@ class Agent:
             if (obj.get("metadata") or {}).get("deletionTimestamp"):
                 continue  # being deleted: treat as gone (graceful termination below)
             try:
-                pod = sidecar.inject(parse_pod(obj))
+                pod = sidecar.inject(parse_pod(obj), mesh=self.mesh)
             except PodSpecError as e:
                 await self._reject(obj, uid, e)
                 continue

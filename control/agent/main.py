@@ -18,6 +18,14 @@ Pod sources, one of:
 The agent API (``server.py``: logs, exec, stats) listens on ``--listen`` with a bearer
 token from ``--token-file`` (generated in the data directory when absent).
 
+Meshed Pods' sidecars discover their upstreams from the same API server with a token of
+the ``proxy`` role (read-only Services, Endpoints, TrafficPolicies), never the node's:
+``--proxy-token-file FILE`` names a file holding it (one line; the API server's tokens
+file needs a matching ``TOKEN,USER,proxy`` line). The sidecars read that file
+themselves, with the agent's ``--server`` and ``--ca-file`` (see ``sidecar.py``).
+Without it, meshed Pods get their inbound proxy only, and a Pod declaring
+``mesh.io/upstreams`` is refused with a reason.
+
 On exit the containers keep running (as a kubelet restart leaves them) and the next
 start adopts them; ``--stop-pods-on-exit`` stops them (for the all-in-one's Ctrl-C).
 """
@@ -45,6 +53,7 @@ from control.agent.runtime.base import Runtime
 from control.agent.runtime.docker import DEFAULT_SOCKETS, DockerRuntime, detect_socket
 from control.agent.runtime.process import ProcessRuntime
 from control.agent.server import build_app
+from control.agent.sidecar import MeshSettings
 from control.agent.static import StaticPods, StatusFiles
 
 log = logging.getLogger("control.agent")
@@ -76,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-token-file", help="file holding this node's API token")
     p.add_argument("--ca-file", help="CA certificate of the API server")
     p.add_argument("--insecure-skip-tls-verify", action="store_true", default=None)
+    p.add_argument("--proxy-token-file", type=Path,
+                   help="file holding a token with the proxy role, for the sidecars' "
+                        "discovery of upstream Services (needs --server)")
     p.add_argument("--heartbeat", type=float, default=10.0,
                    help="seconds between Node status updates")
     p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE",
@@ -131,6 +143,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("meshctl agent: give a pod source: --server URL (with --api-token-file) or "
               "--pod-manifest-path DIR", file=sys.stderr)
         return 2
+    args.mesh = None
+    if args.proxy_token_file is not None:
+        if args.client_config is None:
+            print("meshctl agent: --proxy-token-file needs --server (the sidecars discover "
+                  "from the API server)", file=sys.stderr)
+            return 2
+        if not args.proxy_token_file.is_file():
+            print(f"meshctl agent: --proxy-token-file {args.proxy_token_file}: no such file",
+                  file=sys.stderr)
+            return 2
+        cc = args.client_config
+        args.mesh = MeshSettings(cc.server, str(args.proxy_token_file.resolve()),
+                                 str(Path(cc.ca_file).resolve()) if cc.ca_file else None,
+                                 not cc.insecure)
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
         print(f"meshctl agent: --listen {args.listen!r}: expected HOST:PORT", file=sys.stderr)
@@ -193,7 +219,7 @@ async def _run(args: argparse.Namespace, ports: HostPorts, listen: tuple[str, in
         source = StaticPods(args.pod_manifest_path, node=args.node_name)
         sinks = {"status_sink": StatusFiles(data_dir / "status")}
     agent = Agent(node=args.node_name, node_ip=args.address, runtime=runtime, ports=ports,
-                  clock=SystemClock(), state_dir=data_dir, **sinks)
+                  clock=SystemClock(), state_dir=data_dir, mesh=args.mesh, **sinks)
     runner = web.AppRunner(build_app(agent, token=token))
     await runner.setup()
     site = web.TCPSite(runner, *listen)
