@@ -18,8 +18,9 @@ and everybody who may read the cluster (``admin``, ``viewer``) reads them:
   Kubernetes' metrics API has them, plus for meshed Pods a ``mesh`` object
   (``requestsPerSecond``, ``latencyP99Seconds``, ``inFlight``, ``requests``). Only Pods
   sampled within the TTL are listed (a silent Pod is *missing*, not stale); with
-  ``?history=true`` each item also carries the Pod's retained samples (``history``), which
-  the capacity report reads;
+  ``?history=true`` every Pod with retained samples is listed, each with its samples
+  (``history``) and ``stale: true`` when its latest is older than the TTL (what the
+  capacity report reads);
 - ``GET /apis/metrics.k8s.io/v1beta1/nodes`` and ``.../nodes/{name}`` → ``NodeMetrics``;
 - discovery: ``/apis/metrics.k8s.io`` and ``/apis/metrics.k8s.io/v1beta1``.
 
@@ -156,9 +157,16 @@ def add_routes(app: web.Application, *, window: MetricsWindow | None = None,
         _require_reader(request[USER], "pods.metrics")
         ns = request.match_info.get("namespace")
         w = win(request)
-        items = [pod_metrics(s, history=w.pod_history(s.namespace, s.name)
-                             if history_wanted(request) else None)
-                 for s in w.current_pods(clock(), ns)]
+        now = clock()
+        if not history_wanted(request):
+            items = [pod_metrics(s) for s in w.current_pods(now, ns)]
+        else:  # every Pod with retained samples; a silent one is marked stale
+            items = []
+            for pns, name in w.pods_in(ns):
+                hist = w.pod_history(pns, name)
+                item = pod_metrics(hist[-1], history=hist)
+                item["stale"] = hist[-1].timestamp < now - w.ttl
+                items.append(item)
         return json_response(_list("PodMetricsList", items))
 
     async def get_pod(request: web.Request) -> web.Response:

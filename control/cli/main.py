@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from control import __version__
 from control.cli import apply as apply_cmd
-from control.cli import config_cmd, describe, get, scale, store_cmd, up
+from control.cli import capacity_cmd, config_cmd, describe, get, scale, store_cmd, top, up
 
 NOT_YET = 2
 
@@ -20,13 +20,11 @@ NOT_YET = 2
 PLANNED: dict[str, tuple[str, int]] = {
     "logs": ("print a pod container's logs", 8),
     "exec": ("run a command in a pod's container", 8),
-    "top": ("show pod or node CPU, memory and mesh traffic", 10),
-    "capacity": ("estimate a service's capacity and headroom", 10),
 }
 
 # The kubectl-like client verbs (issue 6): each module registers its own subcommand
-# (get; apply and delete; scale; describe; config).
-CLIENT_VERBS = (get, apply_cmd, scale, describe, config_cmd)
+# (get; apply and delete; scale; describe; config; top and capacity from issue 10).
+CLIENT_VERBS = (get, apply_cmd, scale, describe, config_cmd, top, capacity_cmd)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -12,9 +12,9 @@ interpolation (so the percentile is of the window, not of the process' whole lif
 
 In-flight requests: meshproxy exports no per-listener in-flight gauge; the busy
 connections of its upstream pools (``meshproxy_upstream_pool_connections{state="busy"}``,
-sampled each second) are the requests it is waiting on the app for, which for a sidecar
-with one local cluster is exactly the Pod's in-flight work. A proxy restart (counters
-going down) yields no sample for that span rather than a negative rate.
+sampled each second) of its ``local-app`` cluster are the requests it is waiting on the
+app for: the Pod's in-flight work (its outbound clusters' connections are not). A proxy
+restart (counters going down) yields no sample for that span rather than a negative rate.
 
 Metric names are meshproxy's (``meshproxy/metrics.py``); this module does not import
 ``meshproxy`` (the data plane and the control plane stay apart) and parses the text with
@@ -35,6 +35,7 @@ REQUESTS = "meshproxy_downstream_requests"           # counter family (without _
 DURATION = "meshproxy_downstream_request_duration_seconds"
 POOL = "meshproxy_upstream_pool_connections"
 INBOUND_LISTENER = "inbound"
+APP_CLUSTER = "local-app"   # the sidecar's cluster for its own app (control/agent/sidecar.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,8 @@ def parse_sidecar(text: str, at: float, *, listener: str = INBOUND_LISTENER) -> 
             elif s.name == DURATION + "_bucket" and s.labels.get("listener") == listener:
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
-            elif s.name == POOL and s.labels.get("state") == "busy":
+            elif s.name == POOL and s.labels.get("state") == "busy" and \
+                    s.labels.get("cluster") == APP_CLUSTER:
                 in_flight += s.value
     return SidecarScrape(at, requests, buckets, in_flight)
 

@@ -38,7 +38,7 @@ def _registry_text(stats: Stats) -> str:
 
 def test_parse_sidecar_keeps_only_the_inbound_listener() -> None:
     """Requests of another listener (the Pod's outbound calls) are not the Pod's load;
-    busy pool connections are the in-flight requests."""
+    busy connections to the local app are the in-flight requests (not those to upstreams)."""
     stats = Stats()
     stats.downstream_requests.labels("inbound", "app", "2xx").inc(90)
     stats.downstream_requests.labels("inbound", "app", "5xx").inc(10)
@@ -48,6 +48,7 @@ def test_parse_sidecar_keeps_only_the_inbound_listener() -> None:
     stats.downstream_duration.labels("outbound-catalog", "r").observe(9.0)
     stats.pool_connections.labels("local-app", "busy").set(3)
     stats.pool_connections.labels("local-app", "idle").set(7)
+    stats.pool_connections.labels("catalog", "busy").set(50)   # the Pod's own calls out
     scrape = parse_sidecar(_registry_text(stats), at=5.0)
     assert scrape.requests == 100
     assert scrape.in_flight == 3
