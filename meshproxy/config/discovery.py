@@ -114,14 +114,15 @@ class DiscoveryConfig(Settings):
     def _namespace(cls, v: str) -> str:
         return _dns_label(v, "namespace")
 
-    @model_validator(mode="after")
-    def _unique_clusters(self) -> DiscoveryConfig:
+    @field_validator("clusters")
+    @classmethod
+    def _unique_clusters(cls, v: tuple[FollowConfig, ...]) -> tuple[FollowConfig, ...]:
         seen: set[str] = set()
-        for f in self.clusters:
+        for f in v:
             if f.cluster in seen:
                 raise ValueError(f"cluster {f.cluster!r} follows more than one service")
             seen.add(f.cluster)
-        return self
+        return v
 
     def service_key(self, follow: FollowConfig) -> tuple[str, str]:
         """(namespace, name) of a followed service."""
