@@ -32,6 +32,7 @@ import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from control.autoscaler.controller import HPAController
@@ -84,7 +85,7 @@ class ManagerConfig:
     resync_period: float | None = 300.0  # s; the informers' level-triggered safety net
     bind_concurrency: int = 32         # bindings in flight at once
     controllers: tuple[ControllerName, ...] = ALL_CONTROLLERS
-    agent_token: str | None = None     # the agents' API token, for the metrics collector
+    agent_token_file: Path | None = None  # the agents' API token (metrics collector)
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.controllers if c not in ALL_CONTROLLERS]
@@ -130,7 +131,8 @@ class ControllerManager:
                     api, factory, cm_rec, config=cfg.node_health,
                     tick=cfg.node_monitor_period, orphan_grace=cfg.orphan_grace))
             elif name == "metrics":
-                out.append(MetricsCollector(api, factory, agent_token=cfg.agent_token))
+                out.append(MetricsCollector(api, factory,
+                                            agent_token_file=cfg.agent_token_file))
             elif name == "horizontalpodautoscaler":
                 out.append(HPAController(api, factory, cm_rec))
         return out

@@ -5,9 +5,10 @@ name ``metrics``), so it is leader-elected like every controller and needs no pr
 of its own. Every ``interval`` seconds (:meth:`MetricsCollector.collect_once`):
 
 1. for each Node (from the shared informer) it reads the agent's ``/stats/summary``
-   (``control/agent/remote.py``; the agent's bearer token is ``agent_token``, the
-   contents of the agent's ``agent-token`` file): per-container cumulative CPU
-   (core-nanoseconds) and working-set memory;
+   (``control/agent/remote.py``; the agent's bearer token is ``agent_token``, or read
+   from ``agent_token_file``, the agent's ``DATA_DIR/agent-token``, at the first round
+   after it exists, so the collector may start before the agent has written it):
+   per-container cumulative CPU (core-nanoseconds) and working-set memory;
 2. for each meshed Pod it scrapes the sidecar's admin ``/metrics`` at the Pod's
    ``status.podIP`` and the host port the agent published for the sidecar's admin port
    (``status.portMappings``, container ``meshproxy``, container port 15000);
@@ -35,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -81,13 +83,15 @@ class MetricsCollector:
     name = "metrics"
 
     def __init__(self, api: ApiClient, factory: InformerFactory, *,
-                 agent_token: str | None = None, interval: float = DEFAULT_INTERVAL,
+                 agent_token: str | None = None, agent_token_file: Path | None = None,
+                 interval: float = DEFAULT_INTERVAL,
                  window: float = DEFAULT_WINDOW,
                  clock: Callable[[], float] = time.time) -> None:
         if interval <= 0 or window <= 0:
             raise ValueError(f"interval and window must be > 0, got {interval}, {window}")
         self.api = api
         self.agent_token = agent_token
+        self.agent_token_file = agent_token_file
         self.interval = interval
         self.window = window
         self.clock = clock
@@ -125,6 +129,8 @@ class MetricsCollector:
                                                                      list[NodeSample]]:
         """Read every agent and sidecar, push what has a rate; returns what was pushed."""
         now = self.clock() if now is None else now
+        if self.agent_token is None and self.agent_token_file is not None:
+            self.agent_token = self._read_token(self.agent_token_file)
         pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in self.pods.list()}
         results = await asyncio.gather(*(self._node_round(n, now, pods_by_uid)
                                          for n in self.nodes.list()))
@@ -216,6 +222,13 @@ class MetricsCollector:
             self.failures += 1
             log.debug("no metrics from sidecar %s:%s: %s", host, port, e)
             return None
+
+    @staticmethod
+    def _read_token(path: Path) -> str | None:
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None  # the agent has not written it yet: try again next round
 
     def _forget(self, live_uids: set[Any]) -> None:
         """Drop the readings of Pods that no longer exist."""

@@ -122,3 +122,33 @@ async def test_an_agent_that_refuses_costs_only_its_own_samples(server: ApiServe
             await collector.close()
             await factory.stop()
     assert collector.failures == 2
+
+
+async def test_agent_token_is_read_from_its_file_once_the_agent_wrote_it(
+        server: ApiServer, tmp_path: Path) -> None:
+    """The collector may start before the agent: without the token file the agent refuses
+    (a counted failure); once the file exists its token is used."""
+    agent, sidecar = FakeAgent(), FakeSidecar()
+    token_file = tmp_path / "agent" / "agent-token"
+    async with serving(agent.app()) as agent_port, serving(sidecar.app()) as sidecar_port, \
+            ApiClient(ClientConfig(server=server.url, token=server.admin_token)) as api:
+        web_uid, _ = await _seed(api, agent_port, sidecar_port)
+        agent.usage = {("default", "web-0", web_uid): {"app": (5e9, 50 * 2**20)}}
+        factory = InformerFactory(api)
+        collector = MetricsCollector(api, factory, agent_token_file=token_file)
+        factory.start()
+        try:
+            await factory.wait_synced(timeout=30)
+            t0 = time.time()
+            await collector.collect_once(t0)
+            assert collector.failures == 1
+            token_file.parent.mkdir()
+            token_file.write_text(AGENT_TOKEN + "\n")
+            await collector.collect_once(t0 + 5)
+            agent.usage = {("default", "web-0", web_uid): {"app": (6e9, 50 * 2**20)}}
+            pods, _ = await collector.collect_once(t0 + 10)
+        finally:
+            await collector.close()
+            await factory.stop()
+    assert collector.failures == 1
+    assert [(p.name, round(p.cpu_millis)) for p in pods] == [("web-0", 200)]
