@@ -184,6 +184,8 @@ class AllInOne:
         return [sys.executable, "-m", "control.cli.main", "agent",
                 "--server", self.api.url,
                 "--api-token-file", str(cfg.data_dir / NODE_TOKEN_FILE),
+                # Sidecars discover their upstreams with the proxy role's token.
+                "--proxy-token-file", str(cfg.data_dir / PROXY_TOKEN_FILE),
                 "--ca-file", str(self.api.ca_file),
                 "--node-name", cfg.node_name, "--address", cfg.host,
                 "--runtime", cfg.runtime,

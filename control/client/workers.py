@@ -8,6 +8,9 @@ only ``reconcile(key)``:
   re-check a deadline;
 - :class:`PermanentError`: the object is invalid and retrying cannot help: log it,
   ``forget`` it, do not requeue (the next change to the object enqueues it again);
+- a :class:`~control.client.errors.Conflict` (409: the cache was older than the
+  server): expected under concurrent writers; requeued with back-off and logged in one
+  line, no traceback, since the next reconcile reads the newer object;
 - any other exception: a temporary failure: ``add_rate_limited`` (exponential back-off).
 
 In every case ``done`` is called, so the key can be handed out again.
@@ -22,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TypeVar
 
+from control.client.errors import Conflict
 from control.client.workqueue import QueueShutDown, WorkQueue
 
 K = TypeVar("K", bound=Hashable)
@@ -44,6 +48,9 @@ async def process_next(queue: WorkQueue[K], reconcile: Reconcile[K]) -> None:
     except PermanentError as e:
         log.warning("%s: dropping %r, not retrying: %s", queue.name, key, e)
         queue.forget(key)
+    except Conflict as e:
+        log.info("%s: %r changed under us, reconciling again: %s", queue.name, key, e)
+        queue.add_rate_limited(key)
     except Exception:
         log.exception("%s: reconciling %r failed (retry %d)", queue.name, key,
                       queue.num_requeues(key) + 1)

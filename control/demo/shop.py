@@ -7,8 +7,9 @@ or failing, so its degradation switch and breaker can be seen to keep the fronte
 
 Every answer names the Pod that served it (``$HOSTNAME``), so balancing across replicas
 is visible. The service listens on ``$PORT`` (the host port the agent allocated). It
-reaches an upstream at ``$UPSTREAM_<NAME>`` (a URL; the sidecar's outbound listener
-when the Pod is meshed), falling back to ``http://127.0.0.1:$UPSTREAM_<NAME>_PORT``.
+reaches an upstream through the sidecar's outbound listener that the agent announces
+as ``$MESH_UPSTREAM_<NAME>=host:port`` (see ``control/agent/sidecar.py``), or at the
+URL ``$UPSTREAM_<NAME>`` when run outside the mesh.
 Run: ``python -m control.demo.shop ROLE``.
 """
 
@@ -29,6 +30,8 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 log = logging.getLogger("shop")
 SESSION: web.AppKey[ClientSession] = web.AppKey("session", ClientSession)
 ROLES = ("frontend", "catalog", "cart", "payment", "recommendations", "loadgen")
+NEEDS = {"frontend": ("catalog", "cart", "recommendations"), "cart": ("payment",),
+         "loadgen": ("frontend",)}
 CATALOG = [{"sku": "tea-01", "name": "Green tea", "price": 4.5},
            {"sku": "mug-02", "name": "Mug", "price": 9.0},
            {"sku": "pot-03", "name": "Teapot", "price": 24.0}]
@@ -39,13 +42,16 @@ def pod_name() -> str:
 
 
 def upstream(name: str) -> str:
-    key = f"UPSTREAM_{name.upper()}"
-    if os.environ.get(key):
-        return os.environ[key].rstrip("/")
-    port = os.environ.get(f"{key}_PORT")
-    if not port:
-        raise SystemExit(f"shop: set {key} (URL) or {key}_PORT for the {name} upstream")
-    return f"http://127.0.0.1:{port}"
+    env = name.upper().replace("-", "_")
+    mesh = os.environ.get(f"MESH_UPSTREAM_{env}")
+    if mesh:
+        return f"http://{mesh}"
+    url = os.environ.get(f"UPSTREAM_{env}")
+    if url:
+        return url.rstrip("/")
+    raise SystemExit(f"shop: no address for the {name} upstream: declare it in the Pod's "
+                     f"mesh.io/upstreams annotation (MESH_UPSTREAM_{env}) or set "
+                     f"UPSTREAM_{env}")
 
 
 async def _get_json(session: ClientSession, url: str) -> tuple[int, object]:
@@ -79,6 +85,9 @@ def build_app(role: str) -> web.Application:
         yield
         await app[SESSION].close()
 
+    # Upstream addresses are resolved now, so a Pod missing one fails at start, visibly.
+    urls = {name: upstream(name) for name in NEEDS.get(role, ())}
+
     if role == "catalog":
         async def items(_: web.Request) -> web.Response:
             return _reply({"items": CATALOG})
@@ -94,7 +103,7 @@ def build_app(role: str) -> web.Application:
         async def cart(req: web.Request) -> web.Response:
             total = sum(i["price"] for i in CATALOG[:2])
             status, pay = await _get_json(req.app[SESSION],
-                                          f"{upstream('payment')}/quote?amount={total}")
+                                          f"{urls['payment']}/quote?amount={total}")
             if status != 200:
                 return _reply({"error": "payment unavailable", "upstream": pay}, 503)
             return _reply({"items": [i["sku"] for i in CATALOG[:2]], "total": total,
@@ -131,9 +140,9 @@ def build_app(role: str) -> web.Application:
         async def index(req: web.Request) -> web.Response:
             s = req.app[SESSION]
             (c_st, cat), (k_st, cart), (r_st, recs) = await asyncio.gather(
-                _get_json(s, f"{upstream('catalog')}/items"),
-                _get_json(s, f"{upstream('cart')}/cart"),
-                _get_json(s, f"{upstream('recommendations')}/recs"))
+                _get_json(s, f"{urls['catalog']}/items"),
+                _get_json(s, f"{urls['cart']}/cart"),
+                _get_json(s, f"{urls['recommendations']}/recs"))
             if c_st != 200 or k_st != 200:
                 # Core paths: without catalog or cart the page is broken.
                 return _reply({"error": "core service unavailable",

@@ -237,3 +237,34 @@ async def test_failed_reconcile_backs_off_and_permanent_error_is_dropped() -> No
     assert calls == {"flaky": 3, "invalid": 1}
     q.shut_down()
     await asyncio.wait_for(task, 5)
+
+
+async def test_conflict_is_retried_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A 409 Conflict (a cache older than the server) is requeued with back-off and
+    logged in one line without a traceback; other errors keep their traceback."""
+    from control.client.errors import Conflict
+
+    clock = ManualClock()
+    q = _queue(clock, base=1.0)
+    calls = {"n": 0}
+
+    async def reconcile(key: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Conflict(409, "Conflict", "the object has been modified")
+
+    task = asyncio.ensure_future(run_workers(q, reconcile, workers=1))
+    with caplog.at_level("INFO", logger="control.client.workers"):
+        q.add("k")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        clock.advance(1.0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+    assert calls["n"] == 2
+    records = [r for r in caplog.records if r.name == "control.client.workers"]
+    assert len(records) == 1
+    assert records[0].levelname == "INFO"
+    assert records[0].exc_info is None
+    q.shut_down()
+    await asyncio.wait_for(task, 5)
