@@ -1,0 +1,185 @@
+"""End to end on one machine: a meshed Deployment run by the real node agent
+(``meshctl agent`` as a process, the ``process`` runtime, the injected meshproxy sidecar),
+the scheduler and workload controllers of the real controller manager, the real metrics
+collector scraping the sidecar and the agent, and the HPA controller. Load sent through
+the Pod's sidecar pushes its requests/s over the HPA's target, and the HPA scales the
+Deployment up to its maximum. Nothing is played by the test except the client load.
+
+The collector and the HPA run with short periods (1 s) instead of the defaults (5 s,
+15 s) so the test stays short; the arithmetic is the same."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
+import pytest
+
+from control.agent.runtime.process import ProcessRuntime
+from control.api import ApiServer, ApiServerConfig
+from control.api.auth import User
+from control.autoscaler.controller import HPAController
+from control.client.config import ClientConfig
+from control.client.factory import InformerFactory
+from control.client.rest import ApiClient
+from control.controllers.events import EventRecorder
+from control.controllers.manager import ControllerManager, ManagerConfig
+from control.metrics.collector import MetricsCollector
+from support.net import free_port as support_free_port
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow,
+              pytest.mark.system(commands=["busybox"])]
+T = TypeVar("T")
+NODE = "e2e-node"
+NODE_TOKEN = "node-token-for-hpa-e2e-0123"
+HTTPD = ("mkdir -p www && echo hello > www/index.html && "
+         "exec busybox httpd -f -p $(PORT) -h www")
+
+
+def _deployment() -> dict:
+    labels = {"app": "web"}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels,
+                                               "annotations": {"mesh.io/inject": "true"}},
+                                  "spec": {"terminationGracePeriodSeconds": 1,
+                                           "containers": [{
+                                               "name": "app", "image": "busybox",
+                                               "command": ["busybox", "sh", "-c", HTTPD],
+                                               "ports": [{"containerPort": 8080,
+                                                          "name": "http"}],
+                                               "resources": {"requests": {
+                                                   "cpu": "50m", "memory": "32Mi"}}}]}}}}
+
+
+def _hpa() -> dict:
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": "web"},
+                     "minReplicas": 1, "maxReplicas": 3,
+                     "metrics": [{"type": "Pods", "pods": {
+                         "metric": {"name": "mesh_requests_per_second"},
+                         "target": {"type": "AverageValue", "averageValue": "5"}}}]}}
+
+
+async def _until(check: Callable[[], Awaitable[T]], *, timeout: float, what: str) -> T:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        got = await check()
+        if got:
+            return got
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_hpa_scales_a_meshed_deployment_up_under_load(data_dir: Path, tmp_path: Path,
+                                                            spawn, free_port: int) -> None:
+    agent_dir = tmp_path / "agent"
+    token_file = tmp_path / "node.token"
+    token_file.write_text(NODE_TOKEN + "\n")
+    server = ApiServer(ApiServerConfig(
+        data_dir=data_dir, port=0, tls=False, bookmark_interval=0.5,
+        tokens={NODE_TOKEN: User(f"system:node:{NODE}", frozenset({"node"}))}))
+    await server.start()
+    admin = ClientConfig(server=server.url, token=server.admin_token)
+    stop_manager = asyncio.Event()
+    manager = ControllerManager(admin, ManagerConfig(
+        leader_elect=False, resync_period=None,
+        controllers=("scheduler", "replicaset", "deployment", "endpoints")))
+    manager_task = asyncio.create_task(manager.run(stop_manager))
+    api = ApiClient(admin)
+    factory = InformerFactory(api)
+    recorder = EventRecorder(api, "horizontal-pod-autoscaler")
+    collector = MetricsCollector(api, factory, agent_token_file=agent_dir / "agent-token",
+                                 interval=1.0, window=3.0)
+    hpa = HPAController(api, factory, recorder, sync_period=1.0)
+    factory.start()
+    recorder.start()
+    loops = [asyncio.create_task(collector.run()), asyncio.create_task(hpa.run())]
+    agent = spawn.python(
+        "-m", "control.cli.main", "agent", "--server", server.url,
+        "--api-token-file", str(token_file), "--node-name", NODE, "--runtime", "process",
+        "--data-dir", str(agent_dir), "--listen", f"127.0.0.1:{support_free_port()}",
+        "--port-range", f"{free_port}-{free_port + 40}",
+        "--process-path", str(Path(sys.executable).parent),
+        "--heartbeat", "1", "--sync-interval", "0.3", "--stop-pods-on-exit", name="agent")
+    try:
+        await api.create("deployments", _deployment(), namespace="default")
+        await api.create("horizontalpodautoscalers", _hpa(), namespace="default")
+
+        async def ready_inbound() -> int | None:
+            pods, _ = await api.list_all("pods", namespace="default", label_selector="app=web")
+            for p in pods:
+                st = p.get("status") or {}
+                if any(c["type"] == "Ready" and c["status"] == "True"
+                       for c in st.get("conditions") or ()):
+                    return next((m["hostPort"] for m in st.get("portMappings") or ()
+                                 if m.get("sidecar")), None)
+            return None
+
+        port = await _until(ready_inbound, timeout=60, what="the meshed Pod to be Ready")
+        url = f"http://127.0.0.1:{port}/index.html"
+
+        async def load(session: aiohttp.ClientSession) -> None:
+            while True:  # about 40 requests/s, 8x the HPA's target of 5 per Pod
+                async with session.get(url) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+                await asyncio.sleep(0.025)
+
+        async with aiohttp.ClientSession() as session:
+            generator = asyncio.create_task(load(session))
+            try:
+                async def scaled() -> bool:
+                    if generator.done():
+                        generator.result()  # surface a failed request
+                    s = await api.get_scale("deployments", "web", namespace="default")
+                    return s["spec"]["replicas"] == 3
+
+                await _until(scaled, timeout=60, what="the HPA to scale web to 3")
+            finally:
+                generator.cancel()
+                await asyncio.gather(generator, return_exceptions=True)
+        await recorder.flush()
+        events, _ = await api.list_all("events", namespace="default")
+        rescale = [e["message"] for e in events if e["reason"] == "SuccessfulRescale"]
+        assert rescale, "no SuccessfulRescale Event"
+        assert rescale[0].startswith("New size: 3; current 1; pods metric "
+                                     "mesh_requests_per_second: ")
+        assert "clamped to maxReplicas 3" in rescale[0]
+        status = (await api.get("horizontalpodautoscalers", "web",
+                                namespace="default"))["status"]
+        assert status["currentMetrics"][0]["pods"]["metric"]["name"] == \
+            "mesh_requests_per_second"
+    finally:
+        collector.shutdown()
+        hpa.shutdown()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await recorder.stop()
+        await factory.stop()
+        await api.close()
+        agent.send_signal(signal.SIGTERM)  # --stop-pods-on-exit: it stops its Pods
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(agent.wait, 30)
+        stop_manager.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(manager_task, 30)
+        # Whatever the agent did not stop (it was killed, say) is stopped here; a
+        # container it removed meanwhile is simply gone.
+        rt = ProcessRuntime(agent_dir / "process", node=NODE)
+        for info in await rt.list():
+            with contextlib.suppress(Exception):
+                await rt.stop(info.id, grace=0)
+                await rt.remove(info.id)
+        if rt.cgroups is not None:
+            rt.cgroups.remove_node()
+        await server.stop()
