@@ -97,6 +97,9 @@ class DiscoveryConfig(Settings):
     #: Seconds to connect to the API server.
     connect_timeout: Seconds = 5.0
     backoff: BackoffConfig = BackoffConfig()
+    #: Also follow the TrafficPolicies of the followed Services and merge each under
+    #: the file's settings of its cluster and routes (see meshproxy.discovery.policy).
+    policies: bool = True
     #: File where the last known Services and Endpoints are kept (written atomically:
     #: temp file + rename), so a proxy restarted while the control plane is down starts
     #: from them. None: no cache.

@@ -10,15 +10,19 @@ Which source wins, field by field:
 ============================  ===================================================
 endpoints of a followed       the control plane (the file may not list any for it:
 cluster                       refused at validation, one source per field)
-every other cluster setting   the file (the place for local overrides)
+policy fields of a followed   the file where it sets the field, else the Service's
+cluster (``ClusterPolicy``)   TrafficPolicy (``spec.cluster``), else the default
+policy fields of routes to    the file where the route sets the field, else the
+it (``RoutePolicy``)          TrafficPolicy (``spec.route``), else the default
+other cluster/route settings  the file (timeouts, pools, matches, ...)
 clusters not followed,        the file only
-listeners, routes, admin
+listeners, admin, runtime
 how to reach the control      the file's ``discovery`` section
 plane
 ============================  ===================================================
 
-TrafficPolicies are not applied yet: the proxy has no per-service policy model that a
-policy's spec maps onto, so only endpoints are discovered.
+"Sets the field" means written in the YAML, even to its default value: to pin a default
+against the control plane, write it in the file.
 
 Static stability: when the API server is unreachable or erroring, the last known
 endpoints keep serving; watches reconnect with exponential back-off and full jitter,
@@ -26,11 +30,13 @@ relist on 410 Gone, and ``meshproxy_discovery_staleness_seconds`` grows. With
 ``cache_file`` the last known state also survives a proxy restart.
 
 Modules: ``watch`` (the list/watch wire protocol over aiohttp, back-off), ``resolve``
-(Service + Endpoints → endpoint set), ``cache`` (the atomic state file), ``runtime``
-(:class:`Discovery`, :class:`DiscoveringProxy`, metrics). Configured by
+(Service + Endpoints → endpoint set), ``policy`` (TrafficPolicy → merged config),
+``cache`` (the atomic state file), ``runtime`` (:class:`Discovery`, metrics), ``proxy``
+(:class:`DiscoveringProxy`). Configured by
 :mod:`meshproxy.config.discovery`; started by :mod:`meshproxy.run`.
 """
 
-from meshproxy.discovery.runtime import DiscoveringProxy, Discovery, DiscoveryStats
+from meshproxy.discovery.proxy import DiscoveringProxy
+from meshproxy.discovery.runtime import Discovery, DiscoveryStats
 
 __all__ = ["DiscoveringProxy", "Discovery", "DiscoveryStats"]

@@ -1,26 +1,18 @@
-"""Discovery at run time: watches feeding followed clusters, and the proxy that hosts it.
+"""Discovery at run time: watches feeding followed clusters, and its metrics.
 
 :class:`Discovery` runs one :class:`~meshproxy.discovery.watch.ResourceWatch` per
-(namespace, resource) the config needs (Services and Endpoints), keeps the objects of
-the followed Services, and after every change recomputes each followed cluster's
-endpoint set (:mod:`meshproxy.discovery.resolve`) and applies it IN PLACE through
-:meth:`meshproxy.cluster.Cluster.set_endpoints` when it differs from what the cluster
-has: endpoints that stay keep their state and pools, and no request fails because the
-set changed.
-
-:class:`DiscoveringProxy` is the :class:`~meshproxy.proxy.Proxy` that
-:mod:`meshproxy.run` starts. Its one addition is in :meth:`DiscoveringProxy.apply`, the
-path every config change takes (start, file watch, SIGHUP, admin ``POST /reload``):
-the validated file config is *composed* with the discovered endpoints (a followed
-cluster's ``endpoints`` are filled from discovery) before it is applied, so a file
-reload neither wipes discovered endpoints nor churns them; after the commit the live
-set is re-asserted (an event may have arrived while the reload was binding sockets),
-and a changed ``discovery`` section restarts the watches. A proxy whose config has no
-``discovery`` section behaves exactly like a plain :class:`Proxy` and never imports
-aiohttp for it.
+(namespace, resource) the config needs (Services, Endpoints and, unless ``policies:
+false``, TrafficPolicies), keeps the objects of the followed Services, and after every
+change recomputes each followed cluster's endpoint set (:mod:`meshproxy.discovery.resolve`)
+and applies it IN PLACE through :meth:`meshproxy.cluster.Cluster.set_endpoints` when it
+differs from what the cluster has: endpoints that stay keep their state and pools, and
+no request fails because the set changed. A TrafficPolicy change wakes the policy loop,
+which hands over to :meth:`meshproxy.discovery.proxy.DiscoveringProxy.apply_policies`
+(the atomic config path); :meth:`Discovery.candidate_policies` says what each cluster
+should have, keeping the policy in force for one whose new spec does not parse.
 
 Static stability: a failed list or watch changes nothing that routes traffic; the last
-known endpoints stay (and, with ``cache_file``, survive a restart, see
+known endpoints and policies stay (and, with ``cache_file``, survive a restart, see
 :mod:`meshproxy.discovery.cache`). ``meshproxy_discovery_staleness_seconds`` is 0 while
 every watch is open and current, else the seconds since the oldest of them last was.
 """
@@ -28,29 +20,29 @@ every watch is open and current, else the seconds since the oldest of them last 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshproxy.config import EndpointConfig, Loaded
 from meshproxy.config.discovery import DiscoveryConfig, FollowConfig
+from meshproxy.config.policy import ServicePolicy
 from meshproxy.discovery import cache
+from meshproxy.discovery.policy import PolicyRefused, parse_policy, policy_for
 from meshproxy.discovery.resolve import Unresolved, endpoint_set
 from meshproxy.proxy import Proxy
 
 if TYPE_CHECKING:
     from meshproxy.discovery.watch import ApiConnection, ResourceWatch
-    from meshproxy.metrics import Stats
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-RESOURCES = ("services", "endpoints")
+RESOURCES = ("services", "endpoints", "trafficpolicies")
 #: Seconds between staleness gauge updates (a scrape also updates it).
 GAUGE_INTERVAL = 1.0
 #: Seconds a burst of changes is coalesced before the cache file is written.
@@ -76,6 +68,12 @@ class DiscoveryStats:
         self.updates = Counter(
             "meshproxy_discovery_endpoint_updates_total",
             "Endpoint sets applied to a followed cluster.", ["cluster"], registry=registry)
+        self.policies = Counter(
+            "meshproxy_discovery_policy_updates_total",
+            "TrafficPolicy changes by result (applied, refused: invalid or not fitting the "
+            "file; the policy in force keeps serving).", ["result"], registry=registry)
+        for result in ("applied", "refused"):
+            self.policies.labels(result)
 
 
 class Discovery:
@@ -83,8 +81,16 @@ class Discovery:
 
     def __init__(self, proxy: Proxy, config: DiscoveryConfig, *, stats: DiscoveryStats,
                  clock: Callable[[], float] = time.time,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random,
+                 on_policies: Callable[[], Awaitable[None]] | None = None) -> None:
         self.proxy = proxy
+        self.on_policies = on_policies
+        #: cluster -> the ServicePolicy in force (accepted and applied).
+        self.accepted: dict[str, ServicePolicy] = {}
+        #: cluster -> "namespace/name@resourceVersion" of the TrafficPolicy last refused
+        #: (a refusal is logged and counted once per version).
+        self.refused: dict[str, str] = {}
+        self._policy_dirty = asyncio.Event()
         self.config = config
         self.stats = stats
         self.clock = clock
@@ -164,6 +170,13 @@ class Discovery:
                      [f"{h}:{p}" for h, p, _ in eps] or "empty")
 
     # --- watch callbacks ------------------------------------------------------------
+    @staticmethod
+    def _service_of(resource: str, name: str, obj: Obj) -> str:
+        """The Service an object is about: its name, or a TrafficPolicy's spec.service."""
+        if resource == "trafficpolicies":
+            return str((obj.get("spec") or {}).get("service", ""))
+        return name
+
     def _on_reset(self, resource: str, ns: str, objs: dict[str, Obj]) -> None:
         self.stats.syncs.labels(resource).inc()
         names = self._followed().get(ns, set())
@@ -171,23 +184,66 @@ class Discovery:
         for key in [k for k in table if k.startswith(f"{ns}/")]:
             del table[key]
         for name, obj in objs.items():
-            if name in names:
+            if self._service_of(resource, name, obj) in names:
                 table[f"{ns}/{name}"] = obj
-        self._changed()
+        self._changed(resource)
 
     def _on_event(self, resource: str, ns: str, kind: str, obj: Obj) -> None:
         name = obj.get("metadata", {}).get("name", "")
-        if name not in self._followed().get(ns, set()):
-            return
-        if kind == "DELETED":
-            self.objects[resource].pop(f"{ns}/{name}", None)
+        key = f"{ns}/{name}"
+        followed = self._service_of(resource, name, obj) in self._followed().get(ns, set())
+        if kind == "DELETED" or not followed:
+            # A policy whose spec.service moved away is gone for the old Service too.
+            if self.objects[resource].pop(key, None) is None:
+                return
         else:
-            self.objects[resource][f"{ns}/{name}"] = obj
-        self._changed()
+            self.objects[resource][key] = obj
+        self._changed(resource)
 
-    def _changed(self) -> None:
+    def _changed(self, resource: str) -> None:
         self.refresh()
         self._dirty.set()
+        if resource == "trafficpolicies":
+            self._policy_dirty.set()
+
+    # --- policies -------------------------------------------------------------------
+    def candidate_policies(self) -> dict[str, ServicePolicy]:
+        """The policy each followed cluster should have now: the TrafficPolicy's when it
+        parses; the one in force when it does not (refused: logged and counted once)."""
+        out: dict[str, ServicePolicy] = {}
+        for f in self.config.clusters:
+            ns, name = self.config.service_key(f)
+            obj = policy_for(self.objects["trafficpolicies"], ns, name)
+            if obj is None:
+                continue
+            try:
+                out[f.cluster] = parse_policy(obj)
+            except PolicyRefused as e:
+                self.refuse(f.cluster, obj, e)
+                if f.cluster in self.accepted:
+                    out[f.cluster] = self.accepted[f.cluster]
+        return out
+
+    def refuse(self, cluster: str, obj: Obj | None, error: PolicyRefused) -> None:
+        meta = (obj or {}).get("metadata") or {}
+        tag = f"{meta.get('namespace')}/{meta.get('name')}@{meta.get('resourceVersion')}"
+        if self.refused.get(cluster) == tag:
+            return
+        self.refused[cluster] = tag
+        self.stats.policies.labels("refused").inc()
+        for where, msg in error.problems:
+            log.error("discovery: TrafficPolicy for cluster %s refused, the policy in force "
+                      "keeps serving: %s: %s", cluster, where, msg)
+
+    async def _policy_loop(self) -> None:
+        while True:
+            await self._policy_dirty.wait()
+            self._policy_dirty.clear()
+            if self.on_policies is not None:
+                try:
+                    await self.on_policies()
+                except Exception:
+                    log.exception("discovery: applying TrafficPolicies failed")
 
     # --- staleness ----------------------------------------------------------------
     def last_in_sync(self) -> float | None:
@@ -216,7 +272,7 @@ class Discovery:
         for resource in RESOURCES:
             for key, obj in (snap.objects.get(resource) or {}).items():
                 ns, _, name = key.partition("/")
-                if name in names.get(ns, ()):
+                if self._service_of(resource, name, obj) in names.get(ns, ()):
                     self.objects[resource][key] = obj
         self.restored_at = snap.synced_at
         if snap.synced_at is not None:
@@ -257,7 +313,7 @@ class Discovery:
         self._conn = ApiConnection(self.config)
         loop = asyncio.get_running_loop()
         for ns in self.config.namespaces():
-            for resource in RESOURCES:
+            for resource in self.resources():
                 w = ResourceWatch(
                     self._conn, resource, ns,  # type: ignore[arg-type]
                     on_reset=lambda objs, r=resource, n=ns: self._on_reset(r, n, objs),
@@ -269,8 +325,13 @@ class Discovery:
                 self.watches.append(w)
                 self._spawn(loop, w.run())
         self._spawn(loop, self._gauge_ticker())
+        self._spawn(loop, self._policy_loop())
+        self._policy_dirty.set()  # policies restored from the cache, if any
         if self.config.cache_file is not None:
             self._spawn(loop, self._saver())
+
+    def resources(self) -> tuple[str, ...]:
+        return RESOURCES if self.config.policies else RESOURCES[:2]
 
     def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Any) -> None:
         task = loop.create_task(coro)
@@ -298,73 +359,10 @@ class Discovery:
         await self.stop()
         self.config = config
         names = self._followed()
-        for table in self.objects.values():
-            for key in list(table):
+        for resource, table in self.objects.items():
+            for key, obj in list(table.items()):
                 ns, _, name = key.partition("/")
-                if name not in names.get(ns, ()):
+                if self._service_of(resource, name, obj) not in names.get(ns, ()):
                     del table[key]
         if running:
             self.start()
-
-
-class DiscoveringProxy(Proxy):
-    """A :class:`Proxy` whose followed clusters take their endpoints from discovery
-    (see the module docstring). Without a ``discovery`` section it is a plain Proxy."""
-
-    def __init__(self, loaded: Loaded, *, stats: Stats | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None,
-                 clock: Callable[[], float] = time.time,
-                 rng: Callable[[], float] = random.random) -> None:
-        super().__init__(loaded, stats=stats, loop=loop)
-        self._clock = clock
-        self._rng = rng
-        self._discovery_stats: DiscoveryStats | None = None
-        self.discovery: Discovery | None = None
-        if loaded.config.discovery is not None:
-            self.discovery = self._new_discovery(loaded.config.discovery)
-
-    def _new_discovery(self, config: DiscoveryConfig) -> Discovery:
-        if self._discovery_stats is None:
-            self._discovery_stats = DiscoveryStats(self.stats.registry)
-        return Discovery(self, config, stats=self._discovery_stats, clock=self._clock,
-                         rng=self._rng)
-
-    async def apply(self, loaded: Loaded, *, initial: bool = False) -> None:
-        wanted = loaded.config.discovery
-        if wanted is not None and self.discovery is None:
-            self.discovery = self._new_discovery(wanted)
-        composed = self.discovery.compose(loaded) if wanted is not None \
-            and self.discovery is not None else loaded
-        await super().apply(composed, initial=initial)
-        disc = self.discovery
-        if disc is None:
-            return
-        if wanted is None:
-            self.discovery = None
-            await disc.stop()
-            return
-        if wanted != disc.config:
-            disc.config = wanted  # what refresh follows from now on
-            disc.refresh()
-            await disc.reconfigure(wanted)
-        # Nothing awaited since the commit on the unchanged path: no request has seen the
-        # composed set yet, and events that arrived while sockets were bound apply now.
-        disc.refresh()
-        if self.started and not disc.watches:
-            disc.start()
-
-    async def start(self) -> None:
-        await super().start()
-        if self.discovery is not None and not self.discovery.watches:
-            self.discovery.start()
-
-    def flush_metrics(self) -> None:
-        if self.discovery is not None:
-            self.discovery.update_gauges()
-        super().flush_metrics()
-
-    async def close(self) -> None:
-        if self.discovery is not None:
-            with contextlib.suppress(Exception):
-                await self.discovery.stop()
-        await super().close()

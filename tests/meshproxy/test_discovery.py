@@ -8,6 +8,7 @@ endpoints; a token without the ``proxy`` role is refused and counted."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -377,5 +378,70 @@ async def test_unknown_token_is_refused_counted_and_changes_nothing(
         clock.now += 5
         assert proxy.discovery is not None
         assert proxy.discovery.staleness() >= 5
+    finally:
+        await proxy.close()
+
+
+TP = "/apis/mesh.io/v1alpha1/namespaces/default/trafficpolicies"
+
+
+def policy(spec: dict) -> dict:
+    return {"apiVersion": "mesh.io/v1alpha1", "kind": "TrafficPolicy",
+            "metadata": {"name": "catalog-policy"}, "spec": {"service": "catalog", **spec}}
+
+
+async def test_traffic_policy_applies_under_file_overrides_and_bad_one_is_refused(
+        api: ApiHandle, backends: list[Upstream], tmp_path: Path) -> None:
+    """A TrafficPolicy of the followed Service is merged into its cluster: fields the
+    file does not set come from the policy (load balancer), fields the file sets stay
+    (breaker). A policy the proxy cannot accept — written straight into the store, as
+    an API server of another version might have accepted it — is refused, counted and
+    logged; the policy in force keeps serving. A later good policy applies again."""
+    b0, *_ = backends
+    await api.create_service("catalog")
+    await api.put_endpoints("catalog", [b0.port])
+    await api.call("POST", TP, policy({
+        "cluster": {"load_balancer": {"policy": "least_request"},
+                    "breaker": {"consecutive_failures": 3}}}))
+    text = proxy_yaml(api, tmp_path).replace(
+        "- {name: catalog}", "- {name: catalog, breaker: {consecutive_failures: 7}}")
+    proxy = await start_proxy(text)
+
+    def lb() -> str:
+        return proxy.clusters["catalog"].config.load_balancer.policy
+
+    try:
+        await until(lambda: lb() == "least_request", "policy applied")
+        cluster = proxy.clusters["catalog"].config
+        assert cluster.breaker is not None
+        assert cluster.breaker.consecutive_failures == 7  # the file wins
+        assert sample(proxy, "meshproxy_discovery_policy_updates_total",
+                      result="applied") == 1
+        await until(lambda: ports_of(proxy) == [b0.port], "endpoints")
+
+        # An invalid spec, bypassing the API server's validation (see the docstring).
+        assert api.server is not None
+        store = api.server.store
+        assert store is not None
+        key = "/registry/mesh.io/trafficpolicies/default/catalog-policy"
+        kv = await store.get(key)
+        assert kv is not None
+        obj = json.loads(kv.value)
+        obj["spec"]["cluster"]["load_balancer"] = {"policy": "no-such-balancer"}
+        await store.update(key, json.dumps(obj).encode(), expected_revision=kv.mod_revision)
+        await until(lambda: sample(proxy, "meshproxy_discovery_policy_updates_total",
+                                   result="refused") == 1, "bad policy refused")
+        assert lb() == "least_request"
+        assert await served_by(proxy) == {"b0"}
+
+        await api.call("PUT", f"{TP}/catalog-policy", {
+            **policy({"cluster": {"load_balancer": {"policy": "peak_ewma"}}}),
+            "metadata": {"name": "catalog-policy",
+                         "resourceVersion": str(kv.mod_revision + 1)}})
+        await until(lambda: lb() == "peak_ewma", "good policy applied again")
+        assert sample(proxy, "meshproxy_discovery_policy_updates_total",
+                      result="applied") == 2
+        # The file's breaker stays; the policy no longer sets one anyway.
+        assert proxy.clusters["catalog"].config.breaker.consecutive_failures == 7
     finally:
         await proxy.close()

@@ -13,6 +13,7 @@ import pytest
 from meshproxy.config import ConfigError, parse_config
 from meshproxy.config.discovery import BackoffConfig
 from meshproxy.discovery import cache
+from meshproxy.discovery.policy import PolicyRefused, merge, parse_policy, policy_for
 from meshproxy.discovery.resolve import Unresolved, endpoint_set
 from meshproxy.discovery.watch import Backoff
 
@@ -122,3 +123,67 @@ def test_cache_round_trips_and_refuses_other_servers_and_garbage(tmp_path: Path)
     path.write_text(json.dumps({"format": 99, "objects": {}}))
     assert cache.load(path, server="https://a:1") is None
     assert cache.load(tmp_path / "missing.json", server="https://a:1") is None
+
+
+POLICY_BASE = """
+listeners:
+  - protocol: http
+    name: out
+    port: 0
+    routes:
+      - {name: pinned, match: {prefix: /pinned}, cluster: catalog, retry: {attempts: 4}}
+      - {name: rest, cluster: catalog}
+      - {name: other, match: {prefix: /x}, cluster: local}
+clusters:
+  - {name: catalog, lb_policy: least_request}
+  - {name: local, endpoints: [127.0.0.1:1]}
+"""
+
+
+def test_policy_fields_fill_what_the_file_leaves_unset_per_field():
+    """A policy's cluster and route fields land on the followed cluster and its routes,
+    except where the file set the field itself (file wins, field by field); routes to
+    other clusters are untouched."""
+    cfg = parse_config(POLICY_BASE).config
+    sp = parse_policy({"metadata": {"name": "p", "namespace": "default"}, "spec": {
+        "service": "catalog",
+        "cluster": {"load_balancer": {"policy": "peak_ewma"},
+                    "breaker": {"consecutive_failures": 3}},
+        "route": {"retry": {"attempts": 3}, "rate_limit": {"rate": 50}}}})
+    merged = merge(cfg, {"catalog": sp})
+    catalog, local = merged.clusters
+    assert catalog.load_balancer.policy == "least_request"  # the file's
+    assert catalog.breaker is not None
+    assert catalog.breaker.consecutive_failures == 3         # the policy's
+    assert local == cfg.clusters[1]
+    pinned, rest, other = merged.listeners[0].routes
+    assert pinned.retry is not None
+    assert pinned.retry.attempts == 4                        # the file's
+    assert rest.retry is not None
+    assert rest.retry.attempts == 3                          # the policy's
+    assert pinned.rate_limit is not None
+    assert rest.rate_limit is not None
+    assert rest.rate_limit.rate == 50
+    assert other == cfg.listeners[0].routes[2]
+    assert merge(cfg, {}) is cfg
+
+
+def test_unparsable_policy_is_refused_with_field_paths():
+    """A spec the ServicePolicy model rejects is a PolicyRefused naming the object and
+    the field; a spec that is not an object is refused too."""
+    with pytest.raises(PolicyRefused) as ei:
+        parse_policy({"metadata": {"name": "p", "namespace": "shop"}, "spec": {
+            "service": "catalog", "cluster": {"breaker": {"consecutive_failures": 0}}}})
+    [(where, _)] = ei.value.problems
+    assert where == "trafficpolicy shop/p: spec.cluster.breaker.consecutive_failures"
+    with pytest.raises(PolicyRefused, match="must be an object"):
+        parse_policy({"metadata": {"name": "p"}, "spec": "nope"})
+
+
+def test_first_policy_by_name_governs_a_service():
+    policies = {"default/b": {"spec": {"service": "catalog"}},
+                "default/a": {"spec": {"service": "catalog"}},
+                "default/c": {"spec": {"service": "cart"}},
+                "shop/a": {"spec": {"service": "catalog"}}}
+    assert policy_for(policies, "default", "catalog") is policies["default/a"]
+    assert policy_for(policies, "default", "payment") is None

@@ -1,0 +1,127 @@
+"""TrafficPolicies onto the proxy config: one Service's policy, merged under the file.
+
+A ``TrafficPolicy`` (``mesh.io/v1alpha1``) names a Service (``spec.service``) and
+carries the proxy's :class:`~meshproxy.config.policy.ServicePolicy` groups: ``cluster``
+(load balancing, health checks, breakers, outlier detection, limits) and ``route``
+(retries, hedging, deadlines, rate limit, priority, function). For every cluster that
+follows that Service:
+
+- each ``cluster`` field the policy sets goes onto the cluster's config, and each
+  ``route`` field onto every route whose cluster it is;
+- **unless the file sets that field itself**: the file is the place for local overrides,
+  so a field written in the file always wins over the control plane (decided per field,
+  from what the YAML actually set, not from values: a file that spells out a default
+  still wins).
+
+The merged config is validated again as a whole (each touched model re-validated, then
+the cross-model checks of :func:`meshproxy.config.root.cross_check`), so a policy that
+does not fit is refused with field paths (:class:`PolicyRefused`) before anything
+changes. Several TrafficPolicies for one Service: the first by name is used, the others
+are reported. Pure functions; :mod:`meshproxy.discovery.runtime` applies the result
+through the proxy's atomic ``apply``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from meshproxy.config.clusters import ClusterConfig
+from meshproxy.config.listeners import HttpListenerConfig, RouteConfig
+from meshproxy.config.policy import ServicePolicy
+from meshproxy.config.root import ProxyConfig, cross_check
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+class PolicyRefused(ValueError):
+    """A policy that cannot be applied; ``problems`` are (where, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{w}: {m}" for w, m in problems))
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+
+
+def policy_for(policies: dict[str, Obj], namespace: str, service: str) -> Obj | None:
+    """The TrafficPolicy governing ``namespace/service`` among ``policies`` (keyed
+    ``namespace/name``): the first by name; others for the same Service are logged."""
+    matches = sorted((key, obj) for key, obj in policies.items()
+                     if key.startswith(f"{namespace}/")
+                     and (obj.get("spec") or {}).get("service") == service)
+    if len(matches) > 1:
+        log.warning("discovery: several TrafficPolicies for service %s/%s (%s): using %s",
+                    namespace, service, ", ".join(k for k, _ in matches), matches[0][0])
+    return matches[0][1] if matches else None
+
+
+def parse_policy(obj: Obj) -> ServicePolicy:
+    """A TrafficPolicy object's spec (less ``service``) as a ServicePolicy."""
+    meta = obj.get("metadata") or {}
+    where = f"trafficpolicy {meta.get('namespace', '?')}/{meta.get('name', '?')}: spec"
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise PolicyRefused([(where, "must be an object")])
+    try:
+        return ServicePolicy.model_validate({k: v for k, v in spec.items() if k != "service"})
+    except ValidationError as e:
+        raise PolicyRefused([(f"{where}{_loc(err['loc'])}", err["msg"])
+                             for err in e.errors(include_url=False)]) from None
+
+
+def merge(cfg: ProxyConfig, policies: dict[str, ServicePolicy]) -> ProxyConfig:
+    """``cfg`` with each cluster's policy (``cluster name -> ServicePolicy``) merged
+    under the fields the file set; PolicyRefused when the result is not valid."""
+    if not policies:
+        return cfg
+    problems: list[tuple[str, str]] = []
+    clusters = []
+    for i, c in enumerate(cfg.clusters):
+        sp = policies.get(c.name)
+        if sp is None:
+            clusters.append(c)
+            continue
+        taken = {f: getattr(sp.cluster, f) for f in sp.cluster.model_fields_set
+                 if f not in c.model_fields_set}
+        try:
+            clusters.append(ClusterConfig.model_validate(
+                {**c.model_dump(exclude_unset=True), **taken}))
+        except ValidationError as e:
+            problems += [(f"clusters[{i}]{_loc(err['loc'])}", err["msg"])
+                         for err in e.errors(include_url=False)]
+    listeners = []
+    for i, lst in enumerate(cfg.listeners):
+        if not isinstance(lst, HttpListenerConfig) \
+                or not any(r.cluster in policies for r in lst.routes):
+            listeners.append(lst)
+            continue
+        routes = []
+        for j, r in enumerate(lst.routes):
+            sp = policies.get(r.cluster)
+            if sp is None:
+                routes.append(r)
+                continue
+            taken = {f: getattr(sp.route, f) for f in sp.route.model_fields_set
+                     if f not in r.model_fields_set}
+            try:
+                routes.append(RouteConfig.model_validate(
+                    {**r.model_dump(exclude_unset=True), **taken}))
+            except ValidationError as e:
+                problems += [(f"listeners[{i}].routes[{j}]{_loc(err['loc'])}", err["msg"])
+                             for err in e.errors(include_url=False)]
+        listeners.append(lst.model_copy(update={"routes": tuple(routes)}))
+    if problems:
+        raise PolicyRefused(problems)
+    merged = cfg.model_copy(update={"clusters": tuple(clusters),
+                                    "listeners": tuple(listeners)})
+    problems = cross_check(merged)
+    if problems:
+        raise PolicyRefused(problems)
+    return merged
