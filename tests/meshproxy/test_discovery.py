@@ -308,17 +308,26 @@ async def test_compacted_history_makes_the_proxy_relist(
 async def test_cache_file_restores_endpoints_after_restart_with_api_down(
         api: ApiHandle, backends: list[Upstream], tmp_path: Path) -> None:
     """A proxy with ``cache_file`` writes what it learnt; a new proxy started while the
-    API server is down routes on it at once, and reports it as stale."""
+    API server is down routes on it at once (endpoints before any sync, the cached
+    TrafficPolicy right after start), and reports it as stale."""
     b0, b1, _ = backends
     clock = ManualClock()
     await api.create_service("catalog")
     await api.put_endpoints("catalog", [b0.port, b1.port])
+    await api.call("POST", TP, policy({"cluster": {"load_balancer": {"policy": "random"}}}))
     text = proxy_yaml(api, tmp_path, cache=True)
     first = await start_proxy(text, clock)
+    cache_file = tmp_path / "discovery.json"
+
+    def cached_policy() -> bool:
+        try:
+            return "random" in cache_file.read_text()
+        except OSError:
+            return False
+
     try:
         await until(lambda: ports_of(first) == sorted([b0.port, b1.port]), "first sync")
-        cache_file = tmp_path / "discovery.json"
-        await until(cache_file.exists, "cache written")
+        await until(cached_policy, "cache written with the policy")
     finally:
         await first.close()
     await api.stop()
@@ -330,6 +339,8 @@ async def test_cache_file_restores_endpoints_after_restart_with_api_down(
     try:
         assert ports_of(second) == sorted([b0.port, b1.port])  # before any sync
         assert await served_by(second) == {"b0", "b1"}
+        await until(lambda: second.clusters["catalog"].config.load_balancer.policy
+                    == "random", "cached policy applied")
         assert second.discovery is not None
         assert second.discovery.staleness() >= 120
     finally:
