@@ -53,7 +53,7 @@ TOKENS_FILE = "tokens.csv"
 PROXY_TOKEN_FILE = "proxy.token"
 NODE_TOKEN_FILE = "node.token"
 CONTEXT = "local"
-EDGE_ADMIN_PORT = 9901
+EDGE_SERVICES = ("frontend", "recommendations")
 Runtime = Literal["auto", "docker", "process"]
 
 
@@ -66,6 +66,7 @@ class UpConfig:
     api_port: int = 6443           # 0 picks a free port (tests)
     agent_port: int = 10250        # the agent's own API (logs, exec, stats)
     edge_port: int = 8080          # where the demo answers
+    edge_admin_port: int = 9901    # the edge proxy's admin API (metrics, /clusters)
     node_name: str = field(default_factory=socket.gethostname)
     runtime: Runtime = "auto"
     demo: bool = False
@@ -201,21 +202,24 @@ class AllInOne:
         restart while the API server is down still routes)."""
         cfg = self.config
         assert self.api is not None
+        discovery = {"server": self.api.url,
+                     "token_file": str(cfg.data_dir / PROXY_TOKEN_FILE),
+                     "ca_file": str(self.api.ca_file),
+                     "clusters": [{"cluster": name, "service": f"default/{name}",
+                                   "port": "http"} for name in EDGE_SERVICES],
+                     "cache_file": str(cfg.data_dir / "edge-discovery-cache.json")}
         edge = {
-            "admin": {"address": cfg.host, "port": EDGE_ADMIN_PORT},
+            "admin": {"address": cfg.host, "port": cfg.edge_admin_port},
             "listeners": [{"protocol": "http", "name": "edge", "address": cfg.host,
                            "port": cfg.edge_port,
-                           "routes": [{"name": "shop", "cluster": "frontend",
-                                       "timeout": 10.0}]}],
-            "clusters": [{"name": "frontend"}],
-            "discovery": {
-                "server": self.api.url,
-                "token_file": str(cfg.data_dir / PROXY_TOKEN_FILE),
-                "ca_file": str(self.api.ca_file),
-                "clusters": [{"cluster": "frontend", "service": "default/frontend",
-                              "port": "http"}],
-                "cache_file": str(cfg.data_dir / "edge-discovery-cache.json"),
-            },
+                           "routes": [
+                               # The chaos knob of the non-core service, so the
+                               # quickstart can break it and watch the page degrade.
+                               {"name": "chaos", "match": {"path": "/chaos"},
+                                "cluster": "recommendations", "timeout": 5.0},
+                               {"name": "shop", "cluster": "frontend", "timeout": 10.0}]}],
+            "clusters": [{"name": name} for name in EDGE_SERVICES],
+            "discovery": discovery,
         }
         path = cfg.data_dir / "edge.yaml"
         path.write_text("# written by meshctl up: the edge proxy in front of the demo\n"
@@ -229,8 +233,8 @@ class AllInOne:
         if not self.edge.alive():
             return False
         try:
-            with urllib.request.urlopen(
-                    f"http://{self.config.host}:{EDGE_ADMIN_PORT}/ready", timeout=1) as r:
+            url = f"http://{self.config.host}:{self.config.edge_admin_port}/ready"
+            with urllib.request.urlopen(url, timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False

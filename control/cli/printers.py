@@ -137,7 +137,10 @@ def pod_status(pod: Obj) -> tuple[str, int, int, int]:
             ready += 1
     if _meta(pod).get("deletionTimestamp"):
         reason = "Unknown" if status.get("reason") == "NodeLost" else "Terminating"
-    return reason, ready, len(containers), restarts
+    # The agent reports injected containers (the mesh sidecar) that the spec does not
+    # list: count what runs, as kubectl shows an injected Istio sidecar as 2/2.
+    total = max(len(containers), len(status.get("containerStatuses") or []))
+    return reason, ready, total, restarts
 
 
 def _pod_ready(o: Obj, _n: float) -> str:

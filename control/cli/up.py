@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agent-port", type=int, default=10250)
     p.add_argument("--edge-port", type=int, default=8080,
                    help="port of the edge proxy in front of the demo's frontend")
+    p.add_argument("--edge-admin-port", type=int, default=9901,
+                   help="admin port of the edge proxy (/metrics, /clusters, /events)")
     p.add_argument("--no-client-config", dest="write_client_config", action="store_false",
                    help="do not write the 'local' context into meshctl's client config")
     p.add_argument("--log-level", default="WARNING")
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         # process runtime (the local test image holds only busybox).
         runtime = "process"
     cfg = UpConfig(data_dir=args.data_dir.resolve(), host=args.host, api_port=args.api_port,
-                   agent_port=args.agent_port, edge_port=args.edge_port, runtime=runtime,
+                   agent_port=args.agent_port, edge_port=args.edge_port,
+                   edge_admin_port=args.edge_admin_port, runtime=runtime,
                    demo=args.demo, write_client_config=args.write_client_config,
                    **({"node_name": args.node_name} if args.node_name else {}))
     try:
@@ -125,6 +128,9 @@ def _print_summary(up) -> None:
     if cfg.demo:
         lines.append(f"  demo          http://{cfg.host}:{cfg.edge_port}/   "
                      "(the shop's frontend, once its Pods are Ready)")
+        lines.append(f"  edge proxy    http://{cfg.host}:{cfg.edge_admin_port}/metrics, "
+                     "/clusters, /events   (log: "
+                     f"{up.edge.log_path if up.edge else '-'})")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 

@@ -125,3 +125,12 @@ def test_yaml_json_and_name_outputs() -> None:
     assert printers.dump(obj, "yaml").startswith("apiVersion: apps/v1\nkind: Deployment\n")
     listed = printers.as_list(lookup("deploy"), [obj])
     assert '"kind": "List"' in printers.dump(listed, "json")
+
+
+def test_pod_ready_counts_an_injected_sidecar() -> None:
+    """The agent adds the mesh sidecar to a Pod whose spec lists one container: READY
+    counts the containers reported running (2/2), never more ready than total."""
+    pod = _pod("meshed", statuses=[RUNNING, RUNNING])
+    pod["spec"]["containers"] = [{"name": "app"}]
+    _, rows = printers.table_rows(lookup("pods"), [pod], now=NOW)
+    assert rows[0][1] == "2/2"

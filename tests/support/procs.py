@@ -55,7 +55,8 @@ class Managed:
 
     def output(self) -> str:
         """Everything the process printed so far (stdout and stderr interleaved)."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
