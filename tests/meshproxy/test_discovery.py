@@ -456,3 +456,33 @@ async def test_traffic_policy_applies_under_file_overrides_and_bad_one_is_refuse
         assert proxy.clusters["catalog"].config.breaker.consecutive_failures == 7
     finally:
         await proxy.close()
+
+
+async def test_reload_that_adds_a_followed_cluster_restarts_watches_and_keeps_others(
+        api: ApiHandle, backends: list[Upstream], tmp_path: Path) -> None:
+    """A file reload that changes the discovery section (a second cluster following
+    another Service) restarts the watches: the new cluster gets its endpoints, the old
+    one keeps its Endpoint objects throughout."""
+    b0, b1, _ = backends
+    await api.create_service("catalog")
+    await api.put_endpoints("catalog", [b0.port])
+    await api.create_service("cart")
+    await api.put_endpoints("cart", [b1.port])
+    text = proxy_yaml(api, tmp_path)
+    path = tmp_path / "proxy.yaml"
+    proxy = await start_proxy(text)
+    try:
+        await until(lambda: ports_of(proxy) == [b0.port], "first sync")
+        kept = proxy.clusters["catalog"].endpoints[0]
+        grown = (text.replace("- {name: catalog}", "- {name: catalog}\n  - {name: cart}")
+                 .replace("clusters: [{cluster: catalog, service: catalog, port: http}]",
+                          "clusters: [{cluster: catalog, service: catalog, port: http}, "
+                          "{cluster: cart, service: default/cart}]"))
+        path.write_text(grown)
+        assert await proxy.reload(path) is True
+        assert proxy.clusters["catalog"].endpoints[0] is kept
+        await until(lambda: [e.port for e in proxy.clusters["cart"].endpoints] == [b1.port],
+                    "the new cluster's endpoints")
+        assert proxy.clusters["catalog"].endpoints[0] is kept
+    finally:
+        await proxy.close()
