@@ -4,8 +4,10 @@ sample-controller style: HPA add/update events enqueue the HPA's key, and every 
 requeued after ``sync_period`` (Kubernetes' ``--horizontal-pod-autoscaler-sync-period``,
 15 s), because metrics change without any object changing. ``reconcile(key)``:
 
-1. reads the target's ``scale`` subresource (current replicas and its label selector)
-   and the target's Pods from the Pod informer (ready vs not ready);
+1. reads the target's ``scale`` subresource (current replicas and its label selector);
+   a count outside ``minReplicas..maxReplicas`` is brought inside at once, before and
+   without metrics or behaviours (Kubernetes' order); else the target's Pods come from
+   the Pod informer (ready vs not ready);
 2. reads the Pods' current values from the metrics API (``source.py``) and, for every
    metric of the spec, a proposal (``evaluate.py`` → ``algorithm.propose``); the largest
    wins. Invalid metrics are skipped, but if any was invalid a scale *down* is not done
@@ -180,6 +182,20 @@ class HPAController:
                                            "since the replica count of the target is zero")
             return await self._write_status(hpa, status, conditions)
 
+        if not lo <= current <= hi:
+            # Kubernetes' order: a target outside the bounds is brought inside them first,
+            # without metrics or behaviours.
+            bound, which = (hi, "maxReplicas") if current > hi else (lo, "minReplicas")
+            words = f"current {current} is {'above' if current > hi else 'below'} " \
+                    f"{which} {bound}"
+            status["desiredReplicas"] = bound
+            await self._rescale(hpa, key, resource=resource, ns=ns, current=current,
+                                replicas=bound, words=words, status=status,
+                                conditions=conditions)
+            conditions["ScalingLimited"] = _limited(Decision(bound, words,
+                                                             f"clamped to {which} {bound}"))
+            return await self._write_status(hpa, status, conditions)
+
         pods = self._pods(ns, (scale.get("status") or {}).get("selector") or "")
         try:
             values = await self.metrics.pod_values(ns)
@@ -213,21 +229,9 @@ class HPAController:
         words = self._explain(current, decision, valid, invalid, held_for_invalid)
         status["desiredReplicas"] = decision.replicas
         if decision.replicas != current:
-            try:
-                await self.api.scale(resource, ref["name"], decision.replicas, namespace=ns)
-            except errors.ClientError as e:
-                msg = f"failed to rescale {ref['kind']}/{ref['name']}: {e}"
-                conditions["AbleToScale"] = ("False", "FailedUpdateScale", msg)
-                self.recorder.record(hpa, "Warning", "FailedRescale", msg)
-                await self._write_status(hpa, status, conditions)
-                raise
-            self.normalizer(key, hpa).record_scale(self.clock(), decision.replicas - current)
-            status["lastScaleTime"] = _stamp(self.wall_clock())
-            conditions["AbleToScale"] = ("True", "SucceededRescale", "the HPA controller was "
-                                         f"able to update the target scale to "
-                                         f"{decision.replicas}")
-            self.recorder.record(hpa, "Normal", "SuccessfulRescale",
-                                 f"New size: {decision.replicas}; {words}")
+            await self._rescale(hpa, key, resource=resource, ns=ns, current=current,
+                                replicas=decision.replicas, words=words, status=status,
+                                conditions=conditions)
         else:
             stabilised = "stabilised" in decision.reason
             conditions["AbleToScale"] = (
@@ -244,6 +248,26 @@ class HPAController:
                                        f"{best_desc}")
         conditions["ScalingLimited"] = _limited(decision)
         await self._write_status(hpa, status, conditions)
+
+    async def _rescale(self, hpa: Obj, key: str, *, resource: str, ns: str, current: int,
+                       replicas: int, words: str, status: Obj,
+                       conditions: dict[str, tuple[str, str, str]]) -> None:
+        """Write the new count through ``scale``; Event and conditions either way."""
+        ref = hpa["spec"]["scaleTargetRef"]
+        try:
+            await self.api.scale(resource, ref["name"], replicas, namespace=ns)
+        except errors.ClientError as e:
+            msg = f"failed to rescale {ref['kind']}/{ref['name']}: {e}"
+            conditions["AbleToScale"] = ("False", "FailedUpdateScale", msg)
+            self.recorder.record(hpa, "Warning", "FailedRescale", msg)
+            await self._write_status(hpa, status, conditions)
+            raise
+        self.normalizer(key, hpa).record_scale(self.clock(), replicas - current)
+        status["lastScaleTime"] = _stamp(self.wall_clock())
+        conditions["AbleToScale"] = ("True", "SucceededRescale", "the HPA controller was able "
+                                     f"to update the target scale to {replicas}")
+        self.recorder.record(hpa, "Normal", "SuccessfulRescale",
+                             f"New size: {replicas}; {words}")
 
     def _pods(self, ns: str, selector_text: str) -> PodSet:
         selector = LabelSelector.parse(selector_text)
@@ -279,6 +303,8 @@ class HPAController:
         conds = []
         for ctype in ("AbleToScale", "ScalingActive", "ScalingLimited"):
             if ctype not in conditions:
+                if ctype in old_conds:  # not re-evaluated this pass: keep what it said
+                    conds.append(old_conds[ctype])
                 continue
             st, reason, message = conditions[ctype]
             prev = old_conds.get(ctype) or {}

@@ -188,18 +188,41 @@ async def test_max_replicas_clamps_the_recommendation(server: ApiServer,
     assert condition(status, "ScalingLimited")[:2] == ("True", "TooManyReplicas")
 
 
-async def test_min_replicas_lifts_a_target_below_it(server: ApiServer, seed: Seeder) -> None:
+async def test_a_target_below_min_replicas_is_lifted_first(server: ApiServer,
+                                                           seed: Seeder) -> None:
     """A target scaled by hand to 1 under minReplicas 3 goes to 3 even though its one Pod
-    is idle (the metrics alone would say 1)."""
+    is idle (the metrics alone would say 1): Kubernetes brings the count inside the
+    bounds before it looks at metrics."""
     await seed.deployment("web", 1)
     await seed.pods("web", 1)
     await seed.hpa("web", metrics=[cpu_metric(60)], min_replicas=3)
     await seed.push({"web-0": 10.0})
-    async with frozen_hpa(server, Clock()) as (hpa, _):
+    async with frozen_hpa(server, Clock()) as (hpa, recorder):
         await hpa.reconcile(KEY)
+        await recorder.flush()
     assert await seed.scale_of("web") == 3
     assert condition(await seed.hpa_status("web"), "ScalingLimited")[:2] == \
         ("True", "TooFewReplicas")
+    assert await seed.events("SuccessfulRescale") == [
+        "New size: 3; current 1 is below minReplicas 3"]
+
+
+async def test_a_target_above_max_replicas_is_lowered_even_without_metrics(
+        server: ApiServer, seed: Seeder) -> None:
+    """Scaled by hand to 6 over maxReplicas 4, with no metrics at all: the count goes to
+    4 at once (no stabilisation window applies to the bounds)."""
+    await seed.deployment("web", 6)
+    await seed.pods("web", 6)
+    await seed.hpa("web", metrics=[cpu_metric(60)], max_replicas=4)
+    async with frozen_hpa(server, Clock()) as (hpa, recorder):
+        await hpa.reconcile(KEY)
+        await recorder.flush()
+    assert await seed.scale_of("web") == 4
+    status = await seed.hpa_status("web")
+    assert condition(status, "ScalingLimited")[:2] == ("True", "TooManyReplicas")
+    assert status["desiredReplicas"] == 4
+    assert await seed.events("SuccessfulRescale") == [
+        "New size: 4; current 6 is above maxReplicas 4"]
 
 
 async def test_missing_metrics_leave_the_count_unchanged_and_say_why(

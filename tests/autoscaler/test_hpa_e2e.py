@@ -3,7 +3,9 @@
 the scheduler and workload controllers of the real controller manager, the real metrics
 collector scraping the sidecar and the agent, and the HPA controller. Load sent through
 the Pod's sidecar pushes its requests/s over the HPA's target, and the HPA scales the
-Deployment up to its maximum. Nothing is played by the test except the client load.
+Deployment up to its maximum; when the load stops, the scale-down waits out the HPA's
+down-window (held, said in an Event) and then returns to one replica. Nothing is played
+by the test except the client load.
 
 The collector and the HPA run with short periods (1 s) instead of the defaults (5 s,
 15 s) so the test stays short; the arithmetic is the same."""
@@ -65,6 +67,8 @@ def _hpa() -> dict:
             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                         "name": "web"},
                      "minReplicas": 1, "maxReplicas": 3,
+                     # A short down-window so the test sees it hold, then let go.
+                     "behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}},
                      "metrics": [{"type": "Pods", "pods": {
                          "metric": {"name": "mesh_requests_per_second"},
                          "target": {"type": "AverageValue", "averageValue": "5"}}}]}}
@@ -149,17 +153,31 @@ async def test_hpa_scales_a_meshed_deployment_up_under_load(data_dir: Path, tmp_
             finally:
                 generator.cancel()
                 await asyncio.gather(generator, return_exceptions=True)
-        await recorder.flush()
-        events, _ = await api.list_all("events", namespace="default")
-        rescale = [e["message"] for e in events if e["reason"] == "SuccessfulRescale"]
-        assert rescale, "no SuccessfulRescale Event"
-        assert rescale[0].startswith("New size: 3; current 1; pods metric "
-                                     "mesh_requests_per_second: ")
-        assert "clamped to maxReplicas 3" in rescale[0]
         status = (await api.get("horizontalpodautoscalers", "web",
                                 namespace="default"))["status"]
         assert status["currentMetrics"][0]["pods"]["metric"]["name"] == \
             "mesh_requests_per_second"
+
+        async def back_to_one() -> bool:  # the load has stopped: rps falls to 0
+            s = await api.get_scale("deployments", "web", namespace="default")
+            return s["spec"]["replicas"] == 1
+
+        await _until(back_to_one, timeout=60, what="the HPA to scale web back to 1")
+        await recorder.flush()
+        events, _ = await api.list_all("events", namespace="default")
+        events.sort(key=lambda e: e["metadata"]["creationTimestamp"])
+        rescale = [e["message"] for e in events if e["reason"] == "SuccessfulRescale"]
+        sizes = [int(m.split(";")[0].removeprefix("New size: ")) for m in rescale]
+        assert sizes[0] == 3, "\n".join(rescale)
+        assert rescale[0].startswith("New size: 3; current 1; pods metric "
+                                     "mesh_requests_per_second: ")
+        assert "clamped to maxReplicas 3" in rescale[0]
+        # Down in the steps the window allows (a falling rate may pass through 2), never up.
+        assert sizes[1:] == sorted(sizes[1:], reverse=True)
+        assert sizes[-1] == 1
+        # The down-window held the count above the recommendation at least once.
+        held = [e["message"] for e in events if e["reason"] == "DesiredReplicasHeld"]
+        assert any("stabilised to" in m for m in held + rescale[1:]), "\n".join(held)
     finally:
         collector.shutdown()
         hpa.shutdown()
