@@ -3,11 +3,14 @@
 Read-only endpoints answer anyone who can reach the port: ``GET /ready``,
 ``GET /metrics`` (Prometheus text format), ``GET /config_dump`` (the config in force
 with its version and load time, secrets redacted) and ``GET /clusters`` (every
-endpoint with health and counters). Every endpoint that changes state (today
-``POST /reload``; degradation switches and others add theirs with
-:meth:`AdminServer.add_route`) requires ``Authorization: Bearer <token>``; with no
-token configured those endpoints refuse everyone (403), unlike Envoy's admin API,
-which trusts whoever reaches it.
+endpoint with health and counters). Resilience: ``GET /resilience`` (every breaker,
+ejection, limiter, rate limiter, switch and retry budget), ``GET /events`` (the
+explainable decisions, newest last; ``?kind=breaker.`` and ``?since=SEQ`` filter),
+``GET /switches`` and ``POST /switches/{name}`` (body ``{"mode": "on"|"off"|"auto"}``).
+Every endpoint that changes state (``POST /reload``, ``POST /switches/{name}``; others
+add theirs with :meth:`AdminServer.add_route`) requires ``Authorization: Bearer
+<token>``; with no token configured those endpoints refuse everyone (403), unlike
+Envoy's admin API, which trusts whoever reaches it.
 
 What the endpoints show comes from an :class:`AdminSource`: the in-process proxy
 (:class:`ProxySource`) or, with several workers, the supervisor's merged view
@@ -30,6 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from meshproxy.config import AdminConfig, Loaded
 from meshproxy.metrics import collect_registry
 from meshproxy.proxy import Proxy
+from meshproxy.resilience.degrade import Mode
+from meshproxy.resilience.snapshot import plain
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,11 @@ class AdminSource(Protocol):
     def clusters(self) -> list[dict]: ...
     def registry(self) -> CollectorRegistry: ...
     async def reload(self) -> bool: ...
+    def resilience(self) -> dict: ...
+    def events(self, *, kind: str | None, since: int) -> list[dict]: ...
+    def switches(self) -> list[dict]: ...
+    async def flip_switch(self, name: str, mode: Mode) -> dict:
+        """Set a switch's mode; KeyError for an unknown switch."""
 
 
 class ProxySource:
@@ -68,6 +78,19 @@ class ProxySource:
 
     async def reload(self) -> bool:
         return await self.proxy.reload(self.path)
+
+    def resilience(self) -> dict:
+        return self.proxy.resilience_snapshot()
+
+    def events(self, *, kind: str | None, since: int) -> list[dict]:
+        return [e.as_dict() for e in
+                self.proxy.resilience.events.recent(kind=kind, since_seq=since)]
+
+    def switches(self) -> list[dict]:
+        return [plain(s) for s in self.proxy.resilience.switches.list()]
+
+    async def flip_switch(self, name: str, mode: Mode) -> dict:
+        return plain(self.proxy.resilience.switches.flip(name, mode))
 
 
 def read_token(cfg: AdminConfig) -> str | None:
@@ -101,7 +124,11 @@ class AdminServer:
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/config_dump", self._config_dump)
         self.app.router.add_get("/clusters", self._clusters)
+        self.app.router.add_get("/resilience", self._resilience)
+        self.app.router.add_get("/events", self._events)
+        self.app.router.add_get("/switches", self._switches)
         self.add_route("POST", "/reload", self._reload)
+        self.add_route("POST", "/switches/{name}", self._flip)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -164,3 +191,34 @@ class AdminServer:
         ok = await self.source.reload()
         return web.json_response({"reloaded": ok, "version": self.source.loaded().version},
                                  status=200 if ok else 422)
+
+    async def _resilience(self, request: web.Request) -> web.Response:
+        return web.json_response(self.source.resilience(),
+                                 dumps=lambda o: json.dumps(o, indent=2))
+
+    async def _events(self, request: web.Request) -> web.Response:
+        since = request.query.get("since", "0")
+        if not since.isdigit():
+            return web.json_response({"error": "since must be an event sequence number"},
+                                     status=400)
+        events = self.source.events(kind=request.query.get("kind"), since=int(since))
+        return web.json_response({"events": events}, dumps=lambda o: json.dumps(o, indent=2))
+
+    async def _switches(self, request: web.Request) -> web.Response:
+        return web.json_response({"switches": self.source.switches()},
+                                 dumps=lambda o: json.dumps(o, indent=2))
+
+    async def _flip(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        mode = body.get("mode") if isinstance(body, dict) else None
+        if mode not in ("on", "off", "auto"):
+            return web.json_response(
+                {"error": 'body must be {"mode": "on" | "off" | "auto"}'}, status=400)
+        try:
+            status = await self.source.flip_switch(request.match_info["name"], mode)
+        except KeyError as e:
+            return web.json_response({"error": str(e.args[0])}, status=404)
+        return web.json_response(status)

@@ -42,7 +42,6 @@ from meshproxy.resilience.concurrency import ConcurrencyConfig
 from meshproxy.resilience.ratelimit import BucketBackend
 from meshproxy.resilience.runtime import (
     ClusterResilienceConfig,
-    ProxyResilienceConfig,
     ResilienceRuntime,
     RouteResilienceConfig,
 )
@@ -216,7 +215,7 @@ class Proxy:
             priority=r.priority, function=r.function, rate_limit=r.rate_limit)
             for lc in cfg.listeners if isinstance(lc, HttpListenerConfig) for r in lc.routes}
         self.resilience.apply(
-            getattr(cfg, "resilience", None) or ProxyResilienceConfig(),
+            cfg.resilience,
             clusters=guarded, routes=routes,
             endpoints={name: clusters[name].endpoints for name in guarded})
         for name, cluster in clusters.items():
@@ -299,7 +298,27 @@ class Proxy:
         """State for /clusters and the worker snapshot files."""
         return {"version": self.loaded.version, "ready": self.started and not self.draining,
                 "clusters": [c.snapshot() for c in self.clusters.values()],
-                "listeners": [lst.snapshot() for lst in self.listeners.values()]}
+                "listeners": [lst.snapshot() for lst in self.listeners.values()],
+                "resilience": self.resilience_snapshot(),
+                "events": [e.as_dict() for e in self.resilience.events.recent(200)]}
+
+    def use_shared_buckets(self, table: BucketBackend) -> None:
+        """Rate limits with ``backend: shared`` use ``table`` (one limit for all the
+        workers of a supervisor). Before :meth:`start` only."""
+        if self.started:
+            raise RuntimeError("shared buckets must be set before the proxy starts")
+        self.resilience = ResilienceRuntime(clock=self.loop.time, shared_buckets=table)
+
+    def apply_switch_modes(self, modes: dict[str, str]) -> None:
+        """Set switch modes decided elsewhere (a supervisor's admin API); unknown
+        names and invalid modes are ignored (the supervisor checked them)."""
+        for name, mode in modes.items():
+            try:
+                sw = self.resilience.switches.get(name)
+            except KeyError:
+                continue
+            if mode in ("on", "off", "auto") and (sw.mode != mode or sw.mode_source != "admin"):
+                sw.set_mode(mode, source="admin")  # type: ignore[arg-type]
 
     def resilience_snapshot(self) -> dict:
         """Every breaker, ejection, limiter, rate limiter and switch, for the admin API."""

@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshproxy")
 
 SNAPSHOT_INTERVAL = 0.5
+#: The supervisor's shared rate-limit bucket file (meshproxy.resilience.shm_buckets).
+BUCKETS_ENV = "MESHPROXY_BUCKETS"
+
+
+def switches_path(run_dir: str) -> Path:
+    """Switch modes set through the supervisor's admin API, for every worker."""
+    return Path(run_dir) / "switches.json"
 
 
 async def serve(loaded: Loaded, path: str | Path, *, worker_of: int | None = None,
@@ -43,6 +50,10 @@ async def serve(loaded: Loaded, path: str | Path, *, worker_of: int | None = Non
     # A Proxy whose clusters may follow Services of the control plane (the config's
     # ``discovery`` section; without one it is a plain Proxy, see meshproxy.discovery).
     proxy: Proxy = DiscoveringProxy(loaded, stats=Stats(), loop=loop)
+    if os.environ.get(BUCKETS_ENV):  # a worker: rate limits shared with its siblings
+        from meshproxy.resilience.shm_buckets import SharedBucketTable
+
+        proxy.use_shared_buckets(SharedBucketTable(os.environ[BUCKETS_ENV]))
     try:
         await proxy.start()
     except OSError as e:
@@ -120,11 +131,21 @@ async def _worker_duties(proxy: Proxy, parent: int, run_dir: str | None,
                          stop: asyncio.Event) -> None:
     """Publish this worker's state for the supervisor; drain if the supervisor dies."""
     path = snapshot_path(run_dir, os.getpid()) if run_dir else None
+    modes_seen = 0.0
     while True:
         if os.getppid() != parent:
             log.warning("supervisor %d is gone: draining", parent)
             stop.set()
             return
+        if run_dir is not None:
+            modes = switches_path(run_dir)
+            try:
+                mtime = modes.stat().st_mtime
+                if mtime != modes_seen:
+                    proxy.apply_switch_modes(json.loads(modes.read_text()))
+                    modes_seen = mtime
+            except (OSError, ValueError):
+                pass  # none set yet (or mid-replace: next round)
         if path is not None:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(proxy.snapshot()))

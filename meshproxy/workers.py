@@ -10,6 +10,11 @@ supervisor
   dead worker's gauges gone (``mark_process_dead``);
 - serves the admin API with a merged view: ``/clusters`` sums the counters of the
   workers' state snapshots (files each worker rewrites every half second);
+- creates the shared rate-limit bucket file (one limit for the whole group, see
+  :mod:`meshproxy.resilience.shm_buckets`) and hands its path to the workers;
+- serves ``/resilience``, ``/events`` and ``/switches`` from the workers' snapshots;
+  ``POST /switches/{name}`` writes the mode to a file every worker applies within half a
+  second;
 - owns reload: it watches the file (and takes SIGHUP), validates the new config,
   counts the attempt, and only then signals SIGHUP to the workers;
 - restarts a worker that dies (after a pause), and on SIGTERM forwards it, waits for
@@ -38,7 +43,9 @@ from meshproxy.admin import AdminServer
 from meshproxy.config import ConfigError, Loaded, load_config
 from meshproxy.metrics import MULTIPROC_ENV, Stats, collect_registry
 from meshproxy.reload import FileWatcher
-from meshproxy.run import snapshot_path
+from meshproxy.resilience.degrade import Mode
+from meshproxy.resilience.shm_buckets import SharedBucketTable
+from meshproxy.run import BUCKETS_ENV, snapshot_path, switches_path
 
 log = logging.getLogger("meshproxy.workers")
 
@@ -55,7 +62,8 @@ def merge_clusters(snapshots: list[dict]) -> list[dict]:
     for snap in snapshots:
         for c in snap.get("clusters", []):
             mc = merged.setdefault(c["name"], {"name": c["name"], "lb_policy": c["lb_policy"],
-                                               "endpoints": {}})
+                                               "panic_total": 0, "endpoints": {}})
+            mc["panic_total"] += c.get("panic_total", 0)
             for ep in c["endpoints"]:
                 me = mc["endpoints"].get(ep["address"])
                 if me is None:
@@ -87,6 +95,8 @@ class Supervisor:
         values.ValueClass = values.MultiProcessValue()
         self.stats = Stats()
         self._tasks: set[asyncio.Task] = set()
+        # created here, before any worker, so that all of them open the same table
+        self.buckets = SharedBucketTable(Path(self.run_dir) / "ratelimit.buckets")
 
     # --- AdminSource -------------------------------------------------------------------
     def ready(self) -> bool:
@@ -122,6 +132,45 @@ class Supervisor:
         log.info("config %s validated; workers reloading", loaded.version)
         return True
 
+    def resilience(self) -> dict:
+        return {"workers": [s.get("resilience", {}) for s in self._snapshots()]}
+
+    def events(self, *, kind: str | None, since: int) -> list[dict]:
+        out = []
+        for i, snap in enumerate(self._snapshots()):
+            for e in snap.get("events", []):
+                if e["seq"] > since and (kind is None or e["kind"] == kind or (
+                        kind.endswith(".") and e["kind"].startswith(kind))):
+                    out.append({**e, "worker": i})
+        return sorted(out, key=lambda e: e["time"])
+
+    def switches(self) -> list[dict]:
+        merged: dict[str, dict] = {}
+        for snap in self._snapshots():
+            for sw in snap.get("resilience", {}).get("switches", []):
+                m = merged.get(sw["name"])
+                if m is None:
+                    merged[sw["name"]] = {**sw, "worker_states": [sw["state"]]}
+                else:
+                    m["degraded_total"] += sw["degraded_total"]
+                    m["worker_states"].append(sw["state"])
+        return list(merged.values())
+
+    async def flip_switch(self, name: str, mode: Mode) -> dict:
+        if name not in {s.name for s in self._loaded.config.resilience.switches}:
+            raise KeyError(f"no degradation switch named {name!r}")
+        path = switches_path(self.run_dir)
+        try:
+            modes = json.loads(path.read_text())
+        except (OSError, ValueError):
+            modes = {}
+        modes[name] = mode
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(modes))
+        tmp.replace(path)  # atomic: a worker never reads half a file
+        return {"name": name, "mode": mode, "mode_source": "admin",
+                "note": "every worker applies it within 0.5 s"}
+
     def _snapshots(self) -> list[dict]:
         out = []
         for pid in self.procs:
@@ -136,6 +185,7 @@ class Supervisor:
         env = dict(os.environ)
         env[MULTIPROC_ENV] = self.metrics_dir
         env[RUN_DIR_ENV] = self.run_dir
+        env[BUCKETS_ENV] = str(self.buckets.path)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meshproxy.cli", "--config", self.path,
             "--worker-of", str(os.getpid()), env=env)
@@ -201,6 +251,7 @@ class Supervisor:
             for t in list(self._tasks):
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.buckets.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             shutil.rmtree(self.run_dir, ignore_errors=True)
 

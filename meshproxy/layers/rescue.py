@@ -30,7 +30,8 @@ class Rescue:
         try:
             return await self.inner(ex)
         except ProxyError as e:
-            return local_reply(e.status, e.reason)
+            # a refusal may say more (a 429's Retry-After and RateLimit-* headers)
+            return local_reply(e.status, e.reason, headers=getattr(e, "headers", None))
         except Exception:
             log.exception("unexpected error on %r", ex)
             return local_reply(500, "internal_error")
