@@ -140,12 +140,7 @@ def add_routes(app: web.Application, *, window: MetricsWindow | None = None,
             raise ApiError(422, "Invalid", f"metrics samples are invalid: {e}") from e
         if "admin" not in user.roles:
             await _check_node_push(request, user, pods, nodes)
-        now = clock()
-        w = win(request)
-        for p in pods:
-            w.add_pod(p, now)
-        for n in nodes:
-            w.add_node(n, now)
+        win(request).add(pods, nodes, clock())
         return json_response({"kind": "Status", "apiVersion": "v1", "status": "Success",
                               "message": f"kept {len(pods)} pod and {len(nodes)} node samples"},
                              201)

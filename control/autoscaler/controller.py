@@ -17,8 +17,9 @@ requeued after ``sync_period`` (Kubernetes' ``--horizontal-pod-autoscaler-sync-p
    Normalizer` (stabilisation windows, rate policies, min/max), kept in memory per HPA
    as Kubernetes does (a restarted controller starts a fresh window);
 4. writes the new count through ``scale`` when it differs, records an Event with the
-   numbers behind the decision (``SuccessfulRescale``; ``DesiredReplicasHeld`` when the
-   metrics asked for a change that stabilisation or a policy held back), and writes
+   numbers behind the decision (``SuccessfulRescale``; ``DesiredReplicasHeld``, once per
+   held recommendation, when the metrics asked for a change that stabilisation, a policy
+   or a bound held back), and writes
    ``status`` (currentReplicas, desiredReplicas, currentMetrics, lastScaleTime,
    conditions AbleToScale / ScalingActive / ScalingLimited) only when it changed.
 
@@ -91,6 +92,7 @@ def pod_ready(pod: Obj) -> bool:
 class _State:
     rules: tuple[Rules, Rules]
     normalizer: Normalizer
+    held: tuple[int, int] | None = None   # (current, recommended) last said to be held
 
 
 class HPAController:
@@ -239,9 +241,14 @@ class HPAController:
                  "the current one, applying the highest recent recommendation")
                 if stabilised and desired < current else
                 ("True", "ReadyForNewScale", "recommended size matches current size"))
-            if desired != current:
+            state = self._state[key]
+            if desired != current and state.held != (current, desired):
+                # Said once per held (current, recommendation), not at every 15 s pass.
+                state.held = (current, desired)
                 self.recorder.record(hpa, "Normal", "DesiredReplicasHeld",
                                      f"Size stays {current}; {words}")
+            elif desired == current:
+                state.held = None
         best_desc = best.description
         conditions["ScalingActive"] = ("True", "ValidMetricFound", "the HPA was able to "
                                        f"successfully calculate a replica count from "
@@ -263,6 +270,7 @@ class HPAController:
             await self._write_status(hpa, status, conditions)
             raise
         self.normalizer(key, hpa).record_scale(self.clock(), replicas - current)
+        self._state[key].held = None
         status["lastScaleTime"] = _stamp(self.wall_clock())
         conditions["AbleToScale"] = ("True", "SucceededRescale", "the HPA controller was able "
                                      f"to update the target scale to {replicas}")

@@ -22,9 +22,11 @@ of its own. Every ``interval`` seconds (:meth:`MetricsCollector.collect_once`):
    are kept in memory for the HPA controller, ``meshctl top`` and ``meshctl capacity``.
 
 An agent or a sidecar that does not answer costs only its own samples (logged at debug
-level once per failure): the affected Pods read as *missing* after the API's TTL, which
-the HPA handles conservatively. Node usage is the sum of its Pods' usage (the agent's
-summary carries no node-wide figures).
+level, counted in ``failures``): the affected Pods read as *missing* after the API's TTL,
+which the HPA handles conservatively. Sidecars are found from the Pods bound to the node
+(the informer), not from the agent's summary, so the mesh figures keep flowing when the
+agent's API is unreachable or its token unknown. Node usage is the sum of its Pods'
+usage (the agent's summary carries no node-wide figures).
 """
 
 from __future__ import annotations
@@ -145,35 +147,49 @@ class MetricsCollector:
     async def _node_round(self, node: Obj, now: float, pods_by_uid: dict[Any, Obj]
                           ) -> tuple[list[PodSample], NodeSample | None]:
         node_name = node["metadata"]["name"]
+        entries: dict[str, Obj] = {}   # pod uid -> the agent's summary entry
         try:
             url = endpoint_of(node)
-        except ValueError:
-            return [], None  # an agent that does not advertise its API (yet)
-        try:
             async with AgentClient(url, self.agent_token, timeout=SCRAPE_TIMEOUT) as agent:
                 summary = await agent.stats()
+            for e in summary.get("pods") or ():
+                uid = ((e.get("podRef") or {}).get("uid")) if isinstance(e, dict) else None
+                if uid:
+                    entries[uid] = e
+        except ValueError:
+            pass  # the Node does not advertise its agent API (yet): sidecars only
         except (AgentError, AgentUnreachable) as e:
             self.failures += 1
             log.debug("no stats from node %s: %s", node_name, e)
-            return [], None
-        entries = [e for e in summary.get("pods") or () if isinstance(e, dict)]
-        samples = await asyncio.gather(*(self._pod_sample(e, node_name, now, pods_by_uid)
-                                         for e in entries))
+        # The Pods bound here (for their sidecars, which need no agent) and any the agent
+        # runs that the informer has not seen yet (for their usage).
+        bound = {uid: p for uid, p in pods_by_uid.items()
+                 if (p.get("spec") or {}).get("nodeName") == node_name}
+        uids = sorted({*entries, *bound})
+        samples = await asyncio.gather(*(
+            self._pod_sample(uid, entries.get(uid), bound.get(uid), node_name, now)
+            for uid in uids))
         out = [s for s in samples if s is not None]
-        if not out:
+        with_usage = [s for s in out if s.containers]
+        if not with_usage:
             return out, None
         return out, NodeSample(node_name, now, self.window,
-                               sum(s.cpu_millis for s in out), sum(s.memory_bytes for s in out))
+                               sum(s.cpu_millis for s in with_usage),
+                               sum(s.memory_bytes for s in with_usage))
 
-    async def _pod_sample(self, entry: Obj, node: str, now: float,
-                          pods_by_uid: dict[Any, Obj]) -> PodSample | None:
-        ref = entry.get("podRef") or {}
-        uid, ns, name = ref.get("uid"), ref.get("namespace"), ref.get("name")
-        if not (uid and ns and name):
+    async def _pod_sample(self, uid: str, entry: Obj | None, pod: Obj | None, node: str,
+                          now: float) -> PodSample | None:
+        if entry is not None:
+            ref = entry.get("podRef") or {}
+            ns, name = ref.get("namespace"), ref.get("name")
+        else:
+            md = (pod or {}).get("metadata") or {}
+            ns, name = md.get("namespace"), md.get("name")
+        if not (ns and name):
             return None
         containers = []
         span = 0.0
-        for c in entry.get("containers") or ():
+        for c in (entry or {}).get("containers") or ():
             try:
                 reading = _CpuReading(now, float(c["cpu"]["usageCoreNanoSeconds"]),
                                       int(c["memory"]["workingSetBytes"]))
@@ -187,7 +203,6 @@ class MetricsCollector:
             millis = (reading.core_ns - oldest.core_ns) / (now - oldest.at) / 1e6
             containers.append(ContainerUsage(c.get("name", ""), millis, reading.memory))
         mesh = None
-        pod = pods_by_uid.get(uid)
         admin = sidecar_admin(pod) if pod is not None else None
         if admin is not None:
             scrape = await self._scrape(admin, now)

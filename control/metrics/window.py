@@ -92,18 +92,17 @@ class MetricsWindow:
     _pods: dict[tuple[str, str], deque[PodSample]] = field(default_factory=dict)
     _nodes: dict[str, deque[NodeSample]] = field(default_factory=dict)
 
-    def add_pod(self, sample: PodSample, now: float) -> None:
-        q = self._pods.setdefault((sample.namespace, sample.name), deque(maxlen=MAX_SAMPLES))
-        if q and sample.timestamp <= q[-1].timestamp:
-            return  # a repeated or late push: the window is ordered by time
-        q.append(sample)
-        self.expire(now)
-
-    def add_node(self, sample: NodeSample, now: float) -> None:
-        q = self._nodes.setdefault(sample.name, deque(maxlen=MAX_SAMPLES))
-        if q and sample.timestamp <= q[-1].timestamp:
-            return
-        q.append(sample)
+    def add(self, pods: Iterable[PodSample], nodes: Iterable[NodeSample], now: float) -> None:
+        """Keep one push's samples (a repeated or late sample is ignored: each history is
+        ordered by time), then drop what is older than the retention."""
+        for p in pods:
+            q = self._pods.setdefault((p.namespace, p.name), deque(maxlen=MAX_SAMPLES))
+            if not q or p.timestamp > q[-1].timestamp:
+                q.append(p)
+        for n in nodes:
+            qn = self._nodes.setdefault(n.name, deque(maxlen=MAX_SAMPLES))
+            if not qn or n.timestamp > qn[-1].timestamp:
+                qn.append(n)
         self.expire(now)
 
     def expire(self, now: float) -> None:

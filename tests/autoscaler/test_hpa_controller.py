@@ -108,7 +108,8 @@ async def test_scale_down_is_held_by_the_stabilisation_window_then_applied(
         server: ApiServer, seed: Seeder) -> None:
     """At t=0 the load matches 4 replicas; at t=60 it drops to half. The default 300 s
     down-window keeps the highest recent recommendation (4), so nothing moves until the
-    t=0 recommendation has left the window; at t=301 the count goes to 2."""
+    t=0 recommendation has left the window (the hold is said once, not at every pass); at
+    t=301 the count goes to 2."""
     await seed.deployment("web", 4)
     await seed.pods("web", 4)
     await seed.hpa("web", metrics=[cpu_metric(50)])
@@ -125,6 +126,11 @@ async def test_scale_down_is_held_by_the_stabilisation_window_then_applied(
         status = await seed.hpa_status("web")
         assert status["desiredReplicas"] == 4
         assert condition(status, "AbleToScale")[:2] == ("True", "ScaleDownStabilized")
+
+        clock.t = 120.0  # still held, for the same reason: not said again
+        await seed.push({f"web-{i}": 25.0 for i in range(4)})
+        await hpa.reconcile(KEY)
+        assert await seed.scale_of("web") == 4
 
         clock.t = 301.0
         await seed.push({f"web-{i}": 25.0 for i in range(4)})

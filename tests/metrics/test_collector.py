@@ -102,9 +102,10 @@ async def test_collector_pushes_cpu_memory_and_mesh_rates(server: ApiServer) -> 
     assert served["web-0"]["mesh"]["requestsPerSecond"] == pytest.approx(30.0)
 
 
-async def test_an_agent_that_refuses_costs_only_its_own_samples(server: ApiServer) -> None:
-    """A wrong agent token (401) is counted as a failure; the collector neither raises nor
-    pushes anything for that node."""
+async def test_an_agent_that_refuses_costs_only_its_usage_figures(server: ApiServer) -> None:
+    """A wrong agent token (401) is a counted failure and no CPU/memory (nor Node) sample
+    is pushed, but the meshed Pod's sidecar, found through the Pods bound to the node,
+    still gives its mesh figures; the unmeshed Pod has nothing to report."""
     agent, sidecar = FakeAgent(), FakeSidecar()
     async with serving(agent.app()) as agent_port, serving(sidecar.app()) as sidecar_port, \
             ApiClient(ClientConfig(server=server.url, token=server.admin_token)) as api:
@@ -117,11 +118,16 @@ async def test_an_agent_that_refuses_costs_only_its_own_samples(server: ApiServe
             await factory.wait_synced(timeout=30)
             t0 = time.time()
             assert await collector.collect_once(t0) == ([], [])
-            assert await collector.collect_once(t0 + 10) == ([], [])
+            sidecar.serve_requests(50, 0.01)
+            pods, nodes = await collector.collect_once(t0 + 10)
         finally:
             await collector.close()
             await factory.stop()
     assert collector.failures == 2
+    assert nodes == []
+    assert [(p.name, p.containers) for p in pods] == [("web-0", ())]
+    assert pods[0].mesh is not None
+    assert pods[0].mesh.requests_per_second == pytest.approx(5.0)
 
 
 async def test_agent_token_is_read_from_its_file_once_the_agent_wrote_it(
