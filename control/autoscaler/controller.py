@@ -222,8 +222,8 @@ class HPAController:
                                  f"{why}")
             return await self._write_status(hpa, status, conditions)
 
-        best = max(valid, key=lambda e: e.proposal.replicas)  # type: ignore[union-attr]
-        desired = best.proposal.replicas  # type: ignore[union-attr]
+        best, desired = max(((e, e.proposal.replicas) for e in valid if e.proposal),
+                            key=lambda pair: pair[1])
         held_for_invalid = bool(invalid) and desired < current
         if held_for_invalid:
             desired = current
