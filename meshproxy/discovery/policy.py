@@ -50,7 +50,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
 
 
-def policy_for(policies: dict[str, Obj], namespace: str, service: str) -> Obj | None:
+def policy_for(policies: dict[str, Obj], *, namespace: str, service: str) -> Obj | None:
     """The TrafficPolicy governing ``namespace/service`` among ``policies`` (keyed
     ``namespace/name``): the first by name; others for the same Service are logged."""
     matches = sorted((key, obj) for key, obj in policies.items()

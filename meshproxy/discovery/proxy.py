@@ -92,7 +92,7 @@ class DiscoveringProxy(Proxy):
                 # The file is the local override: it is applied, without the policies
                 # that no longer fit it (they are retried at the next policy change).
                 for cluster in policies:
-                    self.discovery.refuse(cluster, None, e)
+                    self.discovery.refuse(cluster, None, error=e)
                 composed = self._compose(loaded, {})
                 policies = {}
             self.discovery.accepted = policies
@@ -137,8 +137,9 @@ class DiscoveringProxy(Proxy):
                     if disc.accepted.get(cluster) != sp:
                         ns, name = disc.config.service_key(
                             next(f for f in disc.config.clusters if f.cluster == cluster))
-                        disc.refuse(cluster, policy_for(disc.objects["trafficpolicies"],
-                                                        ns, name), err)
+                        obj = policy_for(disc.objects["trafficpolicies"], namespace=ns,
+                                         service=name)
+                        disc.refuse(cluster, obj, error=err)
                 return False
             disc.refresh()
             changed = sorted(c for c in set(candidate) | set(disc.accepted)

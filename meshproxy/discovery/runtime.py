@@ -213,18 +213,18 @@ class Discovery:
         out: dict[str, ServicePolicy] = {}
         for f in self.config.clusters:
             ns, name = self.config.service_key(f)
-            obj = policy_for(self.objects["trafficpolicies"], ns, name)
+            obj = policy_for(self.objects["trafficpolicies"], namespace=ns, service=name)
             if obj is None:
                 continue
             try:
                 out[f.cluster] = parse_policy(obj)
             except PolicyRefused as e:
-                self.refuse(f.cluster, obj, e)
+                self.refuse(f.cluster, obj, error=e)
                 if f.cluster in self.accepted:
                     out[f.cluster] = self.accepted[f.cluster]
         return out
 
-    def refuse(self, cluster: str, obj: Obj | None, error: PolicyRefused) -> None:
+    def refuse(self, cluster: str, obj: Obj | None, *, error: PolicyRefused) -> None:
         meta = (obj or {}).get("metadata") or {}
         tag = f"{meta.get('namespace')}/{meta.get('name')}@{meta.get('resourceVersion')}"
         if self.refused.get(cluster) == tag:
@@ -315,7 +315,7 @@ class Discovery:
         for ns in self.config.namespaces():
             for resource in self.resources():
                 w = ResourceWatch(
-                    self._conn, resource, ns,  # type: ignore[arg-type]
+                    self._conn, resource, namespace=ns,  # type: ignore[arg-type]
                     on_reset=lambda objs, r=resource, n=ns: self._on_reset(r, n, objs),
                     on_event=lambda kind, obj, r=resource, n=ns: self._on_event(r, n, kind,
                                                                                 obj),

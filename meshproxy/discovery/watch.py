@@ -140,7 +140,7 @@ def _status_failure(status: int, text: str, what: str) -> WatchFailed:
 class ResourceWatch:
     """List then watch one resource in one namespace, forever, until cancelled."""
 
-    def __init__(self, conn: ApiConnection, resource: Resource, namespace: str, *,
+    def __init__(self, conn: ApiConnection, resource: Resource, *, namespace: str,
                  on_reset: Callable[[dict[str, Obj]], None],
                  on_event: Callable[[str, Obj], None],
                  on_error: Callable[[str], None] | None = None,
@@ -161,6 +161,7 @@ class ResourceWatch:
         self.last_error: WatchFailed | None = None
         self._rv: str | None = None
         self._listed_at = float("-inf")
+        self._gones = 0  # 410s since an event last got through
 
     @property
     def what(self) -> str:
@@ -180,8 +181,13 @@ class ResourceWatch:
             except WatchFailed as e:
                 self._failed(e)
                 if isinstance(e, Gone):
-                    self._rv = None  # relist at once: the server is up, only history is gone
-                    continue
+                    # Relist at once: the server is up, only history is gone. Again
+                    # before any event got through (compaction racing our list): wait
+                    # like after any failure, never spin.
+                    self._rv = None
+                    self._gones += 1
+                    if self._gones == 1:
+                        continue
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as e:
                 reason = "timeout" if isinstance(e, TimeoutError) else (
                     "decode" if isinstance(e, ValueError | KeyError) else "connect")
@@ -250,6 +256,7 @@ class ResourceWatch:
                     if line.strip():
                         self._apply(json.loads(line))
         # A clean end (timeoutSeconds): still current; resume from self._rv.
+        self._gones = 0
         self._touch()
 
     def _apply(self, event: Obj) -> None:
@@ -264,6 +271,7 @@ class ResourceWatch:
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:
             self._rv = str(rv)
+        self._gones = 0
         self._touch()
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             self.on_event(kind, obj)

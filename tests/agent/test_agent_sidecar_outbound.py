@@ -117,7 +117,8 @@ async def test_meshed_pod_reaches_upstream_service_through_its_outbound_listener
         try:
             st = await wait_until(ready, timeout=60, what="the meshed Pod Ready")
         except TimeoutError:
-            raise AssertionError(f"not Ready: {statuses.get('shop')}") from None
+            raise AssertionError(f"not Ready: {statuses.get('shop')}\n"
+                                 f"{await _logs(runtime)}") from None
         inbound = next(m for m in st["portMappings"] if m["containerPort"] == 8080)
         url = f"http://127.0.0.1:{inbound['hostPort']}/catalog.txt"
 
@@ -125,13 +126,26 @@ async def test_meshed_pod_reaches_upstream_service_through_its_outbound_listener
             status, body = await asyncio.to_thread(http_get, url)
             return body if status == 200 else None
 
-        assert await wait_until(fetched, timeout=60,
-                                what="the app's call through its outbound listener") \
-            == b"catalog says hi\n"
+        try:
+            body = await wait_until(fetched, timeout=60,
+                                    what="the app's call through its outbound listener")
+        except TimeoutError:
+            raise AssertionError(f"no answer through the sidecar\n{await _logs(runtime)}"
+                                 ) from None
+        assert body == b"catalog says hi\n"
     finally:
         await agent.close(stop_pods=True)
         await api.stop()
         await runner.cleanup()
+
+
+async def _logs(runtime) -> str:
+    """Every container's last log lines, for a failure message."""
+    out = []
+    for info in await runtime.list():
+        text = (await runtime.logs(info.id, tail=30)).decode(errors="replace")
+        out.append(f"--- {info.labels} {info.state} ---\n{text}")
+    return "\n".join(out)
 
 
 def test_upstreams_annotation_parses_services_ports_and_namespaces() -> None:

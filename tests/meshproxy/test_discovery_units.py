@@ -185,5 +185,5 @@ def test_first_policy_by_name_governs_a_service():
                 "default/a": {"spec": {"service": "catalog"}},
                 "default/c": {"spec": {"service": "cart"}},
                 "shop/a": {"spec": {"service": "catalog"}}}
-    assert policy_for(policies, "default", "catalog") is policies["default/a"]
-    assert policy_for(policies, "default", "payment") is None
+    assert policy_for(policies, namespace="default", service="catalog") is policies["default/a"]
+    assert policy_for(policies, namespace="default", service="payment") is None
