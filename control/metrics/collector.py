@@ -13,7 +13,8 @@ of its own. Every ``interval`` seconds (:meth:`MetricsCollector.collect_once`):
    ``status.podIP`` and the host port the agent published for the sidecar's admin port
    (``status.portMappings``, container ``meshproxy``, container port 15000);
 3. it keeps the raw cumulative readings of the last ``window`` seconds per container and
-   per sidecar and turns oldest-vs-newest into rates: CPU in millicores, requests per
+   per sidecar (plus the newest one before that, so a rate spans at least the window
+   even when rounds run late) and turns oldest-vs-newest into rates: CPU in millicores, requests per
    second, p99 from the histogram buckets' difference (``scrape.py``). A Pod seen for the
    first time has no rate yet: it is reported from its second reading on, as Kubernetes'
    metrics-server does;
@@ -216,9 +217,12 @@ class MetricsCollector:
                          containers=tuple(containers), node=node, mesh=mesh)
 
     def _remember(self, table: dict[Any, deque], key: Any, reading: Any, now: float) -> deque:
+        """Append ``reading``; keep as the oldest the newest reading at or before the
+        window's start, so a rate always spans at least the window when earlier readings
+        exist (slow or failed rounds stretch the span instead of losing the rate)."""
         q = table.setdefault(key, deque())
         q.append(reading)
-        while len(q) > 1 and q[0].at < now - self.window:
+        while len(q) > 1 and q[1].at <= now - self.window:
             q.popleft()
         return q
 

@@ -158,3 +158,38 @@ async def test_agent_token_is_read_from_its_file_once_the_agent_wrote_it(
             await factory.stop()
     assert collector.failures == 1
     assert [(p.name, round(p.cpu_millis)) for p in pods] == [("web-0", 200)]
+
+
+async def test_rounds_further_apart_than_the_window_still_give_rates(server: ApiServer) -> None:
+    """With a 3 s window and rounds 10 s apart (a busy machine, a failed round), the rate
+    is measured over the 10 s between the readings rather than lost; a third round 4 s
+    later measures from the newest reading at or before the window's start (the second),
+    so over 4 s."""
+    agent, sidecar = FakeAgent(), FakeSidecar()
+    async with serving(agent.app()) as agent_port, serving(sidecar.app()) as sidecar_port, \
+            ApiClient(ClientConfig(server=server.url, token=server.admin_token)) as api:
+        web_uid, _ = await _seed(api, agent_port, sidecar_port)
+        factory = InformerFactory(api)
+        collector = MetricsCollector(api, factory, agent_token=AGENT_TOKEN, window=3.0)
+        factory.start()
+        try:
+            await factory.wait_synced(timeout=30)
+            t0 = time.time()
+            agent.usage = {("default", "web-0", web_uid): {"app": (1e9, 2**20)}}
+            await collector.collect_once(t0)
+            agent.usage = {("default", "web-0", web_uid): {"app": (2e9, 2**20)}}
+            sidecar.serve_requests(100, 0.01)
+            slow, _ = await collector.collect_once(t0 + 10)
+            agent.usage = {("default", "web-0", web_uid): {"app": (2.5e9, 2**20)}}
+            next_, _ = await collector.collect_once(t0 + 14)
+        finally:
+            await collector.close()
+            await factory.stop()
+    web = next(p for p in slow if p.name == "web-0")
+    assert web.window == 10
+    assert round(web.cpu_millis) == 100
+    assert web.mesh is not None
+    assert web.mesh.requests_per_second == pytest.approx(10.0)
+    web = next(p for p in next_ if p.name == "web-0")
+    assert web.window == 4
+    assert round(web.cpu_millis) == 125
