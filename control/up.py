@@ -80,7 +80,7 @@ def _ensure_token(path: Path) -> str:
         token = path.read_text().strip()
         if len(token) >= 16:
             return token
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(32)  # hex: never starts with "-", which CLIs would read as a flag
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")

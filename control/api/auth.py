@@ -110,7 +110,7 @@ def ensure_admin_token(data_dir: Path) -> tuple[str, bool]:
             raise ValueError(f"{path} does not hold a usable token; delete it to "
                              f"generate a new one")
         return token, False
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(32)  # hex: never starts with "-", which CLIs would read as a flag
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")

@@ -25,7 +25,8 @@ import pytest
 
 from support.net import free_port
 
-pytestmark = [pytest.mark.system(commands=["busybox", "curl", "bash"]), pytest.mark.slow]
+pytestmark = [pytest.mark.system(commands=["busybox", "curl", "bash"]), pytest.mark.slow,
+              pytest.mark.timeout(400)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -22,7 +22,8 @@ import pytest
 
 from support.net import free_port, port_open, wait_for_url
 
-pytestmark = [pytest.mark.system(commands=["busybox"]), pytest.mark.slow]
+pytestmark = [pytest.mark.system(commands=["busybox"]), pytest.mark.slow,
+              pytest.mark.timeout(300)]
 
 BIN = Path(sys.executable).parent
 MESHCTL = str(BIN / "meshctl")
