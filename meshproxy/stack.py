@@ -22,6 +22,7 @@ from meshproxy.layers.guard import (
     ClusterBreakerLayer,
     ClusterLimitLayer,
     EndpointGuard,
+    GuardedDirect,
     RateLimitLayer,
     ShedLayer,
     SwitchLayer,
@@ -156,21 +157,50 @@ def _layer_type(layer: Layer) -> object:
     return layer.func if isinstance(layer, partial) else layer
 
 
+#: Layers the fused path can run synchronously (see GuardedDirect).
+FUSABLE = frozenset({RateLimitLayer, SwitchLayer, ShedLayer, ClusterLimitLayer,
+                     ClusterBreakerLayer})
+
+
 def direct_forward(route: RouteConfig, cluster: Cluster,
                    ctx: StackContext | None = None) -> Forward | None:
-    """The fused fast path of a route whose stack is only the defaults, else None.
+    """The fused fast path of a route, or None when its stack needs the task.
 
-    Such a route's whole path is "pick, send on an idle pooled connection, answer or
-    map the error": the downstream protocol runs it with callbacks
-    (:meth:`Forward.try_direct` and a timer for the route timeout) instead of a task
-    and three coroutine frames per request. The semantics are the same as the stack's
-    (the same local replies and reasons); whenever it cannot (no idle connection, the
-    stale-connection retry) the request falls back to the full stack. Any other layer
-    configured for the route turns it off.
+    A route whose stack is only the defaults runs "pick, send on an idle pooled
+    connection, answer or map the error" with callbacks (:meth:`Forward.try_direct`
+    and a timer for the route timeout) instead of a task and a coroutine frame per
+    layer. Admission layers (rate limit, switches without a cluster fallback,
+    shedding, the cluster's request limit and breaker) run synchronously in front of
+    it (:class:`~meshproxy.layers.guard.GuardedDirect`), so configuring them does not
+    cost the fast path. The semantics are the stack's (same decisions, replies and
+    reasons); whenever it cannot (no idle connection, the stale-connection retry) the
+    request falls back to the full stack. Any other layer (deadline, retry, hedging,
+    the per-attempt endpoint guard) turns it off.
     """
-    types = tuple(_layer_type(layer) for layer in route_layers(route, cluster, ctx)
-                  if layer is not None)
-    return Forward(cluster) if types == DEFAULT_LAYERS else None
+    layers = [layer for layer in route_layers(route, cluster, ctx) if layer is not None]
+    types = tuple(_layer_type(layer) for layer in layers)
+    if types[:2] != DEFAULT_LAYERS or not set(types[2:]) <= FUSABLE:
+        return None
+    if len(types) == 2:
+        return Forward(cluster)
+    kw: dict = {"limiter": None, "switches": (), "shedder": None, "rank": route.rank,
+                "limit": None, "breaker": None}
+    for layer in layers[2:]:
+        assert isinstance(layer, partial)
+        k = layer.keywords
+        if layer.func is RateLimitLayer:
+            kw["limiter"] = k["limiter"]
+        elif layer.func is SwitchLayer:
+            if k["fallbacks"]:
+                return None  # a cluster fallback is an async forward of its own
+            kw["switches"] = k["switches"]
+        elif layer.func is ShedLayer:
+            kw["shedder"] = k["shedder"]
+        elif layer.func is ClusterLimitLayer:
+            kw["limit"] = k["limiter"]
+        else:
+            kw["breaker"] = k["breaker"]
+    return GuardedDirect(cluster, **kw)
 
 
 def build_handler(route: RouteConfig, cluster: Cluster,

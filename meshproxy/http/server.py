@@ -45,7 +45,7 @@ from meshproxy.http.request import (
     request_id,
 )
 from meshproxy.http.respond import ResponseWriter
-from meshproxy.layers.forward import stale_retry_ok
+from meshproxy.layers.forward import ANSWERED, stale_retry_ok
 
 if TYPE_CHECKING:
     from meshproxy.http.upstream import UpstreamBody, UpstreamConnection
@@ -343,6 +343,8 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         direct = route.direct
         if direct is not None:
             conn = direct.try_direct(ex, self._direct_head)
+            if conn is ANSWERED:  # refused or a fallback, already answered
+                return
             if conn is not None:
                 self._direct = conn
                 self._direct_timer = self.loop.call_at(
@@ -366,7 +368,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             if conn is not None and stale_retry_ok(ex, conn, exc):
                 self._task = self.loop.create_task(self._run(ex, ex.route.handler))
                 return
-            resp = local_reply(exc.status, exc.reason)
+            resp = local_reply(exc.status, exc.reason, headers=getattr(exc, "headers", None))
         self._send_response(ex, resp)
 
     async def _run(self, ex: Exchange, handler) -> None:

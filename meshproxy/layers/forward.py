@@ -40,6 +40,10 @@ from meshproxy.http.upstream import UpstreamConnection
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
+#: What a fused path's ``try_direct`` returns when it answered the request itself (a
+#: refusal or a fallback, through the head callback): nothing more to do.
+ANSWERED = object()
+
 #: Callback form of the response-head future: (response, None) or (None, error).
 HeadCallback = Callable[[Response | None, ProxyError | None], None]
 

@@ -21,11 +21,17 @@ import asyncio
 from collections.abc import Sequence
 
 from meshproxy.cluster import Cluster
-from meshproxy.errors import NoHealthyUpstream, Overloaded, ProxyError
+from meshproxy.errors import NoHealthyUpstream, Overloaded, ProxyError, UpstreamReset
 from meshproxy.http.message import Exchange, Response
 from meshproxy.http.reply import local_reply
 from meshproxy.layers.base import Handler
-from meshproxy.layers.forward import pick_context
+from meshproxy.layers.forward import (
+    ANSWERED,
+    Forward,
+    HeadCallback,
+    pick_context,
+    stale_retry_ok,
+)
 from meshproxy.resilience.breaker import REASON as CIRCUIT_OPEN
 from meshproxy.resilience.breaker import Breaker, BreakerGroup
 from meshproxy.resilience.concurrency import EndpointLimits, Limiter
@@ -111,11 +117,7 @@ class SwitchLayer:
         if isinstance(action, FailFast):
             raise Refused(action.status, action.reason, f"switch {sw.name} is degrading")
         if isinstance(action, StaticResponse):
-            headers = [(k.encode(), v.encode()) for k, v in action.headers.items()]
-            headers.append((b"x-mesh-switch", sw.name.encode()))
-            resp = local_reply(action.status, "degraded", headers=headers,
-                               body=action.body.encode())
-            return resp
+            return _static(sw, action)
         assert isinstance(action, ClusterFallback)
         ex.endpoint = None
         return await self.fallbacks[action.cluster](ex)
@@ -279,3 +281,136 @@ class EndpointGuard:
                     token, status is not None and status < 500, end)
             if self.outlier is not None and token:
                 self.outlier.observe(ep, status, end - now, end)
+
+
+class GuardedDirect(Forward):
+    """The fused fast path (:meth:`Forward.try_direct`) with the admission layers a
+    route may have without losing it: rate limit, switches (fail fast or static
+    fallback), shedding, the cluster's request limit and breaker, checked synchronously
+    in the stack's order, their outcomes fed from the head callback. Same decisions
+    and replies as the layers; it only saves the task and the coroutine frames.
+
+    Admissions run only once an idle pooled connection is known to be there, so that a
+    request falling back to the full stack is admitted once, by the stack. (The one
+    exception: the keep-alive race retried by the stack also passes its admissions
+    again, spending a second rate-limit token.)
+    """
+
+    __slots__ = ("_checked", "_token", "breaker", "limit", "limiter", "rank", "shedder",
+                 "switches")
+
+    def __init__(self, cluster: Cluster, *, limiter: RateLimiter | None,
+                 switches: Sequence[Switch], shedder: LoadShedder | None, rank: int,
+                 limit: Limiter | None, breaker: Breaker | None) -> None:
+        super().__init__(cluster)
+        self.limiter = limiter
+        self.switches = tuple(switches)
+        self.shedder = shedder
+        self.rank = rank
+        self.limit = limit
+        self.breaker = breaker
+        # the admissions' results for the request being dispatched (single-threaded:
+        # read right after _admit, before anything else can run)
+        self._checked: list[tuple[Switch, Verdict]] = []
+        self._token = 0
+
+    def try_direct(self, ex: Exchange, on_head: HeadCallback) -> object:  # type: ignore[override]
+        cluster = self.cluster
+        loop = self.loop
+        now = loop.time()
+        ep = cluster.balancer.pick(pick_context(ex, cluster, now), ())
+        if ep is None:
+            return None
+        ex.endpoint = ep
+        pool = cluster.pool(ep)
+        if not pool.idle:
+            return None
+        refusal = self._admit(ex, now)
+        if refusal is not None:
+            if isinstance(refusal, Response):
+                on_head(refusal, None)
+            else:
+                on_head(None, refusal)
+            return ANSWERED
+        checked, token = self._checked, self._token
+        conn = pool.take_idle()
+        if conn is None:
+            self._undo(token)
+            return None
+        limit, breaker, shedder, switches = self.limit, self.breaker, self.shedder, checked
+
+        def head(resp: Response | None, exc: ProxyError | None) -> None:
+            if exc is not None and stale_retry_ok(ex, conn, exc):
+                self._undo(token)  # the stack retries it and decides again
+            else:
+                end = loop.time()
+                ok = resp is not None and resp.status < 500
+                if limit is not None:
+                    limit.release()
+                if breaker is not None:
+                    breaker.record(token, ok, end)
+                if shedder is not None:
+                    shedder.done(end - now if ok else None, end)
+                for sw, v in switches:
+                    sw.observe(v, ok, end - now, end)
+            on_head(resp, exc)
+
+        try:
+            self._send(ex, ep, conn, head)
+        except UpstreamReset:
+            self._undo(token)
+            return None
+        return conn
+
+    def _admit(self, ex: Exchange, now: float) -> ProxyError | Response | None:
+        if self.limiter is not None:
+            hv = ex.header(self.limiter.header_name.encode()) \
+                if self.limiter.header_name else None
+            d = self.limiter.check(client_address=ex.client, header_value=hv, now=now)
+            if not d.allowed:
+                return Refused(d.status, "rate_limited", headers=[
+                    (k.encode(), v.encode()) for k, v in d.headers()])
+        checked: list[tuple[Switch, Verdict]] = []
+        for sw in self.switches:
+            v = sw.check(now)
+            if v == Verdict.DEGRADE:
+                action = sw.config.action
+                if isinstance(action, FailFast):
+                    return Refused(action.status, action.reason)
+                assert isinstance(action, StaticResponse)  # cluster fallbacks are not fused
+                return _static(sw, action)
+            checked.append((sw, v))
+        self._checked = checked
+        if self.shedder is not None:
+            why = self.shedder.admit(self.rank)
+            if why is not None:
+                return Refused(503, why)
+        if self.limit is not None and not self.limit.try_acquire():
+            if self.shedder is not None:
+                self.shedder.done(None, now)
+            return Refused(503, self.limit.code, self.limit.refusal)
+        token = 1
+        if self.breaker is not None:
+            token = self.breaker.allow(now)
+            if not token:
+                if self.limit is not None:
+                    self.limit.release()
+                if self.shedder is not None:
+                    self.shedder.done(None, now)
+                return Refused(503, CIRCUIT_OPEN)
+        self._token = token
+        return None
+
+    def _undo(self, token: int) -> None:
+        if self.breaker is not None:
+            self.breaker.cancel(token)
+        if self.limit is not None:
+            self.limit.release()
+        if self.shedder is not None:
+            self.shedder.done(None, self.loop.time())
+
+
+def _static(sw: Switch, action: StaticResponse) -> Response:
+    headers = [(k.encode(), v.encode()) for k, v in action.headers.items()]
+    headers.append((b"x-mesh-switch", sw.name.encode()))
+    return local_reply(action.status, "degraded", headers=headers, body=action.body.encode())
