@@ -70,9 +70,9 @@ class RateLimitLayer:
 
     async def __call__(self, ex: Exchange) -> Response:
         hv = ex.header(self.header) if self.header is not None else None
-        d = self.limiter.check(client_address=ex.client, header_value=hv,
-                               now=asyncio.get_running_loop().time())
-        if not d.allowed:
+        d = self.limiter.refusal(client_address=ex.client, header_value=hv,
+                                 now=asyncio.get_running_loop().time())
+        if d is not None:
             raise Refused(d.status, "rate_limited", headers=[
                 (k.encode(), v.encode()) for k, v in d.headers()])
         return await self.inner(ex)
@@ -366,8 +366,8 @@ class GuardedDirect(Forward):
         if self.limiter is not None:
             hv = ex.header(self.limiter.header_name.encode()) \
                 if self.limiter.header_name else None
-            d = self.limiter.check(client_address=ex.client, header_value=hv, now=now)
-            if not d.allowed:
+            d = self.limiter.refusal(client_address=ex.client, header_value=hv, now=now)
+            if d is not None:
                 return Refused(d.status, "rate_limited", headers=[
                     (k.encode(), v.encode()) for k, v in d.headers()])
         checked: list[tuple[Switch, Verdict]] = []

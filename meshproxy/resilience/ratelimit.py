@@ -191,6 +191,23 @@ class RateLimiter:
         return RateDecision(ok, int(cap), int(left), math.ceil((cap - left) / rate), retry,
                             200 if ok else self.config.status)
 
+    def refusal(self, *, client_address: str | None = None,
+                header_value: str | bytes | None = None,
+                now: float | None = None) -> RateDecision | None:
+        """The hot path's form of :meth:`check`: None when admitted (no decision object
+        is built), the refusal's decision (for its status and headers) otherwise."""
+        now = self._clock() if now is None else now
+        ok, left = self._backend.take(self.key(client_address=client_address,
+                                               header_value=header_value),
+                                      now, self.config.rate, self._capacity, 1.0)
+        if ok:
+            self.admitted_total += 1
+            return None
+        self.limited_total += 1
+        rate, cap = self.config.rate, self._capacity
+        return RateDecision(False, int(cap), int(left), math.ceil((cap - left) / rate),
+                            max(1, math.ceil((1.0 - left) / rate)), self.config.status)
+
     def __repr__(self) -> str:
         c = self.config
         return (f"<RateLimiter {self.route} {c.rate:g}/s burst {c.capacity} by {c.key} "

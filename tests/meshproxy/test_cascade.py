@@ -15,7 +15,7 @@ from cascade import run_phase
 
 
 async def test_breakers_and_timeouts_stop_a_hanging_service_from_cascading() -> None:
-    baseline = await run_phase(protected=True, c_hangs=False)
+    baseline = await run_phase(protected=False, c_hangs=False)
     protected = await run_phase(protected=True, c_hangs=True)
     unprotected = await run_phase(protected=False, c_hangs=True)
     base_other = baseline["other"].ok
