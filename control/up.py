@@ -167,7 +167,9 @@ class AllInOne:
         await self.api.start()
         self.client_config = ClientConfig(server=self.api.url, token=self.api.admin_token,
                                           ca_file=str(self.api.ca_file))
-        manager = ControllerManager(self.client_config, ManagerConfig())
+        # The metrics collector reads node stats from the agent with the agent's token.
+        manager = ControllerManager(self.client_config, ManagerConfig(
+            agent_token_file=cfg.data_dir / "agent" / "agent-token"))
         self.manager_task = asyncio.create_task(manager.run(self._manager_stop),
                                                 name="controller-manager")
         self.agent = Child("agent", self.agent_argv(), cfg.data_dir / "logs" / "agent.log")

@@ -49,3 +49,45 @@ async def test_without_the_prefix_the_same_command_is_not_found(make_worker, tmp
         assert waiting[0]["reason"] == "RunContainerError"
     finally:
         await rt.close()
+
+
+async def test_removing_a_container_whose_shim_was_killed_kills_its_command(
+        make_worker, tmp_path: Path):
+    """SIGKILL to the shim (not the command) leaves the command orphaned in the
+    container's process group; removing the container sweeps it, so no process, port
+    or cgroup of a removed container survives."""
+    import json
+    import signal
+
+    marker = tmp_path / "cmd.pid"
+    rt = ProcessRuntime(tmp_path / "rt", node="shim-kill")
+    try:
+        script = f"echo $$$$ > {marker}; exec sleep 300"  # $$ is an escaped $ in a spec
+        w = make_worker(pod("orphan", {"name": "app", "image": "none",
+                                       "command": ["busybox", "sh", "-c", script]}), rt=rt)
+        await w.sync()
+        await wait_until(lambda: marker.exists() and marker.read_text().strip())
+        command_pid = int(marker.read_text())
+        (info,) = await rt.list()
+        shim = json.loads((tmp_path / "rt" / "containers" / info.id / "pid").read_text())["pid"]
+        assert shim != command_pid
+        os.kill(shim, signal.SIGKILL)
+        await wait_until(lambda: _gone(shim))
+        assert not _gone(command_pid), "the command should outlive its shim until removal"
+        assert (await rt.inspect(info.id)).state == "exited"
+        await rt.remove(info.id)
+        await wait_until(lambda: _gone(command_pid))
+    finally:
+        for info in await rt.list():
+            await rt.remove(info.id)
+        await rt.close()
+        if rt.cgroups is not None:
+            rt.cgroups.remove_node()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -21,6 +21,9 @@ fork and exec, so the command and all its children are inside from the start.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 
 CFS_PERIOD_US = 100_000  # the kernel's default CFS period
@@ -104,8 +107,25 @@ class Cgroups:
             return None
         return (int(cpu) / 1e9 if cpu else 0.0), int(mem)
 
+    def pids(self, name: str) -> set[int]:
+        """The processes in the container's cgroups (all of them are the container's)."""
+        out: set[int] = set()
+        for parent in self._dirs.values():
+            raw = _read(parent / name / "cgroup.procs") or ""
+            out.update(int(x) for x in raw.split() if x.isdigit())
+        return out
+
     def remove(self, name: str) -> None:
-        """Remove the container's cgroups (its processes must have exited)."""
+        """Remove the container's cgroups, first killing whatever still runs in them (a
+        command whose shim was killed from outside outlives it)."""
+        for _ in range(50):
+            left = self.pids(name)
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)  # the kernel takes a moment to empty the cgroup
         for parent in self._dirs.values():
             with contextlib.suppress(FileNotFoundError):
                 (parent / name).rmdir()

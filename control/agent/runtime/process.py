@@ -179,8 +179,17 @@ class ProcessRuntime:
             return
         if self._live_pid(container_id) is not None:
             await self.stop(container_id, grace=0)
+        # A shim killed from outside leaves its command running, orphaned, in the
+        # container's process group (and cgroup): sweep the survivors, or they would
+        # keep the port and the memory of a container that no longer exists.
+        pidinfo = _read_json(d / "pid")
+        if pidinfo is not None:
+            hostname = (self._meta(container_id).get("env") or {}).get("HOSTNAME", "")
+            for pid in _group_members(pidinfo["pid"], hostname):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         if self.cgroups is not None:
-            self.cgroups.remove(container_id)
+            await asyncio.to_thread(self.cgroups.remove, container_id)
         shutil.rmtree(d, ignore_errors=True)
 
     async def list(self, *, pod_uid: str | None = None) -> list[ContainerInfo]:
@@ -339,6 +348,28 @@ def _stat(pid: int) -> tuple[str, int] | None:
 def _starttime(pid: int) -> int:
     st = _stat(pid)
     return st[1] if st else -1
+
+
+def _group_members(pgid: int, hostname: str) -> list[int]:
+    """Processes still in process group ``pgid`` that carry this container's
+    ``HOSTNAME``. While any member lives, no new process can get ``pgid`` as its pid,
+    so members found are the container's; the environment check guards the moment the
+    group has emptied and the number is reused."""
+    marker = f"HOSTNAME={hostname}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_bytes()
+            rest = raw[raw.rfind(b")") + 2:].split()
+            if int(rest[2]) != pgid or rest[0] == b"Z":
+                continue
+            if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                out.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 def _group_usage(pgid: int) -> Stats:
