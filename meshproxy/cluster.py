@@ -38,6 +38,7 @@ from meshproxy.resilience.snapshot import plain
 if TYPE_CHECKING:
     from meshproxy.config.clusters import ClusterConfig
     from meshproxy.metrics import Stats, Tally
+    from meshproxy.resilience.concurrency import Limiter
     from meshproxy.resilience.runtime import ClusterResilience
 
 
@@ -59,6 +60,7 @@ class Cluster:
         self._tallies: dict[Endpoint, Tally] = {}
         self.health: HealthChecker | None = None
         self.guard: ClusterResilience | None = None
+        self.connection_limit: Limiter | None = None
         self._panic_seen = 0
         self.set_endpoints((e.host, e.port, e.weight) for e in config.endpoints)
 
@@ -137,7 +139,8 @@ class Cluster:
             ep = current.get(key)
             if ep is None:
                 ep = Endpoint(key[0], key[1], weight)
-                self.pools[key] = Pool(ep, self.config, self.loop)
+                pool = self.pools[key] = Pool(ep, self.config, self.loop)
+                pool.shared = self.connection_limit
             else:
                 ep.weight = weight
             new_list.append(ep)
@@ -155,6 +158,16 @@ class Cluster:
             self.health.update(new_list)
         if self.guard is not None:
             self.guard.set_endpoints(new_list)
+
+    def share_connection_limit(self, limiter: Limiter | None) -> None:
+        """The cluster-wide ``limits.max_connections`` (None: none) for every pool;
+        connections opened under an earlier limiter give their slot back to it."""
+        if limiter is self.connection_limit:
+            return
+        self.connection_limit = limiter
+        for pool in self.pools.values():
+            pool.shared = limiter
+            pool.forget_counted()
 
     def pick(self, ctx: PickContext, exclude: Iterable[Endpoint] = ()) -> Endpoint:
         """An endpoint for one attempt (``ctx.hash_key`` set by the caller for hash

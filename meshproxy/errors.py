@@ -101,3 +101,14 @@ class UpstreamProtocolError(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     reason = "route_timeout"
+
+
+class Refused(Overloaded):
+    """A protective layer's refusal (rate limit, switch, limits, breaker), with its own
+    status, reason and response headers (a 429's ``Retry-After``)."""
+
+    def __init__(self, status: int, reason: str, detail: str = "", *,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.status = status
+        self.headers = headers

@@ -218,8 +218,11 @@ class Proxy:
             cfg.resilience,
             clusters=guarded, routes=routes,
             endpoints={name: clusters[name].endpoints for name in guarded})
+        limited = {c.name for c in cfg.clusters if c.limits is not None}
         for name, cluster in clusters.items():
-            cluster.guard = self.resilience.clusters.get(name)
+            guard = cluster.guard = self.resilience.clusters.get(name)
+            cluster.share_connection_limit(
+                guard.limits.connections if guard is not None and name in limited else None)
 
     def _close_later(self, cluster: Cluster) -> None:
         """A cluster left the config: close it (and stop its health checks) soon."""

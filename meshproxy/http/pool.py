@@ -19,12 +19,13 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from meshproxy.errors import ConnectFailure, ConnectTimeout, PoolOverflow
+from meshproxy.errors import ConnectFailure, ConnectTimeout, PoolOverflow, Refused
 from meshproxy.http.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from meshproxy.config.clusters import ClusterConfig
     from meshproxy.endpoint import Endpoint
+    from meshproxy.resilience.concurrency import Limiter
 
 
 class Pool:
@@ -41,6 +42,10 @@ class Pool:
         self.closing = False
         self.connects = 0          # connections opened, for /clusters
         self.connect_failures = 0
+        #: The cluster's ``limits.max_connections`` shared by all its endpoints' pools
+        #: (a resilience Limiter), None when the cluster sets no limits.
+        self.shared: Limiter | None = None
+        self._counted: set[UpstreamConnection] = set()
         self.configure(config)
 
     def configure(self, config: ClusterConfig) -> None:
@@ -70,8 +75,15 @@ class Pool:
         conn = self.take_idle()
         if conn is not None:
             return conn
-        while self.size >= self.max_connections:
-            if len(self.waiters) >= self.max_pending:
+        while self.size >= self.max_connections or not self._take_slot():
+            shared = self.shared
+            if shared is not None and self.size < self.max_connections:
+                # the cluster's connection limit is what is full: wait (in this pool's
+                # line, bounded by max_pending_requests) for a connection of this
+                # endpoint to be released, or refuse at once
+                if len(self.waiters) >= min(self.max_pending, shared.max_waiting):
+                    raise Refused(503, "max_connections", shared.refusal)
+            elif len(self.waiters) >= self.max_pending:
                 raise PoolOverflow(f"{self.endpoint.address}: {self.size} connections busy "
                                    f"and {len(self.waiters)} requests waiting")
             fut: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
@@ -89,6 +101,20 @@ class Pool:
                 return handed
         return await self._connect()
 
+    def _take_slot(self) -> bool:
+        """A slot of the cluster's connection limit for a new connection (always
+        granted without one); ``_connect`` hands it to the connection or gives it back."""
+        return self.shared is None or self.shared.try_acquire()
+
+    def forget_counted(self) -> None:
+        """The limiter changed: open connections no longer hold slots of the new one
+        (the old limiter is dropped with them)."""
+        self._counted.clear()
+
+    def _give_back(self) -> None:
+        if self.shared is not None:
+            self.shared.release()
+
     async def _connect(self) -> UpstreamConnection:
         self.connecting += 1
         ep = self.endpoint
@@ -98,6 +124,7 @@ class Pool:
                     lambda: UpstreamConnection(self), ep.host, ep.port)
         except (TimeoutError, OSError, asyncio.CancelledError) as e:
             self.connecting -= 1
+            self._give_back()
             self._wake_one()
             if isinstance(e, asyncio.CancelledError):
                 raise
@@ -109,6 +136,8 @@ class Pool:
         self.connecting -= 1
         self.connects += 1
         self.owned.add(conn)
+        if self.shared is not None:
+            self._counted.add(conn)
         if self.closing:
             conn.abort()
             raise ConnectFailure(f"{ep.address} removed from its cluster")
@@ -129,6 +158,9 @@ class Pool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """A connection closed: it no longer counts, and a waiter may connect instead."""
+        if conn in self._counted:
+            self._counted.discard(conn)
+            self._give_back()
         if conn in self.owned:
             self.owned.discard(conn)
             try:

@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Sequence
 
 from meshproxy.cluster import Cluster
-from meshproxy.errors import NoHealthyUpstream, Overloaded, ProxyError, UpstreamReset
+from meshproxy.errors import NoHealthyUpstream, ProxyError, Refused, UpstreamReset
 from meshproxy.http.message import Exchange, Response
 from meshproxy.http.reply import local_reply
 from meshproxy.layers.base import Handler
@@ -45,16 +45,6 @@ from meshproxy.resilience.degrade import (
 from meshproxy.resilience.outlier import OutlierDetector
 from meshproxy.resilience.ratelimit import RateLimiter
 from meshproxy.resilience.shedding import LoadShedder
-
-
-class Refused(Overloaded):
-    """A protective layer's refusal, with its status, reason and response headers."""
-
-    def __init__(self, status: int, reason: str, detail: str = "", *,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(detail, reason=reason)
-        self.status = status
-        self.headers = headers
 
 
 class RateLimitLayer:

@@ -125,6 +125,27 @@ async def test_cluster_request_limit_refuses_excess_at_once(upstreams, proxy_fac
     assert {r.reason for r in replies if r.status == 503} == {"max_requests"}
 
 
+async def test_cluster_connection_limit_spans_its_endpoints(upstreams, proxy_factory) -> None:
+    """limits.max_connections 2 over two endpoints (no pending line): with 4 slow
+    requests at once only 2 upstream connections open in the whole cluster and the
+    other 2 requests are refused at once with 503 max_connections; afterwards the
+    slots are free again (connections closed by the limit's owner count down)."""
+    ups = await upstreams(2)
+    for u in ups:
+        u.delay = 0.3
+    p = await proxy_factory(_cfg(ups, cluster=", limits: {max_connections: 2, "
+                                              "max_pending_requests: 0}"))
+    port = listener_port(p)
+    replies = await asyncio.gather(*(request(port) for _ in range(4)))
+    assert sorted(r.status for r in replies) == [200, 200, 503, 503]
+    assert {r.reason for r in replies if r.status == 503} == {"max_connections"}
+    assert ups[0].connections + ups[1].connections == 2
+    limiter = p.resilience.clusters["c"].limits.connections
+    assert limiter.in_use == 2  # the two pooled keep-alive connections hold the slots
+    p.clusters["c"].close()     # closing them gives the slots back
+    await eventually(lambda: limiter.in_use == 0)
+
+
 async def test_low_priority_is_shed_first(upstreams, proxy_factory) -> None:
     """Shedding with capacity 10: best_effort may fill half of it, critical all of it.
     With 8 slow requests in flight a best_effort request is refused and a critical one
