@@ -138,9 +138,9 @@ class Pool:
         self.owned.add(conn)
         if self.shared is not None:
             self._counted.add(conn)
-        if self.closing:
-            conn.abort()
-            raise ConnectFailure(f"{ep.address} removed from its cluster")
+        # An endpoint removed while this connect was in flight still serves the request
+        # that asked for it (the backend is up; failing it would turn a routine endpoint
+        # update into a 502): release() closes the connection once that exchange ends.
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -486,3 +486,44 @@ async def test_reload_that_adds_a_followed_cluster_restarts_watches_and_keeps_ot
         assert proxy.clusters["catalog"].endpoints[0] is kept
     finally:
         await proxy.close()
+
+
+async def test_no_request_fails_while_discovery_changes_the_endpoint_set(
+        api: ApiHandle, backends: list[Upstream], tmp_path: Path) -> None:
+    """Clients keep sending (keep-alive) while the Endpoints flip between overlapping
+    sets of live backends: every request is answered 200, and traffic follows the sets."""
+    b0, b1, b2 = backends
+    sets = [[b0.port, b1.port], [b1.port, b2.port], [b2.port, b0.port]]
+    await api.create_service("catalog")
+    await api.put_endpoints("catalog", sets[0])
+    proxy = await start_proxy(proxy_yaml(api, tmp_path))
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        conn = await RawConn.open(proxy.listeners["out"].port)
+        try:
+            while not stop.is_set():
+                await conn.send(b"GET /echo HTTP/1.1\r\nHost: catalog\r\n\r\n")
+                statuses.append((await conn.read_reply()).status)
+        finally:
+            await conn.close()
+
+    try:
+        await until(lambda: ports_of(proxy) == sorted(sets[0]), "first sync")
+        clients = [asyncio.create_task(client()) for _ in range(3)]
+        try:
+            for i in range(1, 7):
+                wanted = sets[i % 3]
+                await api.put_endpoints("catalog", wanted)
+                await until(lambda w=wanted: ports_of(proxy) == sorted(w), f"set {i}")
+                seen = len(statuses)
+                await until(lambda s=seen: len(statuses) >= s + 20, "traffic on the set")
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+        assert len(statuses) >= 120
+        assert set(statuses) == {200}
+        assert {b.name for b in backends if b.requests} == {"b0", "b1", "b2"}
+    finally:
+        await proxy.close()
