@@ -35,8 +35,10 @@ rate and an end; the run stops by itself and ``AllInOne`` stops the edge, the ag
 (which stops the Pods), the controllers and the API server, also on failure, Ctrl-C or
 SIGTERM; its data directory is a temporary directory that is removed.
 
-Neighbours: ``control/up.py`` (the system), ``samples.py`` (percentiles); the README's
-"End to end (issue #9)" section has the measured tables.
+Neighbours: ``control/up.py`` (the system), ``e2e_probes.py`` (the page stream, the
+watches, finding the app process, the sidecars' counters), ``e2e_report.py`` (the
+numbers and their tables); the README's "End to end (issue #9)" section has the
+measured tables.
 """
 
 from __future__ import annotations
@@ -47,24 +49,33 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from control.client.informer import Informer
 from control.client.rest import ApiClient
 from control.up import AllInOne, UpConfig
+from loadtests.e2e_probes import (
+    CATALOG,
+    NS,
+    BenchError,
+    PageStream,
+    Watch,
+    app_process,
+    by_status,
+    ready,
+    restarts,
+    sidecar_counters,
+    until,
+)
+from loadtests.e2e_report import KillRun, Result, ScaleEvent, machine, report
 from loadtests.procs import free_port
-from loadtests.samples import Samples
 
 Obj = dict[str, Any]
 Variant = Literal["outlier+retries", "retries-only", "outlier-only", "neither"]
@@ -78,15 +89,6 @@ VARIANTS: dict[str, Obj] = {
     "outlier-only": {"route": {"retry": None}},
     "neither": {"cluster": {"outlier": None}, "route": {"retry": None}},
 }
-NS = "default"
-CATALOG = "catalog"
-CLUSTER = f"{NS}.{CATALOG}"  # the frontends' sidecar cluster following the Service
-ROUTE = f"out-{CLUSTER}/{CATALOG}"  # its route, as the policy metrics label it
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class BenchError(RuntimeError):
-    """A wait ran out or the system misbehaved; the message says what was awaited."""
 
 
 @dataclass(frozen=True)
@@ -119,241 +121,6 @@ class E2EConfig:
         unknown = set(self.variants) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
-
-
-@dataclass
-class Hit:
-    """One page load through the edge."""
-
-    sent: float            # scheduled send time (monotonic)
-    done: float
-    status: int            # 0: no answer (connection error, timeout)
-    catalog_by: str | None  # the catalog Pod that answered the frontend
-    catalog_ok: bool
-    catalog_timeout: bool = False  # the frontend's own 3 s upstream timeout ran out
-
-
-class PageStream:
-    """Open-loop page loads through the edge at a fixed rate, one :class:`Hit` each.
-
-    Requests are scheduled at fixed times and never wait for earlier answers, so a
-    stall or a lost replica shows as failed or late pages instead of fewer pages.
-    ``first_by`` keeps, per catalog Pod, when the first page it served came back."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str, rate: float) -> None:
-        self.session, self.url, self.rate = session, url, rate
-        self.hits: list[Hit] = []
-        self.first_by: dict[str, float] = {}
-        self.seen = asyncio.Event()  # set on every answer: waiters re-check
-        self._tasks: set[asyncio.Task] = set()
-
-    async def run(self, until: Callable[[float], bool]) -> None:
-        """Send until ``until(elapsed)`` is true, then wait for the answers in flight."""
-        start, i = time.monotonic(), 0
-        try:
-            while not until(time.monotonic() - start):
-                due = start + i / self.rate
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                t = asyncio.create_task(self._one(due))
-                self._tasks.add(t)
-                t.add_done_callback(self._tasks.discard)
-                i += 1
-        finally:
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def latency(self) -> dict[str, float]:
-        """Page latency from the scheduled send time (ms): a queue shows here."""
-        s = Samples()
-        s.extend(h.done - h.sent for h in self.hits)
-        return s.summary(percentiles=(50, 99)) if len(s) else {"count": 0}
-
-    async def _one(self, sent: float) -> None:
-        status, by, ok, timeout = 0, None, False, False
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-            async with self.session.get(self.url) as r:
-                body = await r.read()
-                status = r.status
-            cat = json.loads(body).get("catalog")
-            if isinstance(cat, dict):
-                by = cat.get("served_by")
-                ok = "items" in cat
-            # The frontend puts its client's exception text where the answer would be.
-            timeout = isinstance(cat, str) and cat.startswith("TimeoutError")
-        done = time.monotonic()
-        self.hits.append(Hit(sent, done, status, by, ok, timeout))
-        if by is not None and by not in self.first_by:
-            self.first_by[by] = done
-        self.seen.set()
-
-
-@dataclass
-class ScaleEvent:
-    pod: str
-    scaled: float              # the scale call (monotonic s; all below relative to it)
-    created: float | None = None
-    ready: float | None = None
-    endpoint: float | None = None
-    first_request: float | None = None
-    note: str = ""
-
-
-@dataclass
-class KillRun:
-    variant: str
-    policy: Obj
-    victim: str = ""
-    pages: int = 0
-    pages_failed: int = 0           # non-200 or no answer
-    catalog_failed: int = 0         # pages whose catalog part did not come back
-    catalog_timeouts: int = 0       # ... of which the frontend's 3 s timeout ran out
-    loadavg: float = 0.0            # the machine's 1-minute load average at the start
-    failures_by_status: dict[str, int] = field(default_factory=dict)
-    not_ready_after: float | None = None     # s after the kill: Pod seen not Ready
-    endpoint_removed_after: float | None = None
-    ready_again_after: float | None = None
-    serving_again_after: float | None = None  # first page served by the victim again
-    restarts_before: int = 0                 # the victim's container restarts before
-    restarts: int | None = None
-    sidecar: dict[str, float] = field(default_factory=dict)  # frontends' counters, delta
-    page_latency: dict[str, float] = field(default_factory=dict)  # from scheduled send
-    note: str = ""
-
-
-@dataclass
-class Result:
-    config: Obj
-    machine: Obj
-    events: list[ScaleEvent] = field(default_factory=list)
-    scale_pages: int = 0
-    scale_pages_failed: int = 0
-    scale_catalog_failed: int = 0
-    scale_failures_by_status: dict[str, int] = field(default_factory=dict)
-    scale_page_latency: dict[str, float] = field(default_factory=dict)
-    kills: list[KillRun] = field(default_factory=list)
-
-
-class Watch:
-    """This process's view of the catalog Pods and Endpoints, stamped on arrival."""
-
-    def __init__(self) -> None:
-        self.pods: dict[str, Obj] = {}
-        self.created: dict[str, float] = {}
-        self.ready_since: dict[str, float] = {}     # pod -> when last seen turning Ready
-        self.unready_since: dict[str, float] = {}   # pod -> when last seen turning not Ready
-        self.addresses: set[str] = set()
-        self.added_at: dict[str, float] = {}        # pod -> its address last appeared
-        self.removed_at: dict[str, float] = {}      # pod -> its address last disappeared
-        self.changed = asyncio.Event()
-
-    def on_pod(self, pod: Obj) -> None:
-        if pod["metadata"].get("labels", {}).get("app") != CATALOG:
-            return
-        name, now = pod["metadata"]["name"], time.monotonic()
-        self.created.setdefault(name, now)
-        was = _ready(self.pods.get(name))
-        self.pods[name] = pod
-        if _ready(pod) and not was:
-            self.ready_since[name] = now
-        elif was and not _ready(pod):
-            self.unready_since[name] = now
-        self.changed.set()
-
-    def on_pod_gone(self, pod: Obj) -> None:
-        self.pods.pop(pod["metadata"]["name"], None)
-        self.changed.set()
-
-    def on_endpoints(self, ep: Obj) -> None:
-        if ep["metadata"]["name"] != CATALOG:
-            return
-        now = time.monotonic()
-        names = {a.get("targetRef", {}).get("name", a.get("ip", "?"))
-                 for s in ep.get("subsets") or [] for a in s.get("addresses") or []}
-        for n in names - self.addresses:
-            self.added_at[n] = now
-        for n in self.addresses - names:
-            self.removed_at[n] = now
-        self.addresses = names
-        self.changed.set()
-
-    def live(self) -> list[str]:
-        return sorted(n for n, p in self.pods.items()
-                      if not p["metadata"].get("deletionTimestamp"))
-
-
-def _ready(pod: Obj | None) -> bool:
-    if not pod:
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in pod.get("status", {}).get("conditions") or [])
-
-
-async def until(check: Callable[[], Any], events: list[asyncio.Event], timeout: float,
-                what: str) -> Any:
-    """Wait until ``check()`` is truthy (re-checked when any event fires, or every
-    0.1 s); return its value or raise :class:`BenchError` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
-        for e in events:
-            e.clear()
-        waits = [asyncio.ensure_future(e.wait()) for e in events]
-        try:
-            await asyncio.wait(waits, timeout=min(left, 0.1))
-        finally:
-            for w in waits:
-                w.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-    return value
-
-
-def app_process(agent_dir: Path, pod: str, container: str = "app") -> int:
-    """The pid of ``container``'s command in ``pod`` on the process runtime: the child
-    of the shim whose pid file belongs to the live container of that name."""
-    for meta_path in sorted((agent_dir / "process").glob("containers/*/meta.json")):
-        d = meta_path.parent
-        if (d / "exit").exists() or not (d / "pid").exists():
-            continue
-        labels = json.loads(meta_path.read_text()).get("labels", {})
-        if labels.get("mesh.pod.name") != pod or labels.get("mesh.container.name") != container:
-            continue
-        shim = json.loads((d / "pid").read_text())["pid"]
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    stat = Path(f"/proc/{entry}/stat").read_bytes()
-                    if int(stat[stat.rfind(b")") + 2:].split()[1]) == shim:
-                        return int(entry)
-    raise BenchError(f"no running {container!r} process of Pod {pod} under {agent_dir}")
-
-
-async def sidecar_counters(session: aiohttp.ClientSession, admin_ports: list[int]) -> dict:
-    """Sum over the frontends' sidecars: catalog attempts failed, retries, ejections,
-    policy updates applied."""
-    out = {"catalog_attempts_5xx": 0.0, "catalog_attempt_errors": 0.0,
-           "catalog_retries": 0.0, "catalog_ejections": 0.0, "policies_applied": 0.0}
-    for port in admin_ports:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
-            text = await r.text()
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                lb = s.labels
-                if s.name == "meshproxy_upstream_requests_total" and lb.get(
-                        "cluster") == CLUSTER and lb.get("code_class") == "5xx":
-                    out["catalog_attempts_5xx"] += s.value
-                elif s.name == "meshproxy_upstream_errors_total" and lb.get("cluster") == CLUSTER:
-                    out["catalog_attempt_errors"] += s.value
-                elif s.name == "meshproxy_route_retries_total" and lb.get("route") == ROUTE:
-                    out["catalog_retries"] += s.value
-                elif (s.name == "meshproxy_outlier_ejections_total"
-                      and lb.get("cluster") == CLUSTER):
-                    out["catalog_ejections"] += s.value
-                elif (s.name == "meshproxy_discovery_policy_updates_total"
-                      and lb.get("result") == "applied"):
-                    out["policies_applied"] += s.value
-    return out
 
 
 class E2EBench:
@@ -390,7 +157,10 @@ class E2EBench:
                 # hits one round of one variant, not every run of it.
                 for _ in range(self.cfg.rounds):
                     for variant in self.cfg.variants:
-                        result.kills.append(await self.kill_phase(variant))
+                        k = await self.kill_phase(variant)
+                        result.kills.append(k)
+                        progress(f"kill run {variant}: {k.pages_failed} of {k.pages} pages "
+                                 "failed")
 
     async def demo_ready(self, pods: Informer) -> None:
         async def page_ok() -> bool:
@@ -401,11 +171,11 @@ class E2EBench:
         deadline = time.monotonic() + self.cfg.ready_timeout
         while True:
             live = [p for p in pods.list() if p["metadata"]["labels"].get("app") != "loadgen"]
-            if len(live) >= 10 and all(_ready(p) for p in live) and await page_ok():
+            if len(live) >= 10 and all(ready(p) for p in live) and await page_ok():
                 break
             if time.monotonic() > deadline:
                 raise BenchError(f"the demo was not ready within {self.cfg.ready_timeout:g}s:"
-                                 f" {sum(map(_ready, live))}/{len(live)} Pods Ready")
+                                 f" {sum(map(ready, live))}/{len(live)} Pods Ready")
             if self.up.agent is not None and not self.up.agent.alive():
                 raise BenchError(f"the agent exited; see {self.up.agent.log_path}")
             await asyncio.sleep(0.5)
@@ -430,13 +200,15 @@ class E2EBench:
                 ev = ScaleEvent(pod="", scaled=time.monotonic())
                 result.events.append(ev)
                 await self.scale_event(ev, stream)
+                progress(f"scale event {len(result.events)}/{self.cfg.scale_events}: "
+                         f"{ev.pod} served {_since(ev.ready, ev.first_request)} after Ready")
         finally:
             stop.set()
             await load
         result.scale_pages = len(stream.hits)
         result.scale_pages_failed = sum(1 for h in stream.hits if h.status != 200)
-        result.scale_catalog_failed = sum(1 for h in stream.hits if not h.catalog_ok)
-        result.scale_failures_by_status = _by_status(stream.hits)
+        result.scale_catalog_failed = sum(1 for h in stream.hits if h.catalog_failed)
+        result.scale_failures_by_status = by_status(stream.hits)
         result.scale_page_latency = stream.latency()
 
     async def scale_event(self, ev: ScaleEvent, stream: PageStream) -> None:
@@ -496,12 +268,13 @@ class E2EBench:
         # restart a container on a failed liveness probe): the same immediate first
         # restart for every variant, as far as the system allows.
         candidates = await until(
-            lambda: sorted((_restarts(w.pods[n]), n) for n in w.live()
-                           if n in w.addresses and _ready(w.pods[n]) and n not in self.killed),
+            lambda: sorted((restarts(w.pods[n]), n) for n in w.live()
+                           if n in w.addresses and ready(w.pods[n]) and n not in self.killed),
             [w.changed], cfg.event_timeout, "a ready catalog replica not killed before")
         run.restarts_before, run.victim = candidates[0]
         self.killed.add(run.victim)
         before = await sidecar_counters(self.http, self.frontend_admin)
+        others = {p: n for p, n in w.restarts.items() if not p.startswith(f"{CATALOG}-")}
         killed: list[float] = []
         deadline = cfg.kill_duration + cfg.event_timeout
 
@@ -525,9 +298,13 @@ class E2EBench:
         run.sidecar = {k: after[k] - before[k] for k in after if k != "policies_applied"}
         run.pages = len(stream.hits)
         run.pages_failed = sum(1 for h in stream.hits if h.status != 200)
-        run.catalog_failed = sum(1 for h in stream.hits if not h.catalog_ok)
+        run.catalog_failed = sum(1 for h in stream.hits if h.catalog_failed)
+        run.other_failed = sum(1 for h in stream.hits
+                               if h.status != 200 and not h.catalog_failed)
+        run.other_restarts = sum(n - others.get(p, 0) for p, n in w.restarts.items()
+                                 if p in others)
         run.catalog_timeouts = sum(1 for h in stream.hits if h.catalog_timeout)
-        run.failures_by_status = _by_status(stream.hits)
+        run.failures_by_status = by_status(stream.hits)
         run.page_latency = stream.latency()
 
         def since(stamp: float | None) -> float | None:
@@ -539,7 +316,7 @@ class E2EBench:
         back = [h.done for h in stream.hits if h.catalog_by == run.victim and h.sent > t]
         run.serving_again_after = min(back) - t if back else None
         if run.victim in w.pods:
-            run.restarts = _restarts(w.pods[run.victim])
+            run.restarts = restarts(w.pods[run.victim])
         if run.serving_again_after is None:
             run.note = f"the victim served nothing again within {deadline:g}s of load"
         await self.replace(run.victim)
@@ -567,119 +344,14 @@ class E2EBench:
             await asyncio.gather(load, return_exceptions=True)
 
 
-def _by_status(hits: list[Hit]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for h in hits:
-        if h.status != 200:
-            key = str(h.status or "no answer")
-            out[key] = out.get(key, 0) + 1
-    return out
+
+def progress(line: str) -> None:
+    """One line on stderr per finished step: a full run takes a quarter of an hour."""
+    print(f"e2e_bench: {line}", file=sys.stderr, flush=True)
 
 
-def _restarts(pod: Obj) -> int:
-    return sum(int(c.get("restartCount", 0))
-               for c in pod.get("status", {}).get("containerStatuses") or [])
-
-
-# -- report ----------------------------------------------------------------------------
-
-SPLITS = (  # (label, from, to) over a ScaleEvent's stamps
-    ("pod start: created → Ready", "created", "ready"),
-    ("controller: Ready → in Endpoints", "ready", "endpoint"),
-    ("proxies: in Endpoints → first request served", "endpoint", "first_request"),
-    ("**Ready → first request served**", "ready", "first_request"),
-    ("scale call → first request served", "scaled", "first_request"),
-)
-
-
-def split_summary(events: list[ScaleEvent]) -> dict[str, dict[str, float]]:
-    """Per split: count, p50, p99 and max in ms; ``within_1s``: events at or under 1 s."""
-    out = {}
-    for label, a, b in SPLITS:
-        s = Samples()
-        for ev in events:
-            x, y = getattr(ev, a), getattr(ev, b)
-            if x is not None and y is not None:
-                s.add(y - x)
-        summary = s.summary(percentiles=(50, 99)) if len(s) else {"count": 0}
-        summary["within_1s"] = sum(1 for v in s._ordered() if v <= 1.0) if len(s) else 0
-        out[label] = summary
-    return out
-
-
-def machine() -> Obj:
-    model = ""
-    with contextlib.suppress(OSError):
-        model = next((ln.split(":", 1)[1].strip() for ln in
-                      Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("model name")), "")
-
-    def git(*args: str) -> str:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        return ""
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(),
-            "cpu": model, "python": sys.version.split()[0],
-            "commit": git("rev-parse", "--short", "HEAD"),
-            "modified": git("status", "--porcelain", "--", "control", "meshproxy",
-                            "config").splitlines(),
-            "loadavg_start": os.getloadavg()[0]}
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1e3:.0f}"
-
-
-def report(r: Result) -> str:
-    m, cfg = r.machine, r.config
-    lines = [f"End-to-end benchmark, {m['date']}: {m['nproc']} CPUs ({m['cpu']}), Python "
-             f"{m['python']}, commit {m['commit']}"
-             + (f" ({len(m['modified'])} modified files under control/, meshproxy/, config/)"
-                if m["modified"] else "")
-             + f"; load average {m['loadavg_start']:.1f} at start, "
-             f"{m.get('loadavg_end', 0):.1f} at end", ""]
-    done = [e for e in r.events if e.first_request is not None]
-    lines += [f"**Endpoint propagation: {len(done)} scale-ups of catalog (2 → 3 → 2), probe "
-              f"{cfg['probe_rate']:g} pages/s through the edge; {r.scale_pages} pages, "
-              f"{r.scale_pages_failed} failed ({r.scale_catalog_failed} without a catalog part; "
-              f"by status: {json.dumps(r.scale_failures_by_status)}); page latency p50 "
-              f"{r.scale_page_latency.get('p50_ms', float('nan')):.0f} ms, p99 "
-              f"{r.scale_page_latency.get('p99_ms', float('nan')):.0f} ms**", "",
-              "| interval | events | p50 ms | p99 ms | max ms | ≤ 1 s |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for label, s in split_summary(done).items():
-        if not s["count"]:
-            lines.append(f"| {label} | 0 | - | - | - | - |")
-            continue
-        lines.append(f"| {label} | {s['count']} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | "
-                     f"{s['max_ms']:.0f} | {s['within_1s']}/{s['count']} |")
-    lines += [""] + [f"note: event {i + 1} ({e.pod}): {e.note}"
-                     for i, e in enumerate(r.events) if e.note]
-    lines += [f"**A catalog replica's app SIGKILLed under {cfg['kill_rate']:g} pages/s "
-              f"(at {cfg['kill_at']:g} s of at least {cfg['kill_duration']:g} s); times in ms "
-              "after the kill**", "",
-              "| catalog policy | load avg | pages | page p99 ms | pages failed | catalog part "
-              "failed (of which timeouts) | failed catalog attempts (frontend sidecars) | "
-              "retries | ejections | Pod not Ready | endpoint removed | Ready again | served "
-              "again | restarts |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-              "| --- |"]
-    for k in r.kills:
-        sc = k.sidecar
-        lines.append(
-            f"| {k.variant} | {k.loadavg:.1f} | {k.pages} | "
-            f"{k.page_latency.get('p99_ms', float('nan')):.0f} | {k.pages_failed} | "
-            f"{k.catalog_failed} ({k.catalog_timeouts}) | "
-            f"{sc.get('catalog_attempts_5xx', 0) + sc.get('catalog_attempt_errors', 0):.0f} | "
-            f"{sc.get('catalog_retries', 0):.0f} | {sc.get('catalog_ejections', 0):.0f} | "
-            f"{_ms(k.not_ready_after)} | {_ms(k.endpoint_removed_after)} | "
-            f"{_ms(k.ready_again_after)} | {_ms(k.serving_again_after)} | "
-            f"{k.restarts_before} → {k.restarts} |")
-    lines += [""] + [f"note: {k.variant}: {k.note}" for k in r.kills if k.note]
-    policies = {k.variant: k.policy for k in r.kills}
-    lines += [f"policy {v}: {json.dumps(p, sort_keys=True)}" for v, p in policies.items()]
-    return "\n".join(lines) + "\n"
+def _since(a: float | None, b: float | None) -> str:
+    return "?" if a is None or b is None else f"{(b - a) * 1e3:.0f} ms"
 
 
 # -- command line ----------------------------------------------------------------------
