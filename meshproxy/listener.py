@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from meshproxy.http.server import HttpServerProtocol
 
 if TYPE_CHECKING:
-    from meshproxy.config.listeners import HttpListenerConfig
+    from meshproxy.config.listeners import HttpListenerConfig, TcpListenerConfig
     from meshproxy.metrics import Stats
     from meshproxy.router import Router
 
@@ -41,31 +42,31 @@ async def bind(loop: asyncio.AbstractEventLoop, factory, host: str, port: int,
                                     family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
-class HttpListener:
-    """An L7 listener."""
+class ListenerBase:
+    """What HTTP and TCP listeners share: the bound server, the set of open
+    connections, byte counters, and the drain bookkeeping (an event set once draining
+    leaves no connection). Subclasses give ``kind``, ``protocol`` (the connection's
+    Protocol class, built with the listener) and ``snapshot``."""
 
-    kind = "http"
+    kind = ""
+    protocol: Callable[[Any], asyncio.Protocol]
 
-    def __init__(self, config: HttpListenerConfig, router: Router, *,
+    def __init__(self, config: HttpListenerConfig | TcpListenerConfig, *,
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
         self.name = config.name
         self.config = config
-        self.router = router
         self.loop = loop
         self.stats = stats
         self.server: asyncio.Server | None = None
-        self.connections: set[HttpServerProtocol] = set()
+        self.connections: set = set()
         self.draining = False
         self._empty: asyncio.Event | None = None  # set when draining and none is left
-        self._opened = 0
-        self._active = stats.downstream_connections.labels(self.name)
-        self._accepted = stats.downstream_connections_total.labels(self.name)
         self._rx = stats.bytes_received.labels(self.name)
         self._tx = stats.bytes_sent.labels(self.name)
 
     @property
     def bind_key(self) -> tuple[str, str, int]:
-        return ("http", self.config.address, self.config.port)
+        return (self.kind, self.config.address, self.config.port)
 
     @property
     def port(self) -> int:
@@ -75,8 +76,48 @@ class HttpListener:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def start(self, *, share: asyncio.Server | None = None) -> None:
-        self.server = await bind(self.loop, lambda: HttpServerProtocol(self),
+        self.server = await bind(self.loop, lambda: self.protocol(self),
                                  self.config.address, self.config.port, share=share)
+
+    def connection_closed(self, conn) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            if not self.connections and self._empty is not None:
+                self._empty.set()
+
+    def count_bytes(self, rx: int, tx: int) -> None:
+        if rx:
+            self._rx.inc(rx)
+        if tx:
+            self._tx.inc(tx)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _wait_empty(self, timeout: float) -> None:
+        self._empty = asyncio.Event()
+        if self.connections:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._empty.wait()
+            except TimeoutError:
+                pass
+
+
+class HttpListener(ListenerBase):
+    """An L7 listener."""
+
+    kind = "http"
+    protocol = HttpServerProtocol
+
+    def __init__(self, config: HttpListenerConfig, router: Router, *,
+                 loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
+        super().__init__(config, loop=loop, stats=stats)
+        self.router = router
+        self._opened = 0
+        self._active = stats.downstream_connections.labels(self.name)
+        self._accepted = stats.downstream_connections_total.labels(self.name)
 
     def update(self, config: HttpListenerConfig, router: Router) -> None:
         """A reload kept this listener's address: new routes and limits, same socket.
@@ -95,20 +136,8 @@ class HttpListener:
         if self.draining:
             conn.drain()
 
-    def connection_closed(self, conn: HttpServerProtocol) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
-            if not self.connections and self._empty is not None:
-                self._empty.set()
-
     def count_local_reply(self, reason: str, status: int) -> None:
         self.stats.local_replies.labels(self.name, reason, str(status)).inc()
-
-    def count_bytes(self, rx: int, tx: int) -> None:
-        if rx:
-            self._rx.inc(rx)
-        if tx:
-            self._tx.inc(tx)
 
     def sweep(self) -> None:
         """Periodic (and before a scrape): move connection counts and the connections'
@@ -121,10 +150,6 @@ class HttpListener:
             self._opened = 0
 
     # --- shutdown --------------------------------------------------------------------
-    def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
     async def drain(self, timeout: float) -> None:
         """Stop accepting, close idle connections, let the others finish their current
         response (up to ``timeout`` seconds), then cut what is left."""
@@ -139,15 +164,6 @@ class HttpListener:
         self.sweep()
         if self.server is not None:
             await self.server.wait_closed()
-
-    async def _wait_empty(self, timeout: float) -> None:
-        self._empty = asyncio.Event()
-        if self.connections:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._empty.wait()
-            except TimeoutError:
-                pass
 
     def snapshot(self) -> dict:
         return {"name": self.name, "protocol": "http", "address": self.config.address,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from meshproxy.balance import PickContext
 from meshproxy.errors import ProxyError
-from meshproxy.listener import bind
+from meshproxy.listener import ListenerBase
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
@@ -228,49 +228,22 @@ class TcpDownstream(asyncio.Protocol):
         connections alone until the drain timeout."""
 
 
-class TcpListener:
+class TcpListener(ListenerBase):
     """An L4 listener."""
 
     kind = "tcp"
+    protocol = TcpDownstream
 
     def __init__(self, config: TcpListenerConfig, cluster: Cluster, *,
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
-        self.name = config.name
-        self.config = config
+        super().__init__(config, loop=loop, stats=stats)
         self.cluster = cluster
-        self.loop = loop
-        self.stats = stats
-        self.server: asyncio.Server | None = None
-        self.connections: set[TcpDownstream] = set()
-        self.draining = False
-        self._empty: asyncio.Event | None = None  # set when draining and none is left
         self._outcomes: dict[str, object] = {}
-        self._rx = stats.bytes_received.labels(self.name)
-        self._tx = stats.bytes_sent.labels(self.name)
-
-    @property
-    def bind_key(self) -> tuple[str, str, int]:
-        return ("tcp", self.config.address, self.config.port)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        assert self.server.sockets
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def start(self, *, share: asyncio.Server | None = None) -> None:
-        self.server = await bind(self.loop, lambda: TcpDownstream(self),
-                                 self.config.address, self.config.port, share=share)
 
     def update(self, config: TcpListenerConfig, cluster: Cluster) -> None:
         """New connections go to ``cluster``; open ones keep their upstream."""
         self.config = config
         self.cluster = cluster
-
-    def connection_closed(self, conn: TcpDownstream) -> None:
-        self.connections.discard(conn)
-        if not self.connections and self._empty is not None:
-            self._empty.set()
 
     def count(self, outcome: str) -> None:
         child = self._outcomes.get(outcome)
@@ -279,20 +252,10 @@ class TcpListener:
                                                                                 outcome)
         child.inc()
 
-    def count_bytes(self, rx: int, tx: int) -> None:
-        if rx:
-            self._rx.inc(rx)
-        if tx:
-            self._tx.inc(tx)
-
     def sweep(self) -> None:
         for conn in self.connections:
             self.count_bytes(conn.rx, conn.tx)
             conn.rx = conn.tx = 0
-
-    def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting; open connections may run until ``timeout``, then are cut."""
@@ -306,15 +269,6 @@ class TcpListener:
                 conn.upstream.transport.abort()
         if self.server is not None:
             await self.server.wait_closed()
-
-    async def _wait_empty(self, timeout: float) -> None:
-        self._empty = asyncio.Event()
-        if self.connections:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._empty.wait()
-            except TimeoutError:
-                pass
 
     def snapshot(self) -> dict:
         return {"name": self.name, "protocol": "tcp", "address": self.config.address,
