@@ -12,14 +12,22 @@ from collections.abc import Callable, Sequence
 
 from control import __version__
 from control.cli import apply as apply_cmd
-from control.cli import capacity_cmd, config_cmd, describe, get, scale, store_cmd, top, up
+from control.cli import (
+    capacity_cmd,
+    config_cmd,
+    describe,
+    get,
+    pod_io,
+    scale,
+    store_cmd,
+    top,
+    up,
+)
 
 NOT_YET = 2
 
 # name -> (help text, issue that builds it)
 PLANNED: dict[str, tuple[str, int]] = {
-    "logs": ("print a pod container's logs", 8),
-    "exec": ("run a command in a pod's container", 8),
 }
 
 # The kubectl-like client verbs (issue 6): each module registers its own subcommand
@@ -71,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_agent(sub)
     up.register(sub)
     store_cmd.register(sub)
+    pod_io.register(sub)
     from control.controllers.main import register as register_controllers
     register_controllers(sub)  # controller-manager and rollout (issue 7)
     for module in CLIENT_VERBS:
@@ -91,8 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Hand everything, --help included, to the agent's own parser.
         from control.agent.main import main as agent_main
         return agent_main(argv[1:])
+    trailing: list[str] | None = None
+    if argv[:1] == ["exec"] and "--" in argv:
+        # Everything after "--" is the command to run, whatever it looks like.
+        cut = argv.index("--")
+        argv, trailing = argv[:cut], argv[cut + 1:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if trailing is not None:
+        args.command = trailing
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -42,7 +42,7 @@ spec:
         - name: web
           image: busybox
           command: ["busybox", "sh", "-c"]
-          args: ["mkdir -p www && echo hello > www/index.html &&
+          args: ["mkdir -p www && echo hello > www/index.html && echo web-started &&
                   exec busybox httpd -f -p $(PORT) -h www"]
           ports: [{name: http, containerPort: 8080}]
           readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
@@ -103,6 +103,17 @@ def test_up_runs_a_deployment_stops_cleanly_and_resumes(spawn, tmp_path: Path) -
     _meshctl(env, "apply", "-f", "-", stdin=DEPLOYMENT)
     port = _wait(lambda: _pod_port(env), "the pod Ready with a published port", up)
     wait_for_url(f"http://127.0.0.1:{port}/index.html", timeout=20)
+
+    # logs and exec go to the node's agent with the token `up` keeps for it.
+    pod = json.loads(_meshctl(env, "get", "pods", "-l", "app=hello", "-o", "json"))[
+        "items"][0]["metadata"]["name"]
+    agent_token = ["--agent-token-file", str(data / "agent" / "agent-token")]
+    assert "web-started" in _meshctl(env, "logs", pod, *agent_token)
+    assert _meshctl(env, "exec", pod, *agent_token, "--", "busybox", "cat",
+                    "www/index.html").strip() == "hello"
+    failing = subprocess.run([MESHCTL, "exec", pod, *agent_token, "--", "busybox", "false"],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert failing.returncode == 1  # the command's own exit status
 
     up.send_signal(signal.SIGTERM)
     assert up.wait(60) == 0, up.output()
