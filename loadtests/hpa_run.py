@@ -64,7 +64,7 @@ from control.client.rest import ApiClient
 from control.controllers.events import EventRecorder
 from control.controllers.manager import ControllerManager, ManagerConfig
 from control.metrics.collector import MetricsCollector
-from loadtests.procs import ServerSet, free_port
+from loadtests.procs import ServerFailed, ServerSet, free_port
 
 Obj = dict[str, Any]
 NS = "default"
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hpa-run-") as tmp:
             result = asyncio.run(_main(cfg, Path(tmp)))
-    except RunError as e:
+    except (RunError, ServerFailed) as e:  # a child that never came up says why
         print(f"hpa_run: {e}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):
