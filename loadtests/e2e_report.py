@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -172,7 +173,65 @@ def report(r: Result) -> str:
             f"{_ms(k.ready_again_after)} | {_ms(k.serving_again_after)} | "
             f"{k.restarts_before} → {k.restarts} |")
     lines += [""] + [f"note: {k.variant}: {k.note}" for k in r.kills if k.note]
+    lines += variant_table(r.kills)
     policies = {k.variant: k.policy for k in r.kills}
     lines += [f"policy {v}: {json.dumps(p, sort_keys=True)}" for v, p in policies.items()]
     return "\n".join(lines) + "\n"
 
+
+def variant_table(kills: list[KillRun]) -> list[str]:
+    """Per variant, over its runs: pages lost because of catalog, what the sidecars saw,
+    and the median time until the victim left the Endpoints and served again."""
+    if not kills:
+        return []
+    lines = ["", "**Per variant, summed over its runs (median times)**", "",
+             "| catalog policy | runs | pages | catalog part failed (timeouts) | failed for "
+             "other reasons | failed catalog attempts | retries | ejections | endpoint "
+             "removed ms | served again ms |", "| --- " * 10 + "|"]
+    for variant in dict.fromkeys(k.variant for k in kills):
+        runs = [k for k in kills if k.variant == variant]
+
+        def total(key: str, runs: list[KillRun] = runs) -> float:
+            return sum(k.sidecar.get(key, 0) for k in runs)
+
+        def median(values: list[float | None]) -> str:
+            known = [v for v in values if v is not None]
+            return _ms(statistics.median(known)) if known else "-"
+        lines.append(
+            f"| {variant} | {len(runs)} | {sum(k.pages for k in runs)} | "
+            f"{sum(k.catalog_failed for k in runs)} "
+            f"({sum(k.catalog_timeouts for k in runs)}) | "
+            f"{sum(k.other_failed for k in runs)} | "
+            f"{total('catalog_attempts_5xx') + total('catalog_attempt_errors'):.0f} | "
+            f"{total('catalog_retries'):.0f} | {total('catalog_ejections'):.0f} | "
+            f"{median([k.endpoint_removed_after for k in runs])} | "
+            f"{median([k.serving_again_after for k in runs])} |")
+    return lines
+
+
+def load(path: Path) -> Result:
+    """A run saved with ``--json``, as a :class:`Result` again."""
+    raw = json.loads(path.read_text())
+    r = Result(**{k: v for k, v in raw.items() if k not in ("events", "kills")})
+    r.events = [ScaleEvent(**e) for e in raw.get("events", [])]
+    r.kills = [KillRun(**k) for k in raw.get("kills", [])]
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loadtests.e2e_report FILE``: re-print a run saved with ``--json``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m loadtests.e2e_report RESULTS.json", file=sys.stderr)
+        return 2
+    try:
+        result = load(Path(args[0]))
+    except (OSError, ValueError, TypeError) as e:
+        print(f"e2e_report: cannot read {args[0]}: {e}", file=sys.stderr)
+        return 2
+    print(report(result), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
