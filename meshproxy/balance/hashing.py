@@ -20,9 +20,13 @@ Headers are taken as the raw ``(name, value)`` byte pairs the httptools parser g
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from meshproxy.balance.config import HashOn
+
+if TYPE_CHECKING:
+    from meshproxy.endpoint import Endpoint
 
 
 def hash64(data: bytes, *, salt: bytes = b"") -> int:
@@ -60,3 +64,17 @@ def request_hash_key(hash_on: HashOn, *, headers: Iterable[tuple[bytes, bytes]],
             if found is not None:
                 return found
     return None
+
+
+def first_allowed(owners: Sequence[Endpoint], start: int,
+                  candidates: Collection[Endpoint]) -> Endpoint:
+    """The owner at ``start`` of a ring or lookup table, or the next one clockwise that
+    is a candidate (unhealthy, ejected or excluded owners are skipped), so a key moves
+    only when its own endpoint cannot take it. Shared by ring hash and Maglev."""
+    size = len(owners)
+    allowed = set(candidates)
+    for step in range(size):
+        owner = owners[(start + step) % size]
+        if owner in allowed:
+            return owner
+    raise AssertionError("every candidate owns entries of the table")  # pragma: no cover

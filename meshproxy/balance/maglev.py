@@ -20,7 +20,7 @@ import random as _random
 from collections.abc import Collection, Sequence
 
 from meshproxy.balance.base import DEFAULT_PANIC_THRESHOLD, EndpointPool, PickContext
-from meshproxy.balance.hashing import hash64
+from meshproxy.balance.hashing import first_allowed, hash64
 from meshproxy.endpoint import Endpoint
 
 DEFAULT_TABLE_SIZE = 65537  # Envoy's default: prime, and 100x the endpoints it expects
@@ -121,12 +121,7 @@ class Maglev:
         slot = hash64(ctx.hash_key) % m
         if candidates is self._pool.endpoints:
             return table[slot]
-        allowed = set(candidates)
-        for step in range(m):
-            owner = table[(slot + step) % m]
-            if owner in allowed:
-                return owner
-        raise AssertionError("every candidate owns table slots")  # pragma: no cover
+        return first_allowed(table, slot, candidates)
 
     def observe(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         return None

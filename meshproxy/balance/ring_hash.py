@@ -28,7 +28,7 @@ import random as _random
 from collections.abc import Collection, Sequence
 
 from meshproxy.balance.base import DEFAULT_PANIC_THRESHOLD, EndpointPool, PickContext
-from meshproxy.balance.hashing import hash64
+from meshproxy.balance.hashing import first_allowed, hash64
 from meshproxy.endpoint import Endpoint
 
 
@@ -97,12 +97,7 @@ class RingHash:
         start = bisect.bisect_left(self._hashes, hash64(ctx.hash_key))
         if candidates is self._pool.endpoints:
             return owners[start % size]
-        allowed = set(candidates)
-        for step in range(size):
-            owner = owners[(start + step) % size]
-            if owner in allowed:
-                return owner
-        raise AssertionError("every candidate owns ring entries")  # pragma: no cover
+        return first_allowed(owners, start, candidates)
 
     def observe(self, endpoint: Endpoint, latency: float, ok: bool) -> None:
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshproxy.errors import DownstreamError, ProxyError
@@ -52,9 +53,7 @@ class ResponseWriter:
     _since: float
     _rx: int
     _tx: int
-
-    def _dispatch(self, ex: Exchange) -> None:
-        raise NotImplementedError  # the protocol's
+    _dispatch: Callable[[Exchange], None]  # the protocol's: start the next exchange
 
     def _send_continue(self) -> None:
         if self.transport is not None and not self.closed and not self._head_sent:

@@ -134,12 +134,9 @@ def test_up_runs_a_deployment_stops_cleanly_and_resumes(spawn, tmp_path: Path) -
 def test_up_refuses_a_busy_port_clearly(spawn, tmp_path: Path) -> None:
     data = tmp_path / "mesh"
     env = {"MESH_CONFIG": str(tmp_path / "client.yaml"), "HOME": str(tmp_path)}
-    blocker = spawn([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
-                    name="blocker")
     port = free_port()
-    blocker.stop()
     blocker = spawn([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
-                    name="blocker2")
+                    name="blocker")
     _wait(lambda: port_open("127.0.0.1", port), "the blocker", blocker, timeout=20)
     up = _up(spawn, data, env, port, free_port())
     assert up.wait(60) == 1
