@@ -17,6 +17,7 @@ from control.cli import (
     config_cmd,
     describe,
     get,
+    patch,
     pod_io,
     scale,
     store_cmd,
@@ -32,7 +33,7 @@ PLANNED: dict[str, tuple[str, int]] = {
 
 # The kubectl-like client verbs (issue 6): each module registers its own subcommand
 # (get; apply and delete; scale; describe; config; top and capacity from issue 10).
-CLIENT_VERBS = (get, apply_cmd, scale, describe, config_cmd, top, capacity_cmd)
+CLIENT_VERBS = (get, apply_cmd, scale, patch, describe, config_cmd, top, capacity_cmd)
 
 Handler = Callable[[argparse.Namespace], int]
 

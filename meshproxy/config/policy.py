@@ -14,10 +14,18 @@ field is defined once and documented once):
   :class:`~meshproxy.config.listeners.RouteConfig` is a RoutePolicy plus the match,
   the cluster and the route timeout.
 
-:class:`ServicePolicy` groups both: the control plane's ``TrafficPolicy`` spec
-validates against it, and the proxy config uses the same two models, so there is one
-schema. Every section that is None (the default) is off and adds nothing to the
-request path (see :mod:`meshproxy.stack`).
+:class:`ServicePolicy` groups both, plus ``degrade``: the service's degradation switch
+(:class:`~meshproxy.resilience.degrade.SwitchBehaviour`: mode ``on``/``off``/``auto``,
+the auto-trip rule, the action). The control plane's ``TrafficPolicy`` spec validates
+against it, and the proxy config uses the same models, so there is one schema. Every
+section that is None (the default) is off and adds nothing to the request path (see
+:mod:`meshproxy.stack`).
+
+A policy's ``degrade`` becomes, in every proxy following the Service, a switch of level
+``service`` whose target is the cluster that follows it, named
+:func:`service_switch_name` (``<namespace>.<service>``, e.g. ``default.recommendations``:
+the same name in every proxy, and the name a proxy file uses to override it). How it
+is merged under the file: :mod:`meshproxy.discovery.policy`.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from meshproxy.health import HealthCheckConfig
 from meshproxy.hedge import HedgeConfig
 from meshproxy.resilience.breaker import BreakerConfig
 from meshproxy.resilience.concurrency import ConcurrencyConfig
+from meshproxy.resilience.degrade import SwitchBehaviour
 from meshproxy.resilience.outlier import OutlierConfig
 from meshproxy.resilience.ratelimit import RateLimitConfig
 from meshproxy.resilience.shedding import RANK, Priority
@@ -106,3 +115,23 @@ class ServicePolicy(Settings):
 
     cluster: ClusterPolicy = ClusterPolicy()
     route: RoutePolicy = RoutePolicy()
+    #: The Service's degradation switch (level ``service``, named
+    #: :func:`service_switch_name`); None: the policy declares none.
+    degrade: SwitchBehaviour | None = None
+
+
+#: Switch names are at most 63 characters (see :class:`~meshproxy.resilience.degrade.
+#: SwitchConfig`); namespace and service are DNS labels, so the pair may not fit.
+SWITCH_NAME_MAX = 63
+
+
+def service_switch_name(namespace: str, service: str) -> str:
+    """The name of the switch a TrafficPolicy's ``degrade`` declares for
+    ``namespace/service``: ``<namespace>.<service>`` (a dot cannot occur in either, so
+    the name is unambiguous). ValueError when it would exceed :data:`SWITCH_NAME_MAX`."""
+    name = f"{namespace}.{service}"
+    if len(name) > SWITCH_NAME_MAX:
+        raise ValueError(f"the degradation switch of service {namespace}/{service} would be "
+                         f"named {name!r}, longer than {SWITCH_NAME_MAX} characters: use "
+                         f"shorter namespace and service names")
+    return name

@@ -13,6 +13,20 @@ follows that Service:
   from what the YAML actually set, not from values: a file that spells out a default
   still wins).
 
+The policy's ``degrade`` (the Service's degradation switch) is a whole switch, not
+fields: it becomes a ``service``-level switch targeting the following cluster, named
+``<namespace>.<service>`` (:func:`~meshproxy.config.policy.service_switch_name`),
+appended to ``resilience.switches``, **unless the file declares a switch of that name**:
+then the file's switch is the one in force (a local override, as for fields). A policy
+without ``degrade`` (or one that drops it) leaves no switch behind. Switches are rebuilt
+by value (:meth:`~meshproxy.resilience.degrade.SwitchRegistry.reload`), so a re-apply
+that leaves a switch's settings as they were keeps its trip state and any mode an
+operator set on this proxy through the admin API; a policy that *changes* the switch
+builds it anew, so the newly declared state applies (as Kubernetes' declared state
+overrides a hand edit of one replica). A switch targets one cluster: two clusters of one
+proxy following the same Service cannot both take its policy's switch (refused, naming
+them; a file switch of that name resolves it).
+
 The merged config is validated again as a whole (each touched model re-validated, then
 the cross-model checks of :func:`meshproxy.config.root.cross_check`), so a policy that
 does not fit is refused with field paths (:class:`PolicyRefused`) before anything
@@ -30,8 +44,9 @@ from pydantic import ValidationError
 
 from meshproxy.config.clusters import ClusterConfig
 from meshproxy.config.listeners import HttpListenerConfig, RouteConfig
-from meshproxy.config.policy import ServicePolicy
+from meshproxy.config.policy import ServicePolicy, service_switch_name
 from meshproxy.config.root import ProxyConfig, cross_check
+from meshproxy.resilience.degrade import SwitchBehaviour, SwitchConfig
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +132,59 @@ def merge(cfg: ProxyConfig, policies: dict[str, ServicePolicy]) -> ProxyConfig:
                 problems += [(f"listeners[{i}].routes[{j}]{_loc(err['loc'])}", err["msg"])
                              for err in e.errors(include_url=False)]
         listeners.append(lst.model_copy(update={"routes": tuple(routes)}))
+    switches, switch_problems = policy_switches(cfg, policies)
+    problems += switch_problems
     if problems:
         raise PolicyRefused(problems)
-    merged = cfg.model_copy(update={"clusters": tuple(clusters),
-                                    "listeners": tuple(listeners)})
+    update: dict[str, Any] = {"clusters": tuple(clusters), "listeners": tuple(listeners)}
+    if switches:
+        update["resilience"] = cfg.resilience.model_copy(
+            update={"switches": (*cfg.resilience.switches, *switches)})
+    merged = cfg.model_copy(update=update)
     problems = cross_check(merged)
     if problems:
         raise PolicyRefused(problems)
     return merged
+
+
+def policy_switches(cfg: ProxyConfig, policies: dict[str, ServicePolicy]
+                    ) -> tuple[list[SwitchConfig], list[tuple[str, str]]]:
+    """The service switches ``policies`` declare for ``cfg``'s followed clusters, less
+    those the file declares by name (the file wins), and the problems found."""
+    declared = sorted(((c, sp.degrade) for c, sp in policies.items()
+                       if sp.degrade is not None), key=lambda d: d[0])
+    if not declared:
+        return [], []
+    file_names = {sw.name for sw in cfg.resilience.switches}
+    services: dict[str, tuple[str, str]] = {}
+    if cfg.discovery is not None:
+        services = {f.cluster: cfg.discovery.service_key(f) for f in cfg.discovery.clusters}
+    by_name: dict[str, list[tuple[str, SwitchBehaviour]]] = {}
+    problems: list[tuple[str, str]] = []
+    for cluster, behaviour in declared:
+        key = services.get(cluster)
+        if key is None:
+            problems.append((f"clusters[{cluster}]", "a TrafficPolicy's degradation switch "
+                             "applies to a cluster that follows a Service; this one does not"))
+            continue
+        try:
+            name = service_switch_name(*key)
+        except ValueError as e:
+            problems.append((f"trafficpolicy for {key[0]}/{key[1]}: spec.degrade", str(e)))
+            continue
+        by_name.setdefault(name, []).append((cluster, behaviour))
+    out: list[SwitchConfig] = []
+    for name, uses in by_name.items():
+        if name in file_names:
+            continue  # the file's switch of this name is the local override
+        if len(uses) > 1:
+            problems.append((f"resilience.switches[{name}]", "clusters "
+                             f"{', '.join(c for c, _ in uses)} all follow the Service whose "
+                             "TrafficPolicy declares this switch, and a switch targets one "
+                             "cluster: follow the Service with one cluster, or declare a "
+                             "switch of this name in the file"))
+            continue
+        ((cluster, behaviour),) = uses
+        fields = {f: getattr(behaviour, f) for f in SwitchBehaviour.model_fields}
+        out.append(SwitchConfig(name=name, level="service", target=cluster, **fields))
+    return out, problems

@@ -20,6 +20,8 @@ traffic first.
 
 The action is a :class:`FailFast` (a status and reason), a :class:`StaticResponse`
 (status, headers, body) or a :class:`ClusterFallback` (send to another cluster).
+:class:`SwitchBehaviour` groups mode, rule and action (what a TrafficPolicy's ``degrade``
+section carries); :class:`SwitchConfig` adds the name, level and target.
 
 :class:`SwitchRegistry` holds them all by name: the engine resolves once per route, at
 config build time, which switches apply (:meth:`SwitchRegistry.applicable`), so the
@@ -98,11 +100,11 @@ class AutoTrip(_Frozen):
     """Probe outcomes collected before deciding to recover or trip again."""
 
 
-class SwitchConfig(_Frozen):
-    name: str
-    level: Level
-    target: str = Field(min_length=1)
-    """Route name, route group name or cluster name, by ``level``."""
+class SwitchBehaviour(_Frozen):
+    """What a switch does, without where it applies: its mode, auto-trip rule and action.
+    The control plane's TrafficPolicy carries this (``spec.degrade``, see
+    :mod:`meshproxy.config.policy`); the proxy makes it a service switch."""
+
     mode: Mode = "auto"
     enabled: bool = True
     enforced: bool = True
@@ -110,6 +112,15 @@ class SwitchConfig(_Frozen):
     auto: AutoTrip | None = None
     """The automatic rule; without it, ``auto`` means normal."""
     action: Action = Field(default_factory=FailFast)
+
+
+class SwitchConfig(SwitchBehaviour):
+    """One switch of the proxy config: a behaviour plus its name, level and target."""
+
+    name: str
+    level: Level
+    target: str = Field(min_length=1)
+    """Route name, route group name or cluster name, by ``level``."""
 
     @field_validator("name")
     @classmethod

@@ -11,6 +11,12 @@ refuse: the spec (less ``service``) is validated by the proxy's own
 same in a file and in the cluster — and each pydantic error becomes a 422 cause naming
 the field (``spec.cluster.breaker.reset_timeout``). ``control`` may import ``meshproxy``;
 the reverse never happens.
+
+``spec.degrade`` is the Service's degradation switch (mode ``on``/``off``/``auto``, the
+auto-trip rule, the action); every proxy following the Service runs it as a service
+switch named ``<namespace>.<service>`` (see :mod:`meshproxy.discovery.policy`), so
+flipping it is ``meshctl patch trafficpolicy NAME -p '{"spec":{"degrade":{"mode":"on"}}}'``.
+That name must fit a switch name (63 characters), checked here too.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pydantic import ValidationError
 from control.api import validation as v
 from control.api.kinds.base import Strategy
 from control.api.validation import FieldErrors
-from meshproxy.config.policy import ServicePolicy
+from meshproxy.config.policy import ServicePolicy, service_switch_name
 
 # The sections a policy may carry: the fields of the proxy's ServicePolicy.
 POLICY_SECTIONS = tuple(ServicePolicy.model_fields)
@@ -35,8 +41,10 @@ def _path(path: str, loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors) -> None:
-    """The single check of a TrafficPolicy spec (see the module docstring)."""
+def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors, *,
+                         namespace: str | None = None) -> None:
+    """The single check of a TrafficPolicy spec (see the module docstring); with
+    ``namespace``, also that a ``degrade`` switch's name fits."""
     service = v.string(spec, "service", f"{path}.service", errs, required=True)
     if service:
         v.dns_label(service, f"{path}.service", errs)
@@ -50,15 +58,23 @@ def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors) -> 
            for k, val in sections.items()):
         return  # the envelope is wrong: the model's errors would only repeat it
     try:
-        ServicePolicy.model_validate(sections)
+        policy = ServicePolicy.model_validate(sections)
     except ValidationError as e:
         for err in e.errors(include_url=False):
             where = _path(path, tuple(p for p in err["loc"] if p != "__root__"))
             errs.invalid(where, err.get("input"), err["msg"])
+        return
+    if policy.degrade is not None and namespace and service:
+        try:
+            service_switch_name(namespace, service)
+        except ValueError as e:
+            errs.invalid(f"{path}.degrade", sections.get("degrade"), str(e))
 
 
 class TrafficPolicyStrategy(Strategy):
     def validate(self, obj: dict[str, Any], errs: FieldErrors) -> None:
         spec = v.mapping(obj, "spec", "spec", errs, required=True)
         if spec is not None:
-            validate_policy_spec(spec, "spec", errs)
+            namespace = (obj.get("metadata") or {}).get("namespace")
+            validate_policy_spec(spec, "spec", errs,
+                                 namespace=namespace if isinstance(namespace, str) else None)
