@@ -3,6 +3,10 @@
 ``frontend`` calls ``catalog``, ``cart`` and ``recommendations``; ``cart`` calls
 ``payment``. ``recommendations`` is the non-core service: ``POST /chaos`` makes it slow
 or failing, so its degradation switch and breaker can be seen to keep the frontend up.
+The page says which: ``"recommendations": {"degraded": true, "status": 503}`` when the
+call failed, and ``"fallback": "<switch>"`` beside the answer when a sidecar's
+degradation switch served it (the proxy names the switch in ``x-mesh-switch``; the
+demo's TrafficPolicy declares one, see ``config/demo/policy.yaml``).
 ``loadgen`` sends a steady load to the frontend and logs what it gets.
 
 Every answer names the Pod that served it (``$HOSTNAME``), so balancing across replicas
@@ -54,16 +58,36 @@ def upstream(name: str) -> str:
                      f"UPSTREAM_{env}")
 
 
-async def _get_json(session: ClientSession, url: str) -> tuple[int, object]:
+#: The header a meshproxy puts on a degradation switch's static fallback.
+SWITCH_HEADER = "x-mesh-switch"
+
+
+async def _get_json(session: ClientSession, url: str,
+                    switch: list[str] | None = None) -> tuple[int, object]:
+    """(status, decoded body) of a GET; status 0 when the call itself failed. With
+    ``switch``, the name of the degradation switch that answered, if one did, is
+    appended to it."""
     try:
         async with session.get(url) as resp:
             body = await resp.read()
+            if switch is not None and SWITCH_HEADER in resp.headers:
+                switch.append(resp.headers[SWITCH_HEADER])
             try:
                 return resp.status, json.loads(body)
             except ValueError:
                 return resp.status, body.decode(errors="replace")[:200]
     except (ClientError, TimeoutError) as e:
         return 0, f"{type(e).__name__}: {e}"
+
+
+def _recommendations(status: int, body: object, switch: list[str]) -> object:
+    """What the page shows for the non-core call: the answer (marked when a switch's
+    fallback gave it), or that it degraded."""
+    if status != 200:
+        return {"degraded": True, "status": status}
+    if switch and isinstance(body, dict):
+        return {**body, "fallback": switch[0]}
+    return body
 
 
 def _reply(payload: dict, status: int = 200) -> web.Response:
@@ -139,17 +163,17 @@ def build_app(role: str) -> web.Application:
 
         async def index(req: web.Request) -> web.Response:
             s = req.app[SESSION]
+            switch: list[str] = []
             (c_st, cat), (k_st, cart), (r_st, recs) = await asyncio.gather(
                 _get_json(s, f"{urls['catalog']}/items"),
                 _get_json(s, f"{urls['cart']}/cart"),
-                _get_json(s, f"{urls['recommendations']}/recs"))
+                _get_json(s, f"{urls['recommendations']}/recs", switch))
             if c_st != 200 or k_st != 200:
                 # Core paths: without catalog or cart the page is broken.
                 return _reply({"error": "core service unavailable",
                                "catalog": cat, "cart": cart}, 503)
             return _reply({"catalog": cat, "cart": cart,
-                           "recommendations": recs if r_st == 200 else
-                           {"degraded": True, "status": r_st}})
+                           "recommendations": _recommendations(r_st, recs, switch)})
         app.router.add_get("/", index)
     else:
         raise SystemExit(f"shop: unknown role {role!r}; one of {', '.join(ROLES)}")

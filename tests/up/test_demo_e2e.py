@@ -7,7 +7,9 @@ it pins the issue-9 path end to end: all demo Pods become Ready; requests throug
 edge succeed and are balanced across frontend replicas; a scale-up is routed to by the
 sidecars (the delay from the new Pod's Ready to the first request it serves is
 measured and printed, not asserted); breaking one recommendations replica never breaks
-the page, and outlier detection takes the broken replica out.
+the page, and outlier detection takes the broken replica out; flipping the
+recommendations TrafficPolicy's degradation switch through the API (``meshctl patch``)
+makes every page carry the switch's fallback, and flipping it back ends that.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.system(commands=["busybox", "curl", "bash"]), pytest.m
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+SWITCH = "default.recommendations"  # the demo TrafficPolicy's switch: <namespace>.<service>
 README_BLOCK = re.compile(r"In a second terminal.*?```sh\n(.*?)```", re.S)
 EXPECTED = [
     ".venv/bin/meshctl get nodes",
@@ -41,6 +44,11 @@ EXPECTED = [
     "for i in $(seq 20); do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8080/;"
     " done",
     "curl -s -X POST -d '{\"error_rate\": 0}' http://127.0.0.1:8080/chaos",
+    ".venv/bin/meshctl patch trafficpolicy recommendations --type merge"
+    " -p '{\"spec\":{\"degrade\":{\"mode\":\"on\"}}}'",
+    "curl -s http://127.0.0.1:8080/",
+    ".venv/bin/meshctl patch trafficpolicy recommendations --type merge"
+    " -p '{\"spec\":{\"degrade\":{\"mode\":\"auto\"}}}'",
     ".venv/bin/meshctl describe deployment catalog",
     ".venv/bin/meshctl apply -f config/demo/policy.yaml",
 ]
@@ -142,9 +150,27 @@ def test_quickstart_end_to_end(spawn, tmp_path: Path) -> None:
     assert degraded <= 1, f"the broken replica was not ejected: {degraded}/10 degraded"
     demo.sh(cmds[7])
 
-    described = demo.sh(cmds[8])
+    # Flip the degradation switch through the API: every sidecar calling recommendations
+    # serves the policy's fallback (the page stays 200 and says so); flip it back.
+    assert demo.sh(cmds[8]).strip() == "trafficpolicy.mesh.io/recommendations patched"
+    switched_at = time.monotonic()
+    def fallback_pages() -> list[bool]:
+        """For 6 pages through the edge (both frontends): 200 with the fallback?"""
+        pages = [demo.page() for _ in range(6)]
+        return [code == 200 and body["recommendations"].get("fallback") == SWITCH
+                for code, body in pages]
+
+    demo.wait(lambda: all(fallback_pages()), "the switch's fallback on every page")
+    print(f"switch on: fallback on every page {time.monotonic() - switched_at:.2f}s after "
+          "the patch")
+    assert json.loads(demo.sh(cmds[9]))["recommendations"] == {"recommended": [],
+                                                               "fallback": SWITCH}
+    assert "patched" in demo.sh(cmds[10])
+    demo.wait(lambda: not any(fallback_pages()), "pages without the fallback again")
+
+    described = demo.sh(cmds[11])
     assert "Replicas:" in described or "replicas" in described.lower()
-    assert "unchanged" in demo.sh(cmds[9])
+    assert "unchanged" in demo.sh(cmds[12])
 
     demo.proc.send_signal(signal.SIGINT)
     assert demo.proc.wait(60) == 0, demo.proc.output()[-3000:]
