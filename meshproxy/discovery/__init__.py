@@ -14,6 +14,11 @@ policy fields of a followed   the file where it sets the field, else the Service
 cluster (``ClusterPolicy``)   TrafficPolicy (``spec.cluster``), else the default
 policy fields of routes to    the file where the route sets the field, else the
 it (``RoutePolicy``)          TrafficPolicy (``spec.route``), else the default
+the Service's degradation     a switch of the same name in the file's
+switch (``spec.degrade``:     ``resilience.switches`` (whole, not per field), else the
+service switch named          TrafficPolicy's; an admin-API flip on this proxy holds
+``<namespace>.<service>``)    until the TrafficPolicy changes the switch, then the
+                              declared state applies
 other cluster/route settings  the file (timeouts, pools, matches, ...)
 clusters not followed,        the file only
 listeners, admin, runtime
