@@ -41,7 +41,10 @@ REASON = "rate_limited"
 
 
 class RateLimitConfig(BaseModel):
-    """A token bucket for one route."""
+    """A token bucket for one route. It applies where the route is: on a sidecar's
+    inbound listener it protects the local app from its callers; on an outbound route
+    (and so in a TrafficPolicy, which callers' sidecars apply) it keeps each caller
+    within the upstream's contract."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,9 +58,6 @@ class RateLimitConfig(BaseModel):
     of ``header``."""
     header: str | None = Field(None, min_length=1, max_length=256)
     """Header whose value keys the bucket (only with ``key: header``)."""
-    direction: Literal["inbound", "outbound"] = "inbound"
-    """Which listener side applies it: inbound protects the local app from its callers;
-    outbound keeps this app within an upstream's contract."""
     backend: Literal["local", "shared"] = "shared"
     """``shared``: one limit for all worker processes (what users expect of "rate");
     ``local``: per process (cheaper, N workers admit N x rate)."""
