@@ -83,8 +83,8 @@ async def serve(loaded: Loaded, path: str | Path, *, worker_of: int | None = Non
     try:
         if worker_of is None:
             if loaded.config.admin.enabled:
-                # Imported here: aiohttp is a third of a worker's memory, and workers
-                # of a supervisor (and proxies without admin) never serve it.
+                # Imported here: workers of a supervisor (and proxies without admin)
+                # never serve it.
                 from meshproxy.admin import AdminServer, ProxySource
 
                 admin = AdminServer(ProxySource(proxy, path), loaded.config.admin)
