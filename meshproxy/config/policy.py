@@ -30,6 +30,8 @@ is merged under the file: :mod:`meshproxy.discovery.policy`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from meshproxy.balance.config import LoadBalancerConfig
@@ -118,6 +120,28 @@ class ServicePolicy(Settings):
     #: The Service's degradation switch (level ``service``, named
     #: :func:`service_switch_name`); None: the policy declares none.
     degrade: SwitchBehaviour | None = None
+
+
+def error_path(loc: tuple[int | str, ...], data: Any) -> str:
+    """A pydantic error's ``loc`` in a policy as a field path (``.cluster.breaker``,
+    ``.route.retry.retry_on[0]``), walking ``data`` (the validated input). A tagged union
+    (a switch's ``action``) puts its tag in ``loc`` (``action.static.status``); the tag
+    names no field of the input, so it is left out (``.degrade.action.status``)."""
+    out = ""
+    for part in loc:
+        if part == "__root__":
+            continue
+        if isinstance(data, dict) and isinstance(part, str) and part not in data \
+                and data.get("kind") == part:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            data = None
+    return out
 
 
 #: Switch names are at most 63 characters (see :class:`~meshproxy.resilience.degrade.

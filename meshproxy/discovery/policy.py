@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from meshproxy.config.clusters import ClusterConfig
 from meshproxy.config.listeners import HttpListenerConfig, RouteConfig
-from meshproxy.config.policy import ServicePolicy, service_switch_name
+from meshproxy.config.policy import ServicePolicy, error_path, service_switch_name
 from meshproxy.config.root import ProxyConfig, cross_check
 from meshproxy.resilience.degrade import SwitchBehaviour, SwitchConfig
 
@@ -84,10 +84,11 @@ def parse_policy(obj: Obj) -> ServicePolicy:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         raise PolicyRefused([(where, "must be an object")])
+    sections = {k: v for k, v in spec.items() if k != "service"}
     try:
-        return ServicePolicy.model_validate({k: v for k, v in spec.items() if k != "service"})
+        return ServicePolicy.model_validate(sections)
     except ValidationError as e:
-        raise PolicyRefused([(f"{where}{_loc(err['loc'])}", err["msg"])
+        raise PolicyRefused([(f"{where}{error_path(err['loc'], sections)}", err["msg"])
                              for err in e.errors(include_url=False)]) from None
 
 

@@ -28,29 +28,10 @@ from pydantic import ValidationError
 from control.api import validation as v
 from control.api.kinds.base import Strategy
 from control.api.validation import FieldErrors
-from meshproxy.config.policy import ServicePolicy, service_switch_name
+from meshproxy.config.policy import ServicePolicy, error_path, service_switch_name
 
 # The sections a policy may carry: the fields of the proxy's ServicePolicy.
 POLICY_SECTIONS = tuple(ServicePolicy.model_fields)
-
-
-def _path(path: str, loc: tuple[int | str, ...], data: Any) -> str:
-    """``path`` plus pydantic's ``loc`` as a field path. A tagged union (a switch's
-    ``action``) puts the tag in ``loc`` (``action.static.status``); it names no field of
-    the input, so it is left out (``action.status``)."""
-    out = path
-    for part in loc:
-        if isinstance(data, dict) and isinstance(part, str) and part not in data \
-                and data.get("kind") == part:
-            continue
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
-            data = data[part]
-        else:
-            data = None
-    return out
 
 
 def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors, *,
@@ -73,7 +54,7 @@ def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors, *,
         policy = ServicePolicy.model_validate(sections)
     except ValidationError as e:
         for err in e.errors(include_url=False):
-            where = _path(path, tuple(p for p in err["loc"] if p != "__root__"), sections)
+            where = path + error_path(err["loc"], sections)
             errs.invalid(where, err.get("input"), err["msg"])
         return
     if policy.degrade is not None and namespace and service:
