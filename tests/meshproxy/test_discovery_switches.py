@@ -224,3 +224,17 @@ def test_bad_degrade_section_is_refused_naming_the_field_without_the_union_tag()
     [(where, msg)] = ei.value.problems
     assert where == "trafficpolicy shop/recs: spec.degrade.action.status"
     assert "greater than or equal to 100" in msg
+
+
+def test_policy_switch_for_a_cluster_that_follows_no_service_is_refused():
+    """The switch is named after the Service a cluster follows; a cluster that follows
+    none (no ``discovery`` section) cannot take a policy's switch, and says so."""
+    text = BASE.split("discovery:")[0].replace("- {name: recommendations}",
+                                               "- {name: recommendations, endpoints: "
+                                               "[127.0.0.1:2]}")
+    cfg = parse_config(text).config
+    with pytest.raises(PolicyRefused) as ei:
+        merge(cfg, {"recommendations": policy(DEGRADE)})
+    [(where, msg)] = ei.value.problems
+    assert where == "clusters[recommendations]"
+    assert "follows a Service" in msg
