@@ -222,6 +222,12 @@ class AllInOne:
                                {"name": "shop", "cluster": "frontend", "timeout": 10.0}]}],
             "clusters": [{"name": name} for name in EDGE_SERVICES],
             "discovery": discovery,
+            # The recommendations TrafficPolicy's degradation switch would also apply to
+            # the edge's /chaos route; the edge is not a caller of recommendations, so
+            # its file holds that switch off (the file wins over the control plane).
+            "resilience": {"switches": [
+                {"name": "default.recommendations", "level": "service",
+                 "target": "recommendations", "mode": "off"}]},
         }
         path = cfg.data_dir / "edge.yaml"
         path.write_text("# written by meshctl up: the edge proxy in front of the demo\n"

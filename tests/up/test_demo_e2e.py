@@ -143,7 +143,10 @@ def test_quickstart_end_to_end(spawn, tmp_path: Path) -> None:
     # Break one recommendations replica: the page never breaks; the replica is ejected.
     assert json.loads(demo.sh(cmds[5]))["error_rate"] == 1.0
     codes = demo.sh(cmds[6]).split()
-    assert codes == ["200"] * 20, codes
+    if codes != ["200"] * 20:  # say what the failing pages were, not only their codes
+        pages = [demo.sh("curl -s -i http://127.0.0.1:8080/") for _ in range(5)]
+        raise AssertionError(f"{codes}\nthen:\n" + "\n\n".join(pages)
+                             + f"\n{demo.proc.output()[-3000:]}")
     late = [demo.page() for _ in range(10)]
     assert all(code == 200 for code, _ in late)
     degraded = sum(1 for _, b in late if b["recommendations"].get("degraded"))
