@@ -47,6 +47,10 @@ class PodInfo:
     tolerations: tuple[dict[str, Any], ...] = ()
     owner_uid: str | None = None
     node_name: str | None = None
+    tolerates_unschedulable: bool = False  # may go to a cordoned node
+
+
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
 
 
 def _container_requests(c: dict[str, Any]) -> tuple[int, int]:
@@ -86,6 +90,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
                 .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
     terms = tuple(tuple(t.get("matchExpressions") or ())
                   for t in affinity.get("nodeSelectorTerms") or ())
+    tolerations = tuple(spec.get("tolerations") or ())
     owner = next((o.get("uid") for o in meta.get("ownerReferences") or []
                   if o.get("controller")), None)
     return PodInfo(
@@ -95,7 +100,10 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
         host_ports=tuple(ports),
         node_selector=dict(spec.get("nodeSelector") or {}),
         required_affinity=terms,
-        tolerations=tuple(spec.get("tolerations") or ()),
+        tolerations=tolerations,
         owner_uid=owner,
         node_name=spec.get("nodeName") or None,
+        tolerates_unschedulable=any(t.get("key") == UNSCHEDULABLE_TAINT
+                                    and t.get("operator", "Equal") == "Exists"
+                                    for t in tolerations),
     )

@@ -6,8 +6,9 @@ kube-scheduler's shape, on the pieces beside this module:
   (bound Pods counted on their nodes) and a work queue of *pending* Pods (no
   ``spec.nodeName``, ``schedulerName`` ours, not being deleted);
 - a **scheduling cycle** that is serial: one Pod at a time, ``Framework.schedule`` over
-  the cache, then ``assume`` (the Pod is counted on its node at once, so the next Pod of a
-  burst sees the node fuller without waiting for the watch);
+  the cache (``percentage_of_nodes_to_score``: Kubernetes' setting, adaptive by default,
+  see ``framework.py``), then ``assume`` (the Pod is counted on its node at once, so the
+  next Pod of a burst sees the node fuller without waiting for the watch);
 - a **binding cycle** that is concurrent: up to ``bind_concurrency`` ``pods/{name}/binding``
   calls in flight, so throughput is not one round trip per Pod. The API server binds with
   compare-and-swap and refuses to re-bind a bound Pod (409), so two schedulers can never
@@ -82,14 +83,17 @@ class Scheduler:
 
     def __init__(self, api: ApiClient, factory: InformerFactory, recorder: EventRecorder, *,
                  scheduler_name: str = SCHEDULER_NAME, bind_concurrency: int = 32,
-                 unschedulable_flush: float = 60.0, clock: Clock | None = None) -> None:
+                 unschedulable_flush: float = 60.0,
+                 percentage_of_nodes_to_score: int | None = None,
+                 clock: Clock | None = None) -> None:
         if bind_concurrency < 1:
             raise ValueError(f"bind_concurrency must be >= 1, got {bind_concurrency}")
         self.api = api
         self.recorder = recorder
         self.scheduler_name = scheduler_name
         self.cache = SchedulerCache()
-        self.framework = Framework(self.cache)
+        self.framework = Framework(self.cache,
+                                   percentage_of_nodes_to_score=percentage_of_nodes_to_score)
         self.stats = SchedulerStats()
         self._clock = clock or LoopClock()
         self.queue: WorkQueue[str] = WorkQueue(name="scheduler", clock=self._clock)
@@ -136,8 +140,11 @@ class Scheduler:
         uid = (pod.get("metadata") or {}).get("uid", "")
         key = object_key(pod)
         self._unschedulable.pop(key, None)
-        if self.cache.node_of(uid) is not None:
-            self.cache.remove_pod(uid)
+        counted = self.cache.node_of(uid) is not None
+        # Also when it is not counted on a node: it may be remembered as bound to a
+        # deleted Node, and must not be charged to a new Node of that name.
+        self.cache.remove_pod(uid)
+        if counted:
             self._retry_unschedulable("a pod was deleted")
 
     def _node_changed(self, node: Obj) -> None:
