@@ -20,13 +20,25 @@ Simulated nodes, a real control plane, on loopback:
 5. **node silence**: stops heartbeating ``--lost`` other nodes: time until their Pods
    are replaced elsewhere (NotReady after ``--grace``, evicted after
    ``--eviction-timeout``; the issue's target: grace + eviction timeout + 5 s).
+   For both node-loss phases a **timeline** says where the time went: when the lost
+   nodes were seen NotReady, when their Pods' deletions were first and last seen, when
+   the last replacement was created and when the last one was bound;
+6. **decision replay** (in this process, ``scheduler_replay.py``): the same placement
+   through the scheduler's framework alone, for ``--replay-nodes`` cluster sizes: CPU
+   per decision, nodes examined and scored per decision, spread. It isolates the
+   scheduler's own cost from HTTP and the other controllers, and shows what
+   ``percentageOfNodesToScore`` does to spreading on clusters above 100 nodes.
 
 Every phase has a time limit; a phase that does not finish is reported as such with how
 far it got, never filled in. Both servers are killed as process groups at the end, also
 on failure or Ctrl-C. Only ``127.0.0.1`` is used.
 
-Neighbours: ``procs.py`` (process groups, CPU sampling); the README's "Scheduler"
-section has the measured table.
+``--profile FILE`` (or ``SCHEDULER_BENCH_PROFILE=FILE``) runs the controller manager
+under cProfile and writes its stats there (wall-clock timer: compare shares within one
+run, not seconds across runs).
+
+Neighbours: ``procs.py`` (process groups, CPU sampling), ``scheduler_replay.py``; the
+README's "Scheduler" section has the measured table.
 """
 
 from __future__ import annotations
@@ -53,6 +65,7 @@ from control.client.informer import Informer
 from control.client.rest import ApiClient
 from control.quantity import bytes_value, cpu_millis
 from loadtests.procs import Server, ServerSet, free_port, group_usage
+from loadtests.scheduler_replay import ReplayResult, replay
 
 ZONE = "topology.kubernetes.io/zone"
 Obj = dict[str, Any]
@@ -75,6 +88,7 @@ class BenchConfig:
     orphan_grace: float = 5.0     # s before a deleted node's Pods are deleted
     place_timeout: float = 300.0  # s allowed for placing every replica
     recover_timeout: float = 120.0  # s allowed for each node-loss phase
+    replay_nodes: tuple[int, ...] = (100, 1000)  # cluster sizes for the decision replay
 
     def __post_init__(self) -> None:
         if self.nodes < 2 or self.replicas < 1 or self.zones < 1:
@@ -82,6 +96,8 @@ class BenchConfig:
         if not 0 <= 2 * self.lost < self.nodes:
             raise ValueError(f"--lost must leave most nodes alive: 2 x {self.lost} lost of "
                              f"{self.nodes}")
+        if any(n < 1 for n in self.replay_nodes):
+            raise ValueError(f"--replay-nodes must be positive, got {self.replay_nodes}")
         if self.heartbeat >= self.grace:
             raise ValueError(f"--heartbeat ({self.heartbeat}s) must be shorter than --grace "
                              f"({self.grace}s)")
@@ -107,6 +123,11 @@ class Result:
     delete_recover_seconds: float | None = None
     silent_pods: int = 0
     silence_recover_seconds: float | None = None
+    # Seconds from the phase's start: not_ready, first_deleted, last_deleted,
+    # last_created, last_bound (None: not seen).
+    delete_timeline: dict[str, float | None] = field(default_factory=dict)
+    silence_timeline: dict[str, float | None] = field(default_factory=dict)
+    replay: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -126,14 +147,18 @@ def machine() -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, cfg: BenchConfig, work: Path) -> None:
+    def __init__(self, cfg: BenchConfig, work: Path, *, profile: str | None = None) -> None:
         self.cfg = cfg
         self.work = work
+        self.profile = profile  # cProfile output file for the controller manager
         self.api: ApiClient | None = None
         self.alive: set[str] = set()
         self.pods: Informer | None = None
         self.first_bound: dict[str, float] = {}  # pod uid -> when first seen bound
         self.first_seen: dict[str, float] = {}   # pod uid -> when first seen at all
+        self.deleting: dict[str, float] = {}     # pod uid -> deletion first seen
+        self.not_ready: dict[str, float] = {}    # node name -> first seen not Ready
+        self.nodes: Informer | None = None
         self.changed = asyncio.Event()
         self.manager: Server | None = None
 
@@ -152,7 +177,7 @@ class Bench:
 
     def start_manager(self, servers: ServerSet, client: ClientConfig) -> Server:
         c = self.cfg
-        profile = os.environ.get("SCHEDULER_BENCH_PROFILE")  # cProfile output file
+        profile = self.profile or os.environ.get("SCHEDULER_BENCH_PROFILE")
         server = Server("controller-manager", [
             sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []),
             "-m", "control.cli.main", "controller-manager", "--server", client.server,
@@ -212,10 +237,23 @@ class Bench:
     # -- watching pods ---------------------------------------------------------------
 
     def _seen(self, pod: Obj) -> None:
-        self.first_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
+        uid = pod["metadata"]["uid"]
+        self.first_seen.setdefault(uid, time.monotonic())
         if pod["spec"].get("nodeName"):
-            self.first_bound.setdefault(pod["metadata"]["uid"], time.monotonic())
+            self.first_bound.setdefault(uid, time.monotonic())
+        if pod["metadata"].get("deletionTimestamp"):
+            self.deleting.setdefault(uid, time.monotonic())
         self.changed.set()
+
+    def _gone(self, pod: Obj) -> None:
+        self.deleting.setdefault(pod["metadata"]["uid"], time.monotonic())
+        self.changed.set()
+
+    def _node_seen(self, node: Obj) -> None:
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (node.get("status") or {}).get("conditions") or ())
+        if not ready:
+            self.not_ready.setdefault(node["metadata"]["name"], time.monotonic())
 
     def live_pods(self) -> list[Obj]:
         assert self.pods is not None
@@ -298,7 +336,9 @@ class Bench:
         names = sorted(self.alive)
         # Take nodes from the middle of the list: delete and silence hit different ones.
         victims = set(names[:c.lost]) if how == "delete" else set(names[-c.lost:])
-        held = sum(1 for p in self.live_pods() if p["spec"].get("nodeName") in victims)
+        held_uids = {p["metadata"]["uid"] for p in self.live_pods()
+                     if p["spec"].get("nodeName") in victims}
+        held = len(held_uids)
         start = time.monotonic()
         self.alive -= victims
         if how == "delete":
@@ -306,15 +346,43 @@ class Bench:
                 await self.api.delete("nodes", name)
         done = await self.until(lambda: self.bound_elsewhere(victims), c.recover_timeout)
         took = time.monotonic() - start
+        timeline = self._timeline(start, victims, held_uids)
         if how == "delete":
             r.deleted_pods = held
             r.delete_recover_seconds = took if done else None
+            r.delete_timeline = timeline
         else:
             r.silent_pods = held
             r.silence_recover_seconds = took if done else None
+            r.silence_timeline = timeline
         if not done:
             r.notes.append(f"node {how}: pods not all rescheduled within "
                            f"{c.recover_timeout:g}s")
+
+    def _timeline(self, start: float, victims: set[str], held: set[str]
+                  ) -> dict[str, float | None]:
+        """When each step of a node loss was last (or first) seen, from ``start``."""
+        def rel(times: list[float], pick: Any) -> float | None:
+            return round(pick(times) - start, 2) if times else None
+        deleted = [self.deleting[u] for u in held if u in self.deleting]
+        new = [u for u, t in self.first_seen.items() if t >= start]
+        return {
+            "not_ready": rel([self.not_ready[n] for n in victims if n in self.not_ready
+                              and self.not_ready[n] >= start], max),
+            "first_deleted": rel(deleted, min),
+            "last_deleted": rel(deleted, max),
+            "last_created": rel([self.first_seen[u] for u in new], max),
+            "last_bound": rel([self.first_bound[u] for u in new if u in self.first_bound],
+                              max),
+        }
+
+    def replay(self, r: Result) -> None:
+        c = self.cfg
+        for n in c.replay_nodes:
+            res: ReplayResult = replay(
+                nodes=n, replicas=c.replicas, zones=c.zones, node_cpu=c.node_cpu,
+                node_memory=c.node_memory, pod_cpu=c.pod_cpu, pod_memory=c.pod_memory)
+            r.replay.append(asdict(res))
 
     async def run(self) -> Result:
         r = Result(config=asdict(self.cfg), machine=machine())
@@ -327,10 +395,14 @@ class Bench:
                 beats = asyncio.create_task(self.heartbeat_loop(), name="heartbeats")
                 self.pods = Informer(api, "pods", namespace="default")
                 self.pods.add_handler(on_add=self._seen, on_update=lambda _o, n: self._seen(n),
-                                      on_delete=lambda _p: self.changed.set())
+                                      on_delete=self._gone)
+                self.nodes = Informer(api, "nodes")
+                self.nodes.add_handler(on_add=self._node_seen,
+                                       on_update=lambda _o, n: self._node_seen(n))
                 try:
-                    async with self.pods:
+                    async with self.pods, self.nodes:
                         await self.pods.wait_synced(60)
+                        await self.nodes.wait_synced(60)
                         manager = self.start_manager(servers, client)
                         await self._wait_leader(manager)
                         await self.place(r, apiserver, manager)
@@ -342,6 +414,8 @@ class Bench:
                     await asyncio.gather(beats, return_exceptions=True)
                     if self.manager is not None:  # before the API server it talks to
                         self.manager.stop()
+        # After the servers are gone: the replay measures CPU and must not compete.
+        self.replay(r)
         return r
 
     async def _wait_leader(self, manager: Server, timeout: float = 60.0) -> None:
@@ -420,8 +494,35 @@ def report(r: Result, cfg: BenchConfig) -> str:
     ]
     for what, value, ok in verdicts(r, cfg):
         lines.append(f"| {what} | {value} | {'yes' if ok else 'no' if ok is False else '-'} |")
+    if r.delete_timeline or r.silence_timeline:
+        lines += ["", "Node loss, seconds after the nodes were deleted / went silent:", "",
+                  "| step | deleted nodes | silent nodes |", "| --- | --- | --- |"]
+        for key, what in TIMELINE_STEPS:
+            lines.append(f"| {what} | {f(r.delete_timeline.get(key), ' s')} | "
+                         f"{f(r.silence_timeline.get(key), ' s')} |")
+    if r.replay:
+        lines += ["", f"Decision replay in one process ({cfg.replicas} replicas of one owner, "
+                  "CPU time, adaptive percentageOfNodesToScore):", "",
+                  "| nodes | CPU per decision | nodes examined / scored per decision | "
+                  "pods per node (min / max / stdev) | pods per zone (min / max) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for x in r.replay:
+            lines.append(
+                f"| {x['nodes']} | {x['cpu_us_per_decision']:.0f} µs | "
+                f"{x['examined_per_decision']:.0f} / {x['scored_per_decision']:.0f} | "
+                f"{x['per_node_min']} / {x['per_node_max']} / {x['per_node_stdev']} | "
+                f"{x['per_zone_min']} / {x['per_zone_max']} |")
     lines.extend(f"note: {n}" for n in r.notes)
     return "\n".join(lines)
+
+
+TIMELINE_STEPS = (
+    ("not_ready", "last lost node seen NotReady"),
+    ("first_deleted", "first of their Pods deleted"),
+    ("last_deleted", "last of their Pods deleted"),
+    ("last_created", "last replacement created"),
+    ("last_bound", "last replacement bound"),
+)
 
 
 def parse(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Namespace]:
@@ -438,15 +539,25 @@ def parse(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Namespac
     p.add_argument("--orphan-grace", type=float, default=d.orphan_grace)
     p.add_argument("--quick", action="store_true",
                    help="20 nodes, 300 replicas, 2 lost: checks the harness in ~1 min")
+    p.add_argument("--replay-nodes", default=",".join(map(str, d.replay_nodes)),
+                   help="cluster sizes for the in-process decision replay, comma-separated "
+                        "('' skips it); default %(default)s")
+    p.add_argument("--profile", metavar="FILE",
+                   help="run the controller manager under cProfile, stats to FILE")
     p.add_argument("--json", type=Path, help="also write every number to this file")
     args = p.parse_args(argv)
     if args.quick:
         args.nodes, args.replicas, args.lost = 20, 300, 2
     try:
+        try:
+            replay_nodes = tuple(int(x) for x in args.replay_nodes.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"--replay-nodes takes comma-separated node counts, got "
+                             f"{args.replay_nodes!r}") from None
         cfg = BenchConfig(nodes=args.nodes, replicas=args.replicas, lost=args.lost,
                           zones=args.zones, heartbeat=args.heartbeat, grace=args.grace,
                           eviction_timeout=args.eviction_timeout,
-                          orphan_grace=args.orphan_grace)
+                          orphan_grace=args.orphan_grace, replay_nodes=replay_nodes)
     except ValueError as e:
         p.error(str(e))
     return cfg, args
@@ -455,7 +566,7 @@ def parse(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse(argv)
     with tempfile.TemporaryDirectory(prefix="scheduler-bench-") as tmp:
-        result = asyncio.run(Bench(cfg, Path(tmp)).run())
+        result = asyncio.run(Bench(cfg, Path(tmp), profile=args.profile).run())
     print(report(result, cfg))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2))
