@@ -7,12 +7,16 @@ Half-close (EOF) is
 passed through. A connect failure closes the client's connection (at L4 there is no
 status to send) and is counted by outcome. An idle timeout closes both sides after a
 period with no byte in either direction, checked by a periodic tick.
+
+Each connection has one timer: first it is the cluster's connect timeout, then (once
+connected) the idle tick. A connection-per-request client pays for one timer, not two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from meshproxy.balance import PickContext
@@ -79,13 +83,17 @@ class TcpDownstream(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._expired = False   # the connect timeout passed while connecting
+        self._connected_tick = True  # the timer's next firing is the connect timeout's
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.listener.connections.add(self)
-        self._task = self.loop.create_task(self._connect(self.listener.cluster))
-        self._arm_tick()
+        cluster = self.listener.cluster
+        self._task = self.loop.create_task(self._connect(cluster))
+        # The connection's one timer starts as the connect timeout (see _tick).
+        self._timer = self.loop.call_later(cluster.config.connect_timeout, self._tick)
 
     async def _connect(self, cluster: Cluster) -> None:
         started = self.loop.time()
@@ -97,30 +105,22 @@ class TcpDownstream(asyncio.Protocol):
             return
         self.endpoint = ep
         ep.active_requests += 1
-        task = asyncio.current_task()
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()  # type: ignore[union-attr]
-
-        timer = self.loop.call_later(cluster.config.connect_timeout, expire)
         try:
-            _, up = await self.loop.create_connection(lambda: _Upstream(self), ep.host, ep.port)
+            _, up = await self.loop.create_connection(partial(_Upstream, self), ep.host,
+                                                      ep.port)
         except (OSError, asyncio.CancelledError) as e:
+            expired = self._expired
             if isinstance(e, asyncio.CancelledError) and not expired:
                 raise  # the client left: connection_lost accounts for the endpoint
             reason = "connect_timeout" if expired else "connect_failure"
             if expired:
-                task.uncancel()  # type: ignore[union-attr]
+                self._task.uncancel()  # type: ignore[union-attr]
             self.endpoint = None
             cluster.attempt_done(ep, started, False, 0, reason)
             self.listener.count(reason)
             self._close()
             return
         finally:
-            timer.cancel()
             self._task = None
         cluster.balancer.observe(ep, self.loop.time() - started, True)
         self.upstream = up
@@ -128,6 +128,12 @@ class TcpDownstream(asyncio.Protocol):
             up.transport.close()  # type: ignore[union-attr]
             return
         self.listener.count("connected")
+        if cluster.config.connect_timeout > self.listener.config.idle_timeout / 2:
+            # An idle timeout shorter than the connect timeout: tick from now on.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._connected_tick = False
+            self._arm_tick()
         if self._pending:
             up.transport.write(b"".join(self._pending))  # type: ignore[union-attr]
             self._pending = []
@@ -212,11 +218,27 @@ class TcpDownstream(asyncio.Protocol):
                                            self._tick)
 
     def _tick(self) -> None:
-        # Two quiet ticks in a row: idle for at least idle_timeout.
         self._timer = None
         if self._closed:
             return
-        if not self.active and self.upstream is not None:
+        if self.upstream is None:
+            if self._task is not None:
+                # Still connecting after the connect timeout: give up (_connect counts it
+                # and closes).
+                self._expired = True
+                self._task.cancel()
+                return
+            # Not connected and not connecting: _connect failed and is closing us.
+            return
+        if self._connected_tick:
+            # The connect-timeout timer firing after the connect: from now on the idle
+            # tick, which starts counting quiet ticks afresh.
+            self._connected_tick = False
+            self.active = False
+            self._arm_tick()
+            return
+        # Two quiet ticks in a row: idle for at least idle_timeout.
+        if not self.active:
             self.listener.count("idle_timeout")
             self._close()
             return
@@ -238,7 +260,8 @@ class TcpListener(ListenerBase):
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
         super().__init__(config, loop=loop, stats=stats)
         self.cluster = cluster
-        self._outcomes: dict[str, object] = {}
+        self._outcomes: dict[str, object] = {}  # outcome -> Counter child
+        self._outcome_counts: dict[str, int] = {}  # outcome -> not yet in the metric
 
     def update(self, config: TcpListenerConfig, cluster: Cluster) -> None:
         """New connections go to ``cluster``; open ones keep their upstream."""
@@ -246,16 +269,28 @@ class TcpListener(ListenerBase):
         self.cluster = cluster
 
     def count(self, outcome: str) -> None:
-        child = self._outcomes.get(outcome)
-        if child is None:
-            child = self._outcomes[outcome] = self.stats.tcp_connections.labels(self.name,
-                                                                                outcome)
-        child.inc()
+        """Count a connection's outcome (in a plain integer until the next sweep)."""
+        counts = self._outcome_counts
+        counts[outcome] = counts.get(outcome, 0) + 1
 
     def sweep(self) -> None:
+        """Periodic (and before a scrape): move the open connections' bytes and the
+        counted outcomes into the metrics."""
         for conn in self.connections:
             self.count_bytes(conn.rx, conn.tx)
             conn.rx = conn.tx = 0
+        self.flush_counts()
+
+    def flush_counts(self) -> None:
+        super().flush_counts()
+        if self._outcome_counts:
+            counts, self._outcome_counts = self._outcome_counts, {}
+            for outcome, n in counts.items():
+                child = self._outcomes.get(outcome)
+                if child is None:
+                    child = self._outcomes[outcome] = self.stats.tcp_connections.labels(
+                        self.name, outcome)
+                child.inc(n)  # type: ignore[attr-defined]
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting; open connections may run until ``timeout``, then are cut."""
@@ -267,6 +302,7 @@ class TcpListener(ListenerBase):
                 conn.transport.abort()
             if conn.upstream is not None and conn.upstream.transport is not None:
                 conn.upstream.transport.abort()
+        self.sweep()  # a retired listener is swept no more
         if self.server is not None:
             await self.server.wait_closed()
 

@@ -17,11 +17,15 @@ its limit (413), a head that arrives too slowly (408, slowloris). Pipelined requ
 are answered in order; ``Upgrade`` (WebSocket) becomes a tunnel after a 101, but
 ``Upgrade: h2c`` is stripped and the request served as HTTP/1.1.
 
-Timeouts (header, idle) are checked by one periodic tick per connection rather than a
-timer per request. Neighbours: :mod:`meshproxy.http.request` (the head being parsed,
-request ids), :mod:`meshproxy.http.respond` (writing responses: a mixin of this
-protocol), :mod:`meshproxy.listener` owns these protocols, :mod:`meshproxy.http.upstream`
-is the other side.
+Timeouts (header, idle) are checked by the listener's one periodic tick over all its
+connections (:meth:`HttpServerProtocol.check_timeouts`) rather than a timer per
+connection or per request; route timeouts of the fused path are filed in the listener's
+:class:`~meshproxy.http.deadlines.TimeoutWheel`.
+
+Neighbours: :mod:`meshproxy.http.request` (the head being parsed, request ids),
+:mod:`meshproxy.http.respond` (writing responses: a mixin of this protocol),
+:mod:`meshproxy.listener` owns these protocols, :mod:`meshproxy.http.upstream` is the
+other side.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._queue: deque[Exchange] = deque()    # pipelined requests waiting their turn
         self._task: asyncio.Task[None] | None = None
         self._direct: UpstreamConnection | None = None  # fused path in progress
-        self._direct_timer: asyncio.TimerHandle | None = None
+        self._direct_key = -1                           # its route timeout (TimeoutWheel)
         self._streaming: UpstreamBody | None = None
         self._head_sent = False
         self._chunked = False
@@ -83,7 +87,6 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._early_tunnel = b""
         self._since = 0.0
         self._trailer_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
         self._rx = 0
         self._tx = 0
         self._status = 0
@@ -96,14 +99,10 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self.client = peer[0] if peer else ""
         self._client_b = self.client.encode()
         self._since = self.loop.time()
-        self.listener.connection_opened(self)
-        self._arm_tick()
+        self.listener.connection_opened(self)  # also starts its timeout tick if needed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
@@ -347,17 +346,16 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 return
             if conn is not None:
                 self._direct = conn
-                self._direct_timer = self.loop.call_at(
-                    min(ex.start + route.timeout, ex.deadline), conn.cancel)
+                self._direct_key = self.listener.timeouts.add(
+                    min(ex.start + route.timeout, ex.deadline), conn)
                 return
         self._task = self.loop.create_task(self._run(ex, route.handler))
 
     def _direct_head(self, resp: Response | None, exc: ProxyError | None) -> None:
         """The fused path's answer (see meshproxy.stack.direct_forward)."""
         conn, self._direct = self._direct, None
-        if self._direct_timer is not None:
-            self._direct_timer.cancel()
-            self._direct_timer = None
+        if conn is not None:
+            self.listener.timeouts.discard(self._direct_key, conn)
         ex = self._active
         if ex is None or self.closed:
             if resp is not None:
@@ -399,6 +397,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 self._task = None
             if self._direct is not None:
                 conn, self._direct = self._direct, None
+                self.listener.timeouts.discard(self._direct_key, conn)
                 self._active = None  # so the cancelled attempt's callback answers nothing
                 conn.cancel()
             self._reply_and_close(err)
@@ -407,27 +406,19 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         else:
             self._pending_error = err
 
-    # --- timeouts: one periodic tick per connection ------------------------------------
-    def _arm_tick(self) -> None:
-        period = max(min(self.limits.header_timeout, self.limits.idle_timeout) / 4, 0.05)
-        self._timer = self.loop.call_later(period, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self.closed:
+    # --- timeouts: checked by the listener's periodic tick -----------------------------
+    def check_timeouts(self, now: float) -> None:
+        """A head arriving for longer than the header timeout is refused (408, slowloris);
+        a connection with nothing to do for longer than the idle timeout is closed."""
+        if self.closed or self._refused is not None or self._active is not None:
             return
-        if self._refused is None and self._active is None:
-            now = self.loop.time()
-            head = self._head
-            if head is not None:
-                if now - head.start > self.limits.header_timeout:
-                    self._refuse(DownstreamError(408, "header_timeout"))
-                    return
-            elif (self._reading is None and self._tunnel is None
-                  and now - self._since > self.limits.idle_timeout):
-                self.transport.close()  # type: ignore[union-attr]
-                return
-        self._arm_tick()
+        head = self._head
+        if head is not None:
+            if now - head.start > self.limits.header_timeout:
+                self._refuse(DownstreamError(408, "header_timeout"))
+        elif (self._reading is None and self._tunnel is None
+              and now - self._since > self.limits.idle_timeout):
+            self.transport.close()  # type: ignore[union-attr]
 
     def drain(self) -> None:
         """Graceful shutdown: close now when idle, else after the current response."""

@@ -243,7 +243,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_after = False
         self._body = None
         self.transport.write(head)
-        if body is None or body.empty:
+        if body is None or not (body.length or body.chunked):  # RequestBody.empty, inlined
             self._req_done = True
             self._req_body = None
             self.peer_flow = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 
 from meshproxy.balance import PickContext
 from meshproxy.balance.hashing import request_hash_key
@@ -104,11 +105,14 @@ class Forward:
     def try_direct(self, ex: Exchange, on_head: HeadCallback) -> UpstreamConnection | None:
         """Start the attempt without a task when an idle pooled connection is at hand;
         None when not (the endpoint picked is kept in ``ex.endpoint`` for the task)."""
-        ep = self.cluster.balancer.pick(pick_context(ex, self.cluster, self.loop.time()), ())
+        cluster = self.cluster
+        ctx = (PickContext(self.loop.time()) if cluster.hash_on is None
+               else pick_context(ex, cluster, self.loop.time()))
+        ep = cluster.balancer.pick(ctx, ())
         if ep is None:
             return None
         ex.endpoint = ep
-        conn = self.cluster.pool(ep).take_idle()
+        conn = cluster.pool(ep).take_idle()
         if conn is None:
             return None
         try:
@@ -123,10 +127,9 @@ class Forward:
         started = self.loop.time()
         ep.active_requests += 1
         ex.attempts += 1
-
-        def done(ok: bool, status: int, reason: str) -> None:
-            cluster.attempt_done(ep, started, ok, status, reason)
-
+        # Called as done(ok, status, reason) when the exchange is over (a partial: no
+        # Python frame of its own on the hot path).
+        done = partial(cluster.attempt_done, ep, started)
         head = ex.upstream_head()
         values = ex.values
         if values and "deadline_header" in values:

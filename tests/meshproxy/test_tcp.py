@@ -78,6 +78,7 @@ async def test_connect_failure_closes_client(proxy_factory, free_port: int) -> N
     assert await asyncio.wait_for(r.read(), 10) == b""
     w.close()
     await w.wait_closed()
+    p.flush_metrics()  # outcomes are batched into the metrics (as before a scrape)
     outcomes = {s.labels["outcome"]: s.value for m in p.stats.registry.collect()
                 if m.name == "meshproxy_tcp_connections" for s in m.samples
                 if s.name.endswith("_total")}
@@ -162,6 +163,7 @@ async def test_client_leaving_during_connect_frees_endpoint(proxy_factory) -> No
         assert await asyncio.wait_for(r.read(), 10) == b""  # closed after the timeout
         w.close()
         await w.wait_closed()
+        p.flush_metrics()  # outcomes are batched into the metrics (as before a scrape)
         outcomes = {s.labels["outcome"]: s.value for m in p.stats.registry.collect()
                     if m.name == "meshproxy_tcp_connections" for s in m.samples
                     if s.name.endswith("_total")}
