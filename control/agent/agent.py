@@ -7,7 +7,13 @@ desired set* (:meth:`Agent.set_pods`), level-triggered like the kubelet's pod co
 - a Pod not yet known gets a :class:`~control.agent.pod_worker.PodWorker` and a task
   that syncs it whenever something is due (probe, back-off, a 1 s resync to notice
   exits) and reports its status when it changed;
-- a Pod that disappears from the set is terminated gracefully (its
+- a Pod marked for deletion (``deletionTimestamp``, Kubernetes' graceful delete) is
+  terminated gracefully (its ``deletionGracePeriodSeconds``: SIGTERM, SIGKILL after the
+  grace) and then *finalized*: the finalize sink deletes it from the API server with
+  ``gracePeriodSeconds=0``, which is what makes it disappear. A marked Pod this agent
+  does not run (it restarted mid-termination) has whatever containers are left stopped
+  and is finalized the same way; a failed finalization is retried with the next set;
+- a Pod that disappears from the set (force-deleted) is terminated gracefully (its
   ``terminationGracePeriodSeconds``) and forgotten;
 - a Pod whose spec changed (same uid, different spec) is terminated and started again
   from the new spec once its old containers are gone (containers cannot be changed in
@@ -31,7 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,9 @@ StatusSink = Callable[[Obj, Obj], Awaitable[None]]
 """``(pod dict, status)``: publish a Pod's new status (API server or file)."""
 EventSink = Callable[[Obj, EventType, str, str], Awaitable[None]]
 """``(pod dict, type, reason, message)``: record an Event about a Pod."""
+FinalizeSink = Callable[[Obj], Awaitable[bool]]
+"""``(pod dict)``: a Pod being deleted has no container left: delete it for good (the
+API server's ``gracePeriodSeconds=0``); False when that failed and must be retried."""
 
 
 class _Entry:
@@ -69,6 +78,7 @@ class Agent:
     def __init__(self, *, node: str, node_ip: str, runtime: Runtime, ports: HostPorts,
                  clock: Clock, state_dir: Path, status_sink: StatusSink,
                  event_sink: EventSink | None = None,
+                 finalize_sink: FinalizeSink | None = None,
                  mesh: sidecar.MeshSettings | None = None) -> None:
         self.node = node
         #: How sidecars reach the control plane (outbound discovery); None: inbound only.
@@ -81,7 +91,11 @@ class Agent:
         self.backoff = BackOff(clock)
         self._status_sink = status_sink
         self._event_sink = event_sink
+        self._finalize_sink = finalize_sink
         self._pods: dict[str, _Entry] = {}  # uid -> entry
+        # uids of deleted Pods already stopped and finalized (or being finalized): the
+        # watch may still list them until the final delete comes back as an event
+        self._finalized: set[str] = set()
         self._rejected: dict[str, str] = {}  # uid -> repr of the refused spec
         self._background: set[asyncio.Task[None]] = set()  # terminations, event writes
         # A Pod whose old incarnation (same uid) is still being terminated starts only
@@ -96,10 +110,12 @@ class Agent:
     async def set_pods(self, objs: list[Obj]) -> None:
         """Make the running set match ``objs`` (every Pod bound to this node)."""
         desired: dict[str, tuple[Obj, Pod]] = {}
+        deleting: dict[str, Obj] = {}  # uid -> Pod marked with a deletionTimestamp
         for obj in objs:
             uid = str((obj.get("metadata") or {}).get("uid", ""))
             if (obj.get("metadata") or {}).get("deletionTimestamp"):
-                continue  # being deleted: treat as gone (graceful termination below)
+                deleting[uid] = obj  # being deleted: stopped gracefully, then finalized
+                continue
             try:
                 pod = sidecar.inject(parse_pod(obj), mesh=self.mesh)
             except PodSpecError as e:
@@ -107,15 +123,27 @@ class Agent:
                 continue
             self._rejected.pop(uid, None)
             desired[pod.uid] = (obj, pod)
+        self._finalized &= set(deleting)
         for uid in list(self._pods):
             entry = self._pods[uid]
             if uid not in desired:
-                self._retire(uid, grace=_deletion_grace(entry.obj, objs))
+                gone = deleting.get(uid)
+                if gone is not None:
+                    entry.obj = gone
+                    self._finalized.add(uid)
+                self._retire(uid, grace=_deletion_grace(entry.obj, objs),
+                             finalize=gone is not None)
             elif desired[uid][1] != entry.pod:
                 log.info("pod %s: spec changed, recreating its containers", entry.pod.key)
                 self._retire(uid, grace=entry.pod.termination_grace_period)
         for uid in set(self._pending) - set(desired):
             del self._pending[uid]
+        for uid, obj in deleting.items():
+            if uid not in self._finalized and uid not in self._terminating:
+                # Deleted while this agent was not running it (a restart in the middle
+                # of a termination): stop what the runtime still has, then finalize.
+                self._finalized.add(uid)
+                self._spawn(self._clean_up_deleted(obj), name=f"finalize {uid}")
         for uid, (obj, pod) in desired.items():
             if uid in self._pods:
                 self._pods[uid].obj = obj
@@ -126,15 +154,44 @@ class Agent:
             self._start(obj, pod)
         if not self._housekept:
             self._housekept = True
-            await self._housekeeping(set(desired))
+            await self._housekeeping(set(desired) | set(deleting))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        t = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+        return t
+
+    async def _finalize(self, obj: Obj) -> None:
+        uid = str((obj.get("metadata") or {}).get("uid", ""))
+        if self._finalize_sink is None or self._closing:
+            self._finalized.discard(uid)
+            return
+        if not await self._finalize_sink(obj):
+            self._finalized.discard(uid)  # the next desired set tries again
+
+    async def _clean_up_deleted(self, obj: Obj) -> None:
+        try:
+            pod = sidecar.inject(parse_pod(obj), mesh=self.mesh)
+        except PodSpecError:
+            pod = None  # never ran here: nothing to stop
+        if pod is not None:
+            worker = PodWorker(pod, runtime=self.runtime, ports=self.ports, node=self.node,
+                               node_ip=self.node_ip, clock=self.clock, backoff=self.backoff,
+                               state_dir=self.state_dir)
+            try:
+                await worker.terminate(_deletion_grace(obj, [obj]))
+            except ContainerRuntimeError as e:
+                log.error("pod %s: terminating failed: %s", pod.key, e)
+                self._finalized.discard(pod.uid)  # containers may be left: retry later
+                return
+        await self._finalize(obj)
 
     def _start(self, obj: Obj, pod: Pod) -> None:
         def events(kind: EventType, reason: str, message: str) -> None:
             if self._event_sink is not None:
-                t = asyncio.get_running_loop().create_task(
-                    self._event_sink(obj, kind, reason, message))
-                self._background.add(t)
-                t.add_done_callback(self._background.discard)
+                self._spawn(self._event_sink(obj, kind, reason, message),
+                            name=f"event {reason}")
 
         worker = PodWorker(pod, runtime=self.runtime, ports=self.ports, node=self.node,
                            node_ip=self.node_ip, clock=self.clock, backoff=self.backoff,
@@ -144,12 +201,10 @@ class Agent:
             self._run_pod(entry), name=f"pod {pod.key}")
         self._pods[pod.uid] = entry
 
-    def _retire(self, uid: str, *, grace: float) -> None:
+    def _retire(self, uid: str, *, grace: float, finalize: bool = False) -> None:
         entry = self._pods.pop(uid)
-        t = asyncio.get_running_loop().create_task(self._terminate(entry, grace),
-                                                   name=f"terminate {entry.pod.key}")
-        self._background.add(t)
-        t.add_done_callback(self._background.discard)
+        t = self._spawn(self._terminate(entry, grace, finalize=finalize),
+                        name=f"terminate {entry.pod.key}")
         self._terminating[uid] = t
         t.add_done_callback(lambda _: self._terminated(uid))
 
@@ -159,13 +214,18 @@ class Agent:
         if pending is not None and not self._closing:
             self._start(*pending)
 
-    async def _terminate(self, entry: _Entry, grace: float) -> None:
+    async def _terminate(self, entry: _Entry, grace: float, *, finalize: bool = False
+                         ) -> None:
         await self._stop_task(entry)
         try:
             await entry.worker.terminate(grace)
         except ContainerRuntimeError as e:
             log.error("pod %s: terminating failed: %s", entry.pod.key, e)
+            self._finalized.discard(entry.pod.uid)  # retried by the next desired set
+            finalize = False
         await self._publish(entry, entry.worker.status())
+        if finalize:
+            await self._finalize(entry.obj)
 
     async def _reject(self, obj: Obj, uid: str, err: PodSpecError) -> None:
         if self._rejected.get(uid) == str(err):

@@ -17,6 +17,9 @@ Pods whose ``spec.nodeName`` is ``N``):
 - **status**: the agent's status sink merges ``status`` into the Pod through the
   ``status`` subresource, only while the cached Pod still has the same uid (a Pod
   deleted and recreated under the same name is a different Pod);
+- **finalize**: once the agent has stopped a Pod marked for deletion, the finalize sink
+  deletes it with ``gracePeriodSeconds=0`` and a uid precondition (the node role may do
+  that for Pods bound to its node only);
 - **events**: the event sink creates ``Event`` objects about the Pod (reason, message,
   type, source ``mesh-agent`` on this node).
 
@@ -41,6 +44,7 @@ from control.agent.pod_worker import EventType
 from control.agent.runtime.base import ContainerRuntimeError, Runtime
 from control.client import errors
 from control.client.informer import Informer
+from control.client.resources import lookup, path
 from control.client.rest import ApiClient
 
 log = logging.getLogger(__name__)
@@ -136,6 +140,24 @@ class ApiSync:
                                  subresource="status")
         except errors.NotFound:
             pass
+
+    async def finalize_pod(self, obj: Obj) -> bool:
+        """The end of a graceful delete: this Pod's containers are gone, so delete it
+        with ``gracePeriodSeconds=0`` (the kubelet's final delete), for exactly this
+        Pod (uid precondition: a new Pod of the same name is not touched)."""
+        meta = obj.get("metadata") or {}
+        ns, name = meta.get("namespace", "default"), meta.get("name", "")
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": meta.get("uid")}}
+        try:
+            await self.api.request("DELETE", path(lookup("pods"), namespace=ns, name=name),
+                                   body=body)
+        except (errors.NotFound, errors.Conflict):
+            pass  # already gone, or replaced by another Pod of that name
+        except errors.ClientError as e:
+            log.warning("pod %s/%s: final delete failed (retrying): %s", ns, name, e)
+            return False
+        return True
 
     async def record_event(self, obj: Obj, kind: EventType, reason: str,
                            message: str) -> None:

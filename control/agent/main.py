@@ -214,7 +214,8 @@ async def _run(args: argparse.Namespace, ports: HostPorts, listen: tuple[str, in
         sync = ApiSync(api, node=args.node_name, address=args.address, runtime=runtime,
                        data_dir=data_dir, labels=args.labels, heartbeat=args.heartbeat,
                        agent_port=None)
-        sinks = {"status_sink": sync.write_status, "event_sink": sync.record_event}
+        sinks = {"status_sink": sync.write_status, "event_sink": sync.record_event,
+                 "finalize_sink": sync.finalize_pod}
     else:
         source = StaticPods(args.pod_manifest_path, node=args.node_name)
         sinks = {"status_sink": StatusFiles(data_dir / "status")}

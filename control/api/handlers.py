@@ -5,7 +5,8 @@ it parses the path into (resource, namespace, name, subresource) against
 ``resources.py`` (unknown resources are a 404 ``Status``), derives the verb from the
 method and query (``GET`` + ``watch=true`` is ``watch``), asks the authorizer, and then
 runs the verb: get, list (label/field selectors, ``limit``/``continue``), watch
-(``watch.py``), create, update, patch, delete (with ``DeleteOptions``), deletecollection,
+(``watch.py``), create, update, patch, delete (with ``DeleteOptions``: preconditions,
+``propagationPolicy``, ``gracePeriodSeconds`` in the body or the query), deletecollection,
 and the ``status``, ``scale`` and ``binding`` subresources (``subresources.py``).
 """
 
@@ -180,8 +181,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         assert attrs is not None
         opts = await _delete_options(request, api)
         await _check_existing(api, user, attrs)
-        obj = await objects.delete(res, ns, name, **opts)
-        return json_response(obj, 202 if obj["metadata"].get("deletionTimestamp") else 200)
+        obj, gone = await objects.delete(res, ns, name, **opts)
+        return json_response(obj, 200 if gone else 202)
     # deletecollection
     opts = await _delete_options(request, api)
     opts.pop("precondition_rv", None)
@@ -190,8 +191,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     deleted = []
     for item in items:
         try:
-            deleted.append(await objects.delete(res, item["metadata"].get("namespace"),
-                                                item["metadata"]["name"], **opts))
+            deleted.append((await objects.delete(res, item["metadata"].get("namespace"),
+                                                 item["metadata"]["name"], **opts)).obj)
         except ApiError as e:
             if e.code != 404:
                 raise
@@ -230,7 +231,13 @@ async def _delete_options(request: web.Request, api: Api) -> dict[str, Any]:
     pre = body.get("preconditions") or {}
     if not isinstance(pre, dict):
         raise bad_request("preconditions must be an object")
-    return {"propagation": policy,
+    grace = body.get("gracePeriodSeconds")
+    if grace is None:
+        grace = _int_param(query, "gracePeriodSeconds")
+    elif isinstance(grace, bool) or not isinstance(grace, int) or grace < 0:
+        raise bad_request(f"gracePeriodSeconds must be a non-negative integer, got "
+                          f"{grace!r}")
+    return {"propagation": policy, "grace_period": grace,
             "precondition_rv": parse_resource_version(pre.get("resourceVersion"),
                                                       field="preconditions.resourceVersion"),
             "precondition_uid": pre.get("uid") or None}

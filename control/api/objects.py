@@ -12,8 +12,12 @@ the store's encoding (``storage.py``). Kubernetes' rules, in one place:
 - updates are compare-and-swap: the client's ``resourceVersion`` when it sent one
   (409 when stale), otherwise the version just read, retried a few times on a race;
   a write that changes nothing is not written;
-- delete honours preconditions, finalizers (the object gets a ``deletionTimestamp``
-  and goes when its last finalizer is removed) and ``propagationPolicy``: Background
+- delete honours preconditions, graceful deletion (a Pod bound to a node gets a
+  ``deletionTimestamp`` and ``deletionGracePeriodSeconds`` and stays, Terminating, until
+  its node's agent has stopped it and deletes it with ``gracePeriodSeconds=0``; a later
+  delete may only shorten the grace), finalizers (the object gets a
+  ``deletionTimestamp`` and goes when its last finalizer is removed and its grace is
+  over) and ``propagationPolicy``: Background
   deletes now and lets the garbage collector (``gc.py``) remove dependents, Foreground
   keeps the owner (finalizer ``foregroundDeletion``) until its dependents are gone,
   Orphan removes the owner reference from dependents first.
@@ -22,6 +26,7 @@ the store's encoding (``storage.py``). Kubernetes' rules, in one place:
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import copy
 import os
@@ -29,7 +34,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from control.api import validation as v
 from control.api.errors import ApiError, bad_request, conflict, invalid
@@ -47,6 +52,14 @@ SERVER_OWNED = ("uid", "creationTimestamp", "generation", "deletionTimestamp",
                 "deletionGracePeriodSeconds", "selfLink")
 UPDATE_RETRIES = 8
 NAMESPACES = by_path("", "v1", "namespaces")
+
+
+class Deletion(NamedTuple):
+    """What a delete did: ``obj`` is the deleted object when ``gone``, else the object
+    as it stays, marked for deletion (the API answers 200 or 202)."""
+
+    obj: dict[str, Any]
+    gone: bool
 
 
 def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
@@ -235,7 +248,10 @@ class Objects:
             if new == old:
                 return old  # a write that changes nothing is not written
             md = new["metadata"]
-            if md.get("deletionTimestamp") and not md.get("finalizers"):
+            if md.get("deletionTimestamp") and not md.get("finalizers") \
+                    and not md.get("deletionGracePeriodSeconds"):
+                # the last finalizer of an object whose grace is over: it goes now (a
+                # Pod still in its grace period waits for its agent's final delete)
                 return await self._delete_now(res, new, kv.mod_revision)
             try:
                 return await self.storage.update(res, new, expected=kv.mod_revision)
@@ -292,15 +308,24 @@ class Objects:
     async def delete(self, res: Resource, namespace: str | None, name: str, *,
                      propagation: Propagation | None = None,
                      precondition_rv: int | None = None,
-                     precondition_uid: str | None = None) -> dict[str, Any]:
+                     precondition_uid: str | None = None,
+                     grace_period: int | None = None) -> Deletion:
+        """Delete, or mark for deletion, one object; returns the marked object or the
+        deleted one, and which it was. ``grace_period`` is the request's ``gracePeriodSeconds``
+        (None: the kind's default, see :meth:`Strategy.deletion_grace`)."""
+        if grace_period is not None and grace_period < 0:
+            raise bad_request(f"gracePeriodSeconds must be a non-negative integer, "
+                              f"got {grace_period}")
         async with self._key_lock(res.key(namespace, name)):
             return await self._delete_locked(res, namespace, name, propagation=propagation,
                                              precondition_rv=precondition_rv,
-                                             precondition_uid=precondition_uid)
+                                             precondition_uid=precondition_uid,
+                                             grace_period=grace_period)
 
     async def _delete_locked(self, res: Resource, namespace: str | None, name: str, *,
                              propagation: Propagation | None, precondition_rv: int | None,
-                             precondition_uid: str | None) -> dict[str, Any]:
+                             precondition_uid: str | None, grace_period: int | None
+                             ) -> Deletion:
         for _ in range(UPDATE_RETRIES):
             obj, kv = await self.storage.get(res, namespace, name)
             md = obj["metadata"]
@@ -318,29 +343,49 @@ class Objects:
                 finalizers.append(FOREGROUND)
             if policy == "Orphan":
                 await self._orphan_dependents(obj)
-            if not finalizers:
-                try:
-                    return await self._delete_now(res, obj, kv.mod_revision)
-                except ApiError as e:
-                    if e.reason != "Conflict" or precondition_rv is not None:
-                        raise
-                    continue
-            if md.get("deletionTimestamp") and finalizers == list(md.get("finalizers") or ()):
-                return obj  # already being deleted, nothing new to record
-            marked = copy.deepcopy(obj)
-            marked["metadata"]["finalizers"] = finalizers
-            marked["metadata"].setdefault("deletionTimestamp", now_rfc3339(self.clock))
-            marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
-            if res.kind == "Namespace":
-                marked.setdefault("status", {})["phase"] = "Terminating"
+            marked = self._mark_deleted(res, obj, finalizers, grace_period)
+            if marked is None:
+                return Deletion(obj, False)  # already being deleted, nothing new to record
+            mmd = marked["metadata"]
             try:
-                updated = await self.storage.update(res, marked, expected=kv.mod_revision)
+                if not finalizers and not mmd.get("deletionGracePeriodSeconds"):
+                    return Deletion(await self._delete_now(res, obj, kv.mod_revision), True)
+                return Deletion(await self.storage.update(res, marked,
+                                                          expected=kv.mod_revision), False)
             except ApiError as e:
                 if e.reason != "Conflict" or precondition_rv is not None:
                     raise
-                continue
-            return updated
         raise conflict(res.plural, name, res.group, why="too many concurrent writers")
+
+    def _mark_deleted(self, res: Resource, obj: dict[str, Any], finalizers: list[str],
+                      grace_period: int | None) -> dict[str, Any] | None:
+        """``obj`` as a delete leaves it: ``deletionTimestamp`` (when it is due to go:
+        now plus the grace period, as Kubernetes sets it), ``deletionGracePeriodSeconds``
+        and the finalizers. An object already being deleted keeps its deadline unless
+        the request shortens the grace (a longer one is ignored); None when the request
+        changes nothing."""
+        md = obj["metadata"]
+        marked = copy.deepcopy(obj)
+        mmd = marked["metadata"]
+        mmd["finalizers"] = finalizers
+        if not finalizers:
+            del mmd["finalizers"]  # omitted when empty, as Kubernetes stores it
+        if md.get("deletionTimestamp"):
+            current = int(md.get("deletionGracePeriodSeconds") or 0)
+            grace = current
+            if grace_period is not None and grace_period < current:
+                grace = grace_period
+                mmd["deletionTimestamp"] = _shift(md["deletionTimestamp"], grace - current)
+            mmd["deletionGracePeriodSeconds"] = grace
+            if grace == current and finalizers == list(md.get("finalizers") or ()):
+                return None
+            return marked
+        grace = strategy_for(res).deletion_grace(obj, grace_period)
+        mmd["deletionTimestamp"] = now_rfc3339(lambda: self.clock() + grace)
+        mmd["deletionGracePeriodSeconds"] = grace
+        if res.kind == "Namespace":
+            marked.setdefault("status", {})["phase"] = "Terminating"
+        return marked
 
     async def _delete_now(self, res: Resource, obj: dict[str, Any], expected: int
                           ) -> dict[str, Any]:
@@ -420,8 +465,15 @@ class Objects:
             raise invalid(res.kind, str(name), res.group, errs.causes)
 
 
+def _shift(stamp: str, seconds: int) -> str:
+    """An RFC 3339 ``deletionTimestamp`` moved by ``seconds``."""
+    t = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    return now_rfc3339(lambda: float(t + seconds))
+
+
 def _cause(field: str, why: str) -> dict[str, str]:
     return {"reason": "FieldValueInvalid", "field": field, "message": f"{field}: {why}"}
 
 
-__all__ = ["FOREGROUND", "NAMESPACE_FINALIZER", "Objects", "Propagation", "now_rfc3339"]
+__all__ = ["FOREGROUND", "NAMESPACE_FINALIZER", "Deletion", "Objects", "Propagation",
+           "now_rfc3339"]

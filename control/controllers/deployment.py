@@ -15,7 +15,8 @@ For each Deployment, ``reconcile(key)``:
    ReplicaSets' status, which lags one write behind), so the total never exceeds
    ``replicas + maxSurge`` and the available Pods never drop below
    ``replicas - maxUnavailable`` by the controller's doing; ``Recreate`` scales every old
-   ReplicaSet to zero, waits until their Pods are gone, then scales up the new one;
+   ReplicaSet to zero, waits until their Pods are gone (Terminating ones too: they may
+   still be running), then scales up the new one;
 4. deletes old ReplicaSets that are scaled to zero beyond ``revisionHistoryLimit``
    (default 10), oldest revision first;
 5. writes ``status`` (replicas, updated, ready, available, unavailable,
@@ -46,7 +47,13 @@ from control.client.rest import ApiClient
 from control.client.workers import PermanentError, run_workers
 from control.client.workqueue import WorkQueue
 from control.controllers.events import EventRecorder
-from control.controllers.podutil import is_active, is_available, is_ready, parse_time
+from control.controllers.podutil import (
+    is_active,
+    is_available,
+    is_finished,
+    is_ready,
+    parse_time,
+)
 from control.controllers.replicaset import (
     OWNER_INDEX,
     POD_EVENT_DELAY,
@@ -247,7 +254,13 @@ class DeploymentController:
         return await self._write_status(d, new, olds, min_ready, unavailable, now, memo)
 
     def _old_pods_remain(self, olds: list[Obj], memo: dict[str, list[Obj]]) -> bool:
+        """Recreate's wait (Kubernetes' ``oldPodsRunning``): an old ReplicaSet still
+        wants Pods, or one of its Pods has not finished, Terminating ones included (their
+        processes run until the agent has stopped them)."""
         return any((o.get("spec") or {}).get("replicas", 0) > 0 or self._pods_of(o, memo)
+                   or any(owned_by(p, o) and not is_finished(p)
+                          for p in self.pods.store.by_index(OWNER_INDEX,
+                                                            o["metadata"]["uid"]))
                    for o in olds)
 
     async def _scale_olds_to_zero(self, d: Obj, olds: list[Obj]) -> None:

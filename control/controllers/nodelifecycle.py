@@ -17,12 +17,15 @@ do and converges, level-triggered:
   and the scheduler stops placing Pods there; re-checked each tick while NotReady;
 - a node NotReady for the eviction timeout has its Pods deleted (rate-limited across
   nodes; none at all in a mass outage, see ``nodehealth.py``) so their owners recreate
-  them on healthy nodes; an Event ``NodeControllerEviction`` names each;
+  them on healthy nodes; an Event ``NodeControllerEviction`` names each. These deletes
+  are forced (``gracePeriodSeconds=0``), also for Pods already Terminating there: a
+  graceful delete waits for the node's agent to finalize it, and that agent is silent;
 - when a disruption ends (enough nodes are back), the nodes still silent start a new
   grace period, as in Kubernetes, rather than being evicted the moment the first
   returning node turns the cluster's state back to normal;
-- a Pod bound to a node that no longer exists is deleted after ``orphan_grace`` seconds
-  (Kubernetes' pod garbage collector), which is what happens to a deleted node's Pods.
+- a Pod bound to a node that no longer exists is force-deleted after ``orphan_grace``
+  seconds (Kubernetes' pod garbage collector), which is what happens to a deleted node's
+  Pods, Terminating or not.
 
 Runs on a :class:`~control.client.clock.Clock`, so tests move time by hand.
 
@@ -41,6 +44,7 @@ from control.client import errors
 from control.client.cache import object_key, pods_by_node
 from control.client.clock import Clock, LoopClock, sleep
 from control.client.factory import InformerFactory
+from control.client.resources import lookup, path
 from control.client.rest import ApiClient
 from control.controllers.events import EventRecorder
 from control.controllers.nodehealth import Decisions, NodeHealth, NodeHealthConfig
@@ -224,8 +228,7 @@ class NodeLifecycleController:
             self._delete_pod(pod, "NodeControllerEviction",
                              f"Deleting pod {object_key(pod)}: node {name} has been "
                              f"NotReady for {self.health.config.eviction_timeout:g}s")
-            for pod in self.pods.store.by_index(NODE_INDEX, name)
-            if not pod["metadata"].get("deletionTimestamp")])
+            for pod in self.pods.store.by_index(NODE_INDEX, name)])
 
     async def _collect_orphans(self, now: float) -> None:
         seen: set[str] = set()
@@ -247,9 +250,19 @@ class NodeLifecycleController:
                 del self._orphans[uid]
 
     async def _delete_pod(self, pod: Obj, reason: str, message: str) -> None:
-        md = pod["metadata"]
         try:
-            await self.api.delete("pods", md["name"], namespace=md.get("namespace"))
-        except errors.NotFound:
-            return
+            await force_delete_pod(self.api, pod)
+        except (errors.NotFound, errors.Conflict):
+            return  # gone already, or replaced by a new Pod of that name
         self.recorder.record(pod, "Warning", reason, message)
+
+
+async def force_delete_pod(api: ApiClient, pod: Obj) -> None:
+    """Delete ``pod`` now (``gracePeriodSeconds=0``), also when it is already
+    Terminating: no agent will stop it and finalize a graceful delete on a dead or
+    deleted node. The uid precondition spares a new Pod that took the name."""
+    md = pod["metadata"]
+    body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+            "preconditions": {"uid": md.get("uid")}}
+    await api.request("DELETE", path(lookup("pods"), namespace=md.get("namespace"),
+                                     name=md["name"]), body=body)

@@ -1,4 +1,5 @@
-"""Facts about Pods the controllers share: active, ready, available, deletion order."""
+"""Facts about Pods the controllers share: active, terminating, ready, available, deletion
+order."""
 
 from __future__ import annotations
 
@@ -37,11 +38,21 @@ def is_available(pod: Obj, min_ready_seconds: int, now: datetime) -> bool:
     return since is not None and (now - since).total_seconds() >= min_ready_seconds
 
 
+def is_finished(pod: Obj) -> bool:
+    """Its containers have all ended for good (phase Succeeded or Failed)."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def is_terminating(pod: Obj) -> bool:
+    """Marked for deletion (graceful): still there, and maybe still running, until its
+    node's agent has stopped it and deletes it for good."""
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def is_active(pod: Obj) -> bool:
-    """Counts towards replicas: not finished and not being deleted."""
-    phase = (pod.get("status") or {}).get("phase")
-    return phase not in ("Succeeded", "Failed") and not (pod.get("metadata") or {}).get(
-        "deletionTimestamp")
+    """Counts towards replicas: not finished and not being deleted (a Terminating Pod is
+    replaced at once, as Kubernetes' controllers do, and never deleted again)."""
+    return not is_finished(pod) and not is_terminating(pod)
 
 
 _PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}

@@ -1,6 +1,8 @@
 """The agent against the real API server (in-process, SQLite store, HTTPS, a ``node``
 token): Node registration and heartbeat, a bound Pod run and its Running/Ready status
-and Events written back, deletion stopping it, an agent restart adopting it.
+and Events written back, deletion stopping it, an agent restart adopting it, graceful
+deletion (the Pod stays Terminating until the agent has stopped it and deletes it with
+grace 0, also after an agent restart in the middle of it).
 
 Needs ``control.api`` (the API server) and ``control.client``; skipped with the reason
 while the API server is not importable."""
@@ -11,7 +13,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from agent_kit import HTTPD, container, http_get, pod, wait_until
+from agent_kit import HTTPD, RUNTIMES, container, http_get, pod, wait_until
 
 from control.agent.agent import Agent
 from control.agent.clock import SystemClock
@@ -56,7 +58,8 @@ class Running:
         self.agent = Agent(node=runtime.node, node_ip="127.0.0.1", runtime=runtime,
                            ports=host_ports, clock=SystemClock(), state_dir=state,
                            status_sink=self.sync.write_status,
-                           event_sink=self.sync.record_event)
+                           event_sink=self.sync.record_event,
+                           finalize_sink=self.sync.finalize_pod)
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self.sync.run(self.agent, self.stop))
 
@@ -218,3 +221,79 @@ async def test_meshctl_agent_process_against_the_api_server(apiserver, runtime, 
         for i in await leftover.list():
             await leftover.stop(i.id, grace=0)
             await leftover.remove(i.id)
+
+
+# Exits on SIGTERM after writing a mark, half a second later (an app draining); says
+# when its handler is installed (a SIGTERM before that would kill the shell outright).
+TERM_AWARE = ("trap 'sleep 0.5; echo drained > {mark}; exit 0' TERM; touch {mark}.armed; "
+              "while true; do sleep 0.1; done")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES[:1], indirect=True)
+async def test_graceful_delete_stops_the_pod_then_the_agent_finalizes_it(
+        apiserver, runtime, host_ports, tmp_path):
+    """DELETE marks the Pod (202, deletionGracePeriodSeconds from the spec); it stays
+    readable while the agent sends SIGTERM and the app drains; once the container has
+    exited the agent deletes the Pod with grace 0, so it is gone from the API and from
+    the runtime, and the app ran its SIGTERM handler (not a SIGKILL)."""
+    mark = tmp_path / "drained"
+    admin = _client(apiserver, apiserver.admin_token)
+    agent = Running(apiserver, runtime, host_ports, tmp_path / "agent")
+    try:
+        web = pod("web", container("app", TERM_AWARE.format(mark=mark)), grace=20)
+        del web["metadata"]["uid"]
+        web["spec"]["nodeName"] = runtime.node
+        await admin.create("pods", web, namespace="default")
+        await wait_until(lambda: _phase_is(admin, "web", "Running"), timeout=30,
+                         what="web Running")
+        await wait_until(lambda: Path(f"{mark}.armed").exists(), timeout=30,
+                         what="the SIGTERM handler installed")
+        marked = await admin.delete("pods", "web", namespace="default")
+        assert marked["metadata"]["deletionGracePeriodSeconds"] == 20
+        seen_terminating = (await admin.get("pods", "web", namespace="default"))
+        assert seen_terminating["metadata"]["deletionTimestamp"]
+        await wait_until(lambda: _gone(admin, "web"), timeout=30, what="web finalized")
+        assert mark.read_text().strip() == "drained"
+        assert await runtime.list() == []
+    finally:
+        await agent.close(stop_pods=True)
+        await admin.close()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES[:1], indirect=True)
+async def test_agent_restarted_mid_termination_still_stops_and_finalizes(
+        apiserver, runtime, host_ports, tmp_path):
+    """A Pod marked for deletion while its agent was down: the next agent does not run
+    it again, stops what is left of it and finalizes it."""
+    mark = tmp_path / "drained"
+    admin = _client(apiserver, apiserver.admin_token)
+    first = Running(apiserver, runtime, host_ports, tmp_path / "agent")
+    second = None
+    try:
+        web = pod("web", container("app", TERM_AWARE.format(mark=mark)), grace=20)
+        del web["metadata"]["uid"]
+        web["spec"]["nodeName"] = runtime.node
+        await admin.create("pods", web, namespace="default")
+        await wait_until(lambda: _phase_is(admin, "web", "Running"), timeout=30,
+                         what="web Running")
+        await wait_until(lambda: Path(f"{mark}.armed").exists(), timeout=30,
+                         what="the SIGTERM handler installed")
+        await first.close()  # containers keep running
+        [info] = await runtime.list()
+        host_ports.release(info.pod_uid)
+        await admin.delete("pods", "web", namespace="default")
+        second = Running(apiserver, runtime, host_ports, tmp_path / "agent")
+        await wait_until(lambda: _gone(admin, "web"), timeout=30, what="web finalized")
+        assert await runtime.list() == []
+        assert mark.read_text().strip() == "drained"
+    finally:
+        await (second or first).close(stop_pods=True)
+        await admin.close()
+
+
+async def _phase_is(api: ApiClient, name: str, phase: str) -> bool:
+    return (await _pod_status(api, name)).get("phase") == phase
+
+
+async def _gone(api: ApiClient, name: str) -> bool:
+    return await _get_or_none(api, "pods", name) is None

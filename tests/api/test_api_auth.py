@@ -122,8 +122,10 @@ async def test_node_sees_and_updates_only_pods_bound_to_it(api):
     assert (await node1.patch(f"{PODS}/theirs/status", running))[0] == 403
     assert (await node1.patch(f"{PODS}/mine", {"metadata": {"labels": {"a": "b"}}}))[0] == 403
     assert (await node1.post(PODS, pod("new", node="node-1")))[0] == 403
-    assert (await node1.delete(f"{PODS}/theirs"))[0] == 403
-    assert (await node1.delete(f"{PODS}/mine"))[0] == 200
+    assert (await node1.delete(f"{PODS}/theirs", gracePeriodSeconds="0"))[0] == 403
+    # a node finalizes the graceful deletion of its own Pods (a force delete)
+    assert (await node1.delete(f"{PODS}/mine", gracePeriodSeconds="0"))[0] == 200
+    assert (await node1.get(f"{PODS}/mine"))[0] == 404
     assert (await node1.get(DEPLOYMENTS))[0] == 403
     _, theirs = await api.get(f"{PODS}/theirs")
     assert theirs["status"] == {"phase": "Pending"}

@@ -52,9 +52,30 @@ def test_valid_pod_has_no_errors():
                       "volumeMounts": [{"name": "data", "mountPath": "/d"}]}]},
      "spec.containers[0].volumeMounts[0].name"),
     (pod_spec(terminationGracePeriodSeconds=-1), "spec.terminationGracePeriodSeconds"),
+    ({"containers": [{"name": "a", "image": "i", "lifecycle": {"preStop": {}}}]},
+     "spec.containers[0].lifecycle.preStop"),
+    ({"containers": [{"name": "a", "image": "i",
+                      "lifecycle": {"preStop": {"sleep": {"seconds": -2}}}}]},
+     "spec.containers[0].lifecycle.preStop.sleep.seconds"),
+    ({"containers": [{"name": "a", "image": "i", "lifecycle": {"preStop": {"sleep": {}}}}]},
+     "spec.containers[0].lifecycle.preStop.sleep.seconds"),
+    ({"containers": [{"name": "a", "image": "i",
+                      "lifecycle": {"postStart": {"exec": {"command": []}}}}]},
+     "spec.containers[0].lifecycle.postStart.exec.command"),
+    ({"containers": [{"name": "a", "image": "i",
+                      "lifecycle": {"preStop": {"httpGet": {"path": "/x"}}}}]},
+     "spec.containers[0].lifecycle.preStop.httpGet.port"),
 ])
 def test_pod_spec_rules(spec, field):
     assert field in check("pods", {"metadata": {"name": "p"}, "spec": spec})
+
+
+def test_prestop_hooks_as_kubernetes_writes_them_are_accepted():
+    """lifecycle.preStop with sleep, exec or httpGet validates clean."""
+    for hook in ({"sleep": {"seconds": 5}}, {"exec": {"command": ["sh", "-c", "true"]}},
+                 {"httpGet": {"path": "/drain", "port": 8080}}):
+        spec = {"containers": [{"name": "a", "image": "i", "lifecycle": {"preStop": hook}}]}
+        assert check("pods", {"metadata": {"name": "p"}, "spec": spec}) == []
 
 
 def test_pod_defaults_probes_and_pull_policy():

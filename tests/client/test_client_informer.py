@@ -198,7 +198,8 @@ async def test_resync_passes_every_cached_object_to_update_handlers(api: ApiClie
 
 async def test_custom_index_follows_bindings(api: ApiClient) -> None:
     """A pods-by-node index sees a pod once it is bound (through the binding
-    subresource) and forgets it when the pod is deleted."""
+    subresource) and forgets it when the pod is deleted (with gracePeriodSeconds=0: a
+    bound Pod's plain delete only marks it Terminating until its node's agent is done)."""
     async with Informer(api, "pods", indexers={"node": pods_by_node}) as inf:
         await inf.wait_synced(TIMEOUT)
         await api.create("pods", pod("p1"))
@@ -209,7 +210,8 @@ async def test_custom_index_follows_bindings(api: ApiClient) -> None:
         await api.bind("p2", "node-b")
         await until(lambda: inf.store.index_values("node") == ["node-a", "node-b"], "bindings")
         assert [p["metadata"]["name"] for p in inf.store.by_index("node", "node-a")] == ["p1"]
-        await api.delete("pods", "p1")
+        await api.request("DELETE", "/api/v1/namespaces/default/pods/p1",
+                          body={"gracePeriodSeconds": 0})
         await until(lambda: inf.store.index_values("node") == ["node-b"], "delete seen")
 
 

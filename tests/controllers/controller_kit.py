@@ -201,13 +201,18 @@ async def running(cluster: Cluster, config: ManagerConfig | None = None
 
 
 @contextlib.asynccontextmanager
-async def auto_ready(cluster: Cluster, *, only: Callable[[Obj], bool] | None = None
-                     ) -> AsyncIterator[None]:
+async def auto_ready(cluster: Cluster, *, only: Callable[[Obj], bool] | None = None,
+                     finalize: bool = True) -> AsyncIterator[None]:
     """Play the agents: every bound, not-yet-ready Pod (that ``only`` accepts) is
-    reported Running and Ready shortly after it is bound."""
+    reported Running and Ready shortly after it is bound, and (``finalize``) every bound
+    Pod marked for deletion is deleted with ``gracePeriodSeconds=0`` right away, as its
+    agent does once it has stopped the containers (a graceful delete otherwise leaves it
+    Terminating, as Kubernetes does without a kubelet)."""
     from control.client.informer import Informer
+    from control.controllers.nodelifecycle import force_delete_pod
 
     done: set[str] = set()
+    finalized: set[str] = set()
     informer = Informer(cluster.client, "pods", namespace="default")
     wake = asyncio.Event()
     informer.add_handler(on_add=lambda _p: wake.set(), on_update=lambda _o, _n: wake.set())
@@ -218,6 +223,12 @@ async def auto_ready(cluster: Cluster, *, only: Callable[[Obj], bool] | None = N
             wake.clear()
             for pod in informer.list():
                 uid = pod["metadata"]["uid"]
+                if pod["metadata"].get("deletionTimestamp") and finalize \
+                        and pod["spec"].get("nodeName") and uid not in finalized:
+                    finalized.add(uid)
+                    with contextlib.suppress(Exception):  # gone meanwhile
+                        await force_delete_pod(cluster.client, pod)
+                    continue
                 if (uid in done or not pod["spec"].get("nodeName")
                         or pod["metadata"].get("deletionTimestamp")
                         or (only is not None and not only(pod))):

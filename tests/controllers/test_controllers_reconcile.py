@@ -106,6 +106,62 @@ async def test_replicaset_scale_down_deletes_unscheduled_then_not_ready(
         assert deletes == [f"{PODS_PATH}/pending", f"{PODS_PATH}/starting"]
 
 
+async def test_replicaset_replaces_a_terminating_pod_at_once_and_leaves_it_alone(
+        cluster: Cluster) -> None:
+    """replicas=2 with two ready bound Pods, one of them Terminating (graceful delete,
+    its agent still stopping it): one POST of a replacement, no DELETE of the
+    Terminating Pod, and status counts only the active Pod."""
+    rs = await cluster.client.create("replicasets", _rs("web-1", 2, {"app": "web"}))
+    for name in ("web-1-a", "web-1-b"):
+        await cluster.client.create("pods", _owned_pod(name, rs, node="n0"))
+        await cluster.set_pod_ready(name)
+    marked = await cluster.client.delete("pods", "web-1-b", namespace="default")
+    assert marked["metadata"]["deletionTimestamp"]
+    async with frozen(cluster, ReplicaSetController) as (ctl, client, _):
+        await ctl.reconcile("default/web-1")
+        assert client.writes() == [("POST", PODS_PATH),
+                                   ("PATCH", f"{RS_PATH}/web-1/status")]
+        (status,) = client.bodies("PATCH", "/web-1/status")
+        assert (status["status"]["replicas"], status["status"]["readyReplicas"]) == (1, 1)
+
+
+async def test_replicaset_scale_down_never_picks_a_terminating_pod(
+        cluster: Cluster) -> None:
+    """replicas=1 with three bound Pods of which one is already Terminating: exactly one
+    DELETE, of an active Pod (the not-ready one), and none of the Terminating one."""
+    rs = await cluster.client.create("replicasets", _rs("web-1", 1, {"app": "web"}))
+    for name in ("going", "starting", "serving"):
+        await cluster.client.create("pods", _owned_pod(name, rs, node="n0"))
+    await cluster.set_pod_ready("serving")
+    await cluster.client.delete("pods", "going", namespace="default")
+    async with frozen(cluster, ReplicaSetController) as (ctl, client, _):
+        await ctl.reconcile("default/web-1")
+        deletes = [u for m, u in client.writes() if m == "DELETE"]
+        assert deletes == [f"{PODS_PATH}/starting"]
+
+
+async def test_endpoints_drop_a_terminating_pod_at_once(cluster: Cluster) -> None:
+    """A ready Pod marked for deletion leaves its Service's Endpoints with the very next
+    reconcile, while its agent is still stopping it (Kubernetes' Endpoints leave
+    Terminating Pods out; meshproxy routes only to ready addresses)."""
+    await cluster.client.create("services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    for name in ("web-a", "web-b"):
+        body = {"metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": "n0", **pod_template({"app": "web"})["spec"]}}
+        body["spec"]["containers"][0]["ports"] = [{"containerPort": 8080}]
+        await cluster.client.create("pods", body)
+        await cluster.set_pod_ready(name)
+    await cluster.client.delete("pods", "web-b", namespace="default")
+    async with frozen(cluster, lambda c, f, _r: EndpointsController(c, f)) as (ctl, client, _):
+        await ctl.reconcile("default/web")
+        (created,) = client.bodies("POST", "/endpoints")
+        [subset] = created["subsets"]
+        assert [a["targetRef"]["name"] for a in subset["addresses"]] == ["web-a"]
+        assert "notReadyAddresses" not in subset
+
+
 async def test_deployment_without_replicaset_creates_revision_one(cluster: Cluster) -> None:
     """A new Deployment: one ReplicaSet POST (full replicas, revision 1, hash label in
     selector and template), the revision annotation on the Deployment, its status."""

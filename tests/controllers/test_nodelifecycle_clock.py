@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from controller_kit import Cluster, RecordingClient, now_stamp, pod_template
 
+from control.client import errors
 from control.client.clock import ManualClock
 from control.client.factory import InformerFactory
 from control.controllers.events import EventRecorder
@@ -93,6 +94,10 @@ async def test_silent_node_goes_not_ready_then_its_pods_are_evicted(
         d = await ctl.tick()
         assert d.evict == ["n0"]
         assert client.writes() == [("DELETE", f"{PODS}/pod-n0")]
+        # forced: no agent on n0 will finalize a graceful delete
+        (options,) = client.bodies("DELETE", "/pod-n0")
+        assert options["gracePeriodSeconds"] == 0
+        assert await _exists(cluster, "pod-n0") is False
 
 
 async def test_no_eviction_while_most_nodes_are_silent(cluster: Cluster) -> None:
@@ -132,6 +137,54 @@ async def test_pods_of_a_deleted_node_are_deleted_after_the_orphan_grace(
         clock.advance(1)
         await ctl.tick()
         assert client.writes() == [("DELETE", f"{PODS}/stray")]
+        (options,) = client.bodies("DELETE", "/stray")
+        assert options["gracePeriodSeconds"] == 0
+        assert await _exists(cluster, "stray") is False
+
+
+async def test_terminating_pods_of_an_evicted_node_are_forced_out(cluster: Cluster) -> None:
+    """A Pod already Terminating on a node that went silent (its graceful delete waits
+    for an agent that will never answer) is force-deleted with the node's other Pods
+    at eviction, instead of hanging Terminating forever."""
+    await _seed(cluster, ["n0", "n1", "n2"])
+    await cluster.client.delete("pods", "pod-n0")
+    assert (await cluster.client.get("pods", "pod-n0"))["metadata"]["deletionTimestamp"]
+    clock = ManualClock()
+    async with controller(cluster, clock) as (ctl, client):
+        clock.advance(CONFIG.grace_period + 1)
+        await beat(cluster, ctl, "n1", "n2")
+        await ctl.tick()
+        await refresh(cluster, ctl)
+        clock.advance(CONFIG.eviction_timeout)
+        await beat(cluster, ctl, "n1", "n2")
+        client.actions.clear()
+        assert (await ctl.tick()).evict == ["n0"]
+        assert client.writes() == [("DELETE", f"{PODS}/pod-n0")]
+        assert await _exists(cluster, "pod-n0") is False
+
+
+async def test_terminating_pods_of_a_deleted_node_are_forced_out(cluster: Cluster) -> None:
+    """A deleted node's Pod that was already Terminating is force-deleted after the
+    orphan grace like the others."""
+    await cluster.client.create("pods", {
+        "metadata": {"name": "stuck", "labels": {"app": "web"}},
+        "spec": {"nodeName": "ghost", **pod_template({"app": "web"})["spec"]}})
+    await cluster.client.delete("pods", "stuck")
+    clock = ManualClock()
+    async with controller(cluster, clock, orphan_grace=10.0) as (ctl, client):
+        await ctl.tick()
+        clock.advance(10)
+        await ctl.tick()
+        assert client.writes() == [("DELETE", f"{PODS}/stuck")]
+        assert await _exists(cluster, "stuck") is False
+
+
+async def _exists(cluster: Cluster, name: str) -> bool:
+    try:
+        await cluster.client.get("pods", name)
+    except errors.NotFound:
+        return False
+    return True
 
 
 async def test_own_status_writes_are_not_heartbeats(cluster: Cluster) -> None:

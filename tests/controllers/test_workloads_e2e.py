@@ -53,7 +53,9 @@ async def _set_image(cluster: Cluster, image: str, name: str = "web") -> None:
 
 async def test_scale_up_then_down_deletes_not_ready_pods_first(cluster: Cluster) -> None:
     """3 ready replicas; scaled to 5 the two new ones stay not ready; scaled to 3 the
-    ReplicaSet deletes exactly those two and keeps the ready ones."""
+    ReplicaSet deletes exactly those two and keeps the ready ones. No agent runs here,
+    so the two stay Terminating (bound Pods are deleted gracefully), as they would in
+    Kubernetes without a kubelet: they count for nothing and are not deleted again."""
     await _nodes(cluster)
     async with running(cluster, CONTROLLERS):
         await cluster.client.create("deployments", deployment("web", 3))
@@ -68,8 +70,15 @@ async def test_scale_up_then_down_deletes_not_ready_pods_first(cluster: Cluster)
                                                   for p in pods) else []
         await wait_for(five_bound, what="5 bound pods")
         await cluster.client.scale("deployments", "web", 3, namespace="default")
-        left = await _ready_pods(cluster, 3)
+
+        async def two_terminating() -> list[dict]:
+            pods = await cluster.pods("app=web")
+            return pods if sum(1 for p in pods if p["metadata"].get("deletionTimestamp")) \
+                == 2 else []
+        pods = await wait_for(two_terminating, what="2 pods Terminating")
+        left = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         assert {p["metadata"]["name"] for p in left} == first
+        assert all(is_ready(p) for p in left)
         d = await _rolled_out(cluster)
         assert d["status"]["replicas"] == 3
         assert d["status"]["availableReplicas"] == 3
@@ -204,7 +213,8 @@ async def test_deleting_a_deployment_cascades_to_replicasets_and_pods(
     the ReplicaSet stays, without the owner reference."""
     await _nodes(cluster)
     api = cluster.client
-    async with running(cluster, CONTROLLERS):
+    # auto_ready plays the agents, which finish the graceful deletion of bound Pods
+    async with running(cluster, CONTROLLERS), auto_ready(cluster):
         for name in ("bg", "fg", "orphan"):
             await api.create("deployments", deployment(name, 2))
 

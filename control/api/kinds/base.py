@@ -2,7 +2,8 @@
 
 A :class:`Strategy` knows one kind's rules and nothing about HTTP or the store: it fills
 defaults, validates a whole object (``validate``), checks what an update may change
-(``validate_update``), and says what ``status`` a new object starts with. The handlers
+(``validate_update``), says what ``status`` a new object starts with and how long a
+delete waits before the object goes (``deletion_grace``). The handlers
 call it on every write, so an object in the store has always passed it. Modules beside
 this one hold the strategies per API group; ``kinds/__init__.py`` maps kinds to them.
 """
@@ -38,6 +39,13 @@ class Strategy:
     def initial_status(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """The status a newly created object starts with (None: no status field)."""
         return {}
+
+    def deletion_grace(self, obj: dict[str, Any], requested: int | None) -> int:
+        """Seconds a DELETE of ``obj`` leaves it in place (marked with a
+        ``deletionTimestamp``) for someone to clean up first; 0 deletes at once.
+        ``requested`` is the request's ``gracePeriodSeconds``. Kubernetes' graceful
+        deletion: only kinds with a process to stop (Pods) override this."""
+        return 0
 
 
 def spec_part(obj: dict[str, Any]) -> dict[str, Any]:

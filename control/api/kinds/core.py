@@ -212,6 +212,33 @@ def _container(c: Any, p: str, errs: FieldErrors, names: set[str],
     v.resource_list(res, "limits", f"{p}.resources.limits", errs)
     for probe_key in ("livenessProbe", "readinessProbe", "startupProbe"):
         _probe(c, probe_key, f"{p}.{probe_key}", errs)
+    lifecycle = v.mapping(c, "lifecycle", f"{p}.lifecycle", errs) or {}
+    for hook in ("postStart", "preStop"):
+        _lifecycle_handler(lifecycle, hook, f"{p}.lifecycle.{hook}", errs)
+
+
+def _lifecycle_handler(lifecycle: dict[str, Any], key: str, p: str,
+                       errs: FieldErrors) -> None:
+    """Kubernetes' LifecycleHandler: exactly one of exec, httpGet, sleep, tcpSocket."""
+    handler = v.mapping(lifecycle, key, p, errs)
+    if handler is None:
+        return
+    actions = [h for h in ("exec", "httpGet", "sleep", "tcpSocket") if h in handler]
+    if len(actions) != 1:
+        errs.required(p, "must specify exactly one of exec, httpGet, sleep, tcpSocket")
+        return
+    if "sleep" in handler:
+        sleep = v.mapping(handler, "sleep", f"{p}.sleep", errs) or {}
+        if "seconds" not in sleep:
+            errs.required(f"{p}.sleep.seconds")
+        v.integer(sleep, "seconds", f"{p}.sleep.seconds", errs, minimum=0)
+    if "exec" in handler:
+        v.sequence(handler["exec"], "command", f"{p}.exec.command", errs, required=True)
+    if isinstance(handler.get("httpGet"), dict):
+        if "port" not in handler["httpGet"]:
+            errs.required(f"{p}.httpGet.port")
+        else:
+            v.int_or_string_port(handler["httpGet"]["port"], f"{p}.httpGet.port", errs)
 
 
 def _probe(c: dict[str, Any], key: str, p: str, errs: FieldErrors) -> None:
@@ -280,6 +307,21 @@ class PodStrategy(Strategy):
 
     def initial_status(self, obj: dict[str, Any]) -> dict[str, Any]:
         return {"phase": "Pending"}
+
+    def deletion_grace(self, obj: dict[str, Any], requested: int | None) -> int:
+        """Kubernetes' pod rule: a Pod bound to a node stays (Terminating) until that
+        node's agent has stopped its containers and deletes it with grace 0; the wait is
+        the request's ``gracePeriodSeconds``, else ``spec.terminationGracePeriodSeconds``.
+        A Pod no agent runs (unbound) or one whose containers have all finished goes at
+        once."""
+        spec = obj.get("spec") or {}
+        if not spec.get("nodeName"):
+            return 0
+        if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return 0
+        if requested is not None:
+            return requested
+        return int(spec.get("terminationGracePeriodSeconds", 30))
 
 
 def _ip(value: str, path: str, errs: FieldErrors) -> None:
