@@ -65,6 +65,11 @@ class ManualClock:
         finally:
             self._sleepers = [(t, f) for t, f in self._sleepers if f is not fut]
 
+    @property
+    def sleepers(self) -> int:
+        """How many tasks are waiting for the clock to move (tests wait for this)."""
+        return sum(1 for _, f in self._sleepers if not f.done())
+
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose deadline has passed."""
         if seconds < 0:

@@ -13,8 +13,9 @@ status, never exceptions out of ``sync``: one broken Pod cannot stop the agent.
 containerStatuses with state/lastState/restartCount/ready, hostIP, podIP, startTime)
 plus ``portMappings``, the host ports this node published for the Pod (the endpoints
 controller needs them: pods here are reached at ``hostIP:hostPort``).
-:meth:`PodWorker.terminate` is the graceful delete: every container gets SIGTERM, then
-SIGKILL after the grace period, then is removed, and the Pod's ports are released.
+:meth:`PodWorker.terminate` is the graceful delete: preStop hooks, SIGTERM to the app
+containers, the mesh sidecar last, SIGKILL after the grace period (``lifecycle.py``);
+then the containers are removed and the Pod's ports are released.
 
 Time comes from a :class:`~control.agent.clock.Clock`: probe periods and back-off
 run on a :class:`~control.agent.clock.ManualClock` in tests. The agent loop
@@ -34,6 +35,7 @@ from typing import Any, Literal
 
 from control.agent import sidecar
 from control.agent.clock import Clock
+from control.agent.lifecycle import StopTarget, stop_in_order
 from control.agent.ports import HostPorts, PortError
 from control.agent.probes import ProbeTracker, run_action
 from control.agent.restart import BackOff, should_restart
@@ -231,6 +233,10 @@ class PodWorker:
         self._arm_probes(slot)
         self._event("Normal", "Started", f"Started container {c.name}")
 
+    def _spec_of(self, name: str) -> Container | None:
+        slot = self._slots.get(name)
+        return slot.spec if slot is not None else None
+
     def _is_sidecar(self, slot: _Slot) -> bool:
         return self._fronted is not None and slot.spec.name == sidecar.NAME
 
@@ -330,16 +336,24 @@ class PodWorker:
     # -- terminate ---------------------------------------------------------------
 
     async def terminate(self, grace: float | None = None) -> None:
-        """Stop every container of the Pod (SIGTERM, SIGKILL after ``grace``), remove them,
-        release the Pod's ports and volumes. Idempotent."""
+        """Stop every container of the Pod in Kubernetes' order (``lifecycle.py``:
+        preStop hooks, SIGTERM to the app, the sidecar last, SIGKILL after ``grace``),
+        remove them, release the Pod's ports and volumes. Idempotent."""
         self.terminated = True
         g = self.pod.termination_grace_period if grace is None else grace
         infos = await self.runtime.list(pod_uid=self.pod.uid)
         if infos:
             self._event("Normal", "Killing", f"Stopping {len(infos)} container(s) "
                                              f"(grace period {g:g}s)")
-        await asyncio.gather(*(self.runtime.stop(i.id, grace=g)
-                               for i in infos if i.state == "running"))
+        targets = [StopTarget(i, self._spec_of(i.container_name),
+                              self._bindings.get(i.container_name, i.ports),
+                              sidecar=self._fronted is not None
+                              and i.container_name == sidecar.NAME)
+                   for i in infos if i.state == "running"]
+        await stop_in_order(targets, grace=g, runtime=self.runtime, clock=self.clock,
+                            host=self.ports.host, on_hook_failure=lambda name, why: self._event(
+                                "Warning", "FailedPreStopHook",
+                                f"PreStopHook failed for container {name}: {why}"))
         for slot in self._slots.values():
             if slot.current is not None:  # keep how it ended for the final status
                 try:

@@ -8,7 +8,14 @@ the Pod's status maps that container port to the *sidecar's* host port, so the
 endpoints, and thus all mesh traffic, go through the proxy; its admin port serves
 ``/ready`` (the sidecar's readiness probe, so the Pod is Ready only when its proxy
 is) and ``/metrics``. The sidecar's lifecycle is the Pod's: it is started, probed,
-restarted and terminated with the other containers.
+restarted and terminated with the other containers, but stopped last (``lifecycle.py``).
+
+Drain: when a meshed Pod is deleted, its app containers first sleep for the drain delay
+(a preStop ``sleep`` the injection adds to every app container without a preStop hook
+of its own; ``mesh.io/drain-seconds``, default ``DEFAULT_DRAIN`` = 5 s capped at half
+the grace period; ``0`` turns it off), so callers' sidecars have dropped the Pod from
+their endpoints before the app gets SIGTERM; the sidecar serves through it and gets its
+own SIGTERM (stop accepting, finish in flight) only after the app has exited.
 
 The sidecar's command is this module (``python -m control.agent.sidecar``): it writes
 the meshproxy config for the ports the agent allocated (passed as ``$(PORT_...)`` and
@@ -52,12 +59,18 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from control.agent.spec import Container, Pod, PodSpecError, Port, Probe
+from control.agent.spec import Container, Pod, PodSpecError, Port, PreStop, Probe
 
 INJECT = "mesh.io/inject"
 INBOUND_PORT = "mesh.io/inbound-port"
 UPSTREAMS = "mesh.io/upstreams"
 OUTBOUND_ADDRESS = "mesh.io/outbound-address"
+DRAIN = "mesh.io/drain-seconds"
+# Seconds a meshed app keeps serving after its Pod is marked for deletion: the Endpoints
+# change reaches every caller's sidecar in about a second on a quiet cluster (watch,
+# endpoints write, discovery watch, config swap); 5 s leaves room for a loaded one and is
+# Istio's default drain duration. A preStop hook of the container's own replaces it.
+DEFAULT_DRAIN = 5.0
 UPSTREAM_ENV_PREFIX = "MESH_UPSTREAM_"
 OUTBOUND_ADDRESS_ENV = "MESH_OUTBOUND_ADDRESS"
 NAME = "meshproxy"
@@ -221,6 +234,11 @@ def inject(pod: Pod, *, python: str = sys.executable, mesh: MeshSettings | None 
         env = ((OUTBOUND_ADDRESS_ENV, address),
                *((up.env, f"{address}:{up.local_port}") for up in ups))
         containers = tuple(replace(c, env=(*c.env, *env)) for c in containers)
+    hold = drain_seconds(pod)
+    if hold > 0:  # the app keeps serving while callers' proxies drop this Pod
+        containers = tuple(c if c.pre_stop is not None
+                           else replace(c, pre_stop=PreStop(sleep_seconds=hold))
+                           for c in containers)
     sidecar = Container(
         name=NAME, image="meshproxy (local process)", pull_policy="Never", command=command,
         ports=(Port(INBOUND_CONTAINER_PORT, INBOUND), Port(ADMIN_CONTAINER_PORT, ADMIN)),
@@ -228,6 +246,23 @@ def inject(pod: Pod, *, python: str = sys.executable, mesh: MeshSettings | None 
                         failure_threshold=3),
     )
     return replace(pod, containers=(*containers, sidecar))
+
+
+def drain_seconds(pod: Pod) -> float:
+    """How long a meshed Pod's app containers keep serving after the Pod is marked for
+    deletion before they get SIGTERM: ``mesh.io/drain-seconds``, else ``DEFAULT_DRAIN``
+    capped at half the grace period (the other half is the app's own shutdown)."""
+    raw = pod.annotations.get(DRAIN)
+    if raw is None:
+        return min(DEFAULT_DRAIN, pod.termination_grace_period / 2)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise PodSpecError(f"metadata.annotations[{DRAIN}]",
+                           f"must be a non-negative number of seconds, got {raw!r}")
+    return value
 
 
 def _env(name: str) -> str:

@@ -8,7 +8,8 @@ ports[1].containerPort``) instead of failing half-way through a start.
 
 Supported: containers (name, image, imagePullPolicy, command, args, env with literal
 values, workingDir, ports, resources.limits/requests cpu and memory, liveness/
-readiness/startup probes with httpGet, tcpSocket and exec), restartPolicy,
+readiness/startup probes with httpGet, tcpSocket and exec, ``lifecycle.preStop`` with
+sleep, exec and httpGet), restartPolicy,
 terminationGracePeriodSeconds, volumes (emptyDir, hostPath) with volumeMounts.
 Fields outside that list are ignored, as a kubelet ignores fields of newer versions.
 
@@ -65,6 +66,16 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class PreStop:
+    """A container's ``lifecycle.preStop`` hook: exactly one of ``sleep_seconds``
+    (Kubernetes' ``sleep`` action, run by the agent) and ``action`` (``exec`` or
+    ``httpGet``, run like a probe whose timeout is what is left of the grace period)."""
+
+    sleep_seconds: float | None = None
+    action: Probe | None = None
+
+
+@dataclass(frozen=True)
 class Mount:
     volume: str
     mount_path: str
@@ -96,6 +107,7 @@ class Container:
     readiness: Probe | None = None
     startup: Probe | None = None
     mounts: tuple[Mount, ...] = ()
+    pre_stop: PreStop | None = None
 
     def probe(self, kind: ProbeKind) -> Probe | None:
         return {"liveness": self.liveness, "readiness": self.readiness,
@@ -221,6 +233,8 @@ def _container(raw: Any, path: str, volume_names: set[str]) -> Container:
         readiness=_probe(d.get("readinessProbe"), f"{path}.readinessProbe"),
         startup=_probe(d.get("startupProbe"), f"{path}.startupProbe"),
         mounts=tuple(mounts),
+        pre_stop=_pre_stop(_dict(d.get("lifecycle") or {}, f"{path}.lifecycle")
+                           .get("preStop"), f"{path}.lifecycle.preStop"),
     )
     for kind in ("liveness", "readiness", "startup"):
         probe = container.probe(kind)
@@ -283,6 +297,27 @@ def _probe(raw: Any, path: str) -> Probe | None:
     if not cmd:
         raise PodSpecError(f"{path}.exec.command", "must be a non-empty list of strings")
     return Probe(exec_command=cmd, **kw)
+
+
+def _pre_stop(raw: Any, path: str) -> PreStop | None:
+    if raw is None:
+        return None
+    d = _dict(raw, path)
+    actions = [k for k in ("sleep", "exec", "httpGet", "tcpSocket") if k in d]
+    if len(actions) != 1:
+        raise PodSpecError(path, "needs exactly one of sleep, exec, httpGet")
+    if "sleep" in d:
+        seconds = _dict(d["sleep"], f"{path}.sleep").get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
+            raise PodSpecError(f"{path}.sleep.seconds",
+                               f"must be a non-negative integer, got {seconds!r}")
+        return PreStop(sleep_seconds=float(seconds))
+    if "tcpSocket" in d:
+        raise PodSpecError(f"{path}.tcpSocket", "not supported as a lifecycle hook (it is "
+                                                "deprecated in Kubernetes); use sleep, exec "
+                                                "or httpGet")
+    probe = _probe({actions[0]: d[actions[0]]}, path)
+    return PreStop(action=probe)
 
 
 def _volume(raw: Any, path: str) -> Volume:

@@ -13,7 +13,7 @@ from agent_kit import DOCKER_MARK, HTTPD, container, http_get, pod, wait_until
 from control.agent import sidecar
 from control.agent.agent import Agent
 from control.agent.clock import SystemClock
-from control.agent.spec import PodSpecError, parse_pod
+from control.agent.spec import PodSpecError, PreStop, parse_pod
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,6 +110,42 @@ def test_injection_adds_the_sidecar_only_when_annotated():
     assert sidecar.target_port(meshed) == ("app", 8080)
     named = sidecar.inject(parse_pod(_meshed(**{sidecar.INBOUND_PORT: "http"})))
     assert sidecar.target_port(named) == ("app", 8080)
+
+
+def test_meshed_app_containers_get_the_default_drain_before_sigterm():
+    """Injection gives every app container without a preStop hook a preStop sleep of
+    DEFAULT_DRAIN (5 s) with the default 30 s grace; the sidecar gets none (it must
+    serve through the drain)."""
+    raw = _meshed()
+    raw["spec"]["terminationGracePeriodSeconds"] = 30
+    meshed = sidecar.inject(parse_pod(raw))
+    assert sidecar.DEFAULT_DRAIN == 5.0
+    assert meshed.container("app").pre_stop == PreStop(sleep_seconds=5.0)
+    assert meshed.container(sidecar.NAME).pre_stop is None
+
+
+@pytest.mark.parametrize(("grace", "annotation", "expected"), [
+    (4, None, 2.0),  # capped at half the grace: the app needs time to shut down too
+    (30, "12", 12.0),  # the annotation says how long
+    (30, "0", None),  # 0 turns the drain off
+])
+def test_drain_follows_the_grace_and_the_annotation(grace, annotation, expected):
+    raw = _meshed(**({sidecar.DRAIN: annotation} if annotation is not None else {}))
+    raw["spec"]["terminationGracePeriodSeconds"] = grace
+    hook = sidecar.inject(parse_pod(raw)).container("app").pre_stop
+    assert (hook.sleep_seconds if hook else None) == expected
+
+
+def test_own_prestop_hook_replaces_the_drain_and_bad_drain_is_refused():
+    """An app's own preStop is kept as it is; a drain annotation that is not a
+    non-negative number is refused naming the annotation."""
+    raw = _meshed()
+    raw["spec"]["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": 1}}}
+    assert sidecar.inject(parse_pod(raw)).container("app").pre_stop == \
+        PreStop(sleep_seconds=1.0)
+    for bad in ("-1", "soon", "nan", "inf"):
+        with pytest.raises(PodSpecError, match=r"mesh\.io/drain-seconds"):
+            sidecar.inject(parse_pod(_meshed(**{sidecar.DRAIN: bad})))
 
 
 @pytest.mark.parametrize(("annotations", "ports", "match"), [

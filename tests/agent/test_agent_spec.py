@@ -72,12 +72,41 @@ def test_supported_fields_are_parsed_with_units_and_defaults():
      "spec.terminationGracePeriodSeconds"),
     ({"containers": [{"name": "a", "image": "x"}], "volumes": [{"name": "v", "nfs": {}}]},
      "spec.volumes[0]"),
+    ({"containers": [{"name": "a", "image": "x", "lifecycle": {"preStop": {}}}]},
+     "spec.containers[0].lifecycle.preStop"),
+    ({"containers": [{"name": "a", "image": "x",
+                      "lifecycle": {"preStop": {"sleep": {"seconds": -1}}}}]},
+     "spec.containers[0].lifecycle.preStop.sleep.seconds"),
+    ({"containers": [{"name": "a", "image": "x",
+                      "lifecycle": {"preStop": {"tcpSocket": {"port": 80}}}}]},
+     "spec.containers[0].lifecycle.preStop.tcpSocket"),
+    ({"containers": [{"name": "a", "image": "x",
+                      "lifecycle": {"preStop": {"exec": {"command": []}}}}]},
+     "spec.containers[0].lifecycle.preStop.exec.command"),
 ])
 def test_unsupported_or_invalid_fields_are_refused_with_their_path(spec, path):
     """Each bad Pod raises PodSpecError whose path names exactly the wrong field."""
     with pytest.raises(PodSpecError) as err:
         parse_pod({"metadata": {"name": "p", "uid": "u"}, "spec": spec})
     assert err.value.path == path
+
+
+@pytest.mark.parametrize(("hook", "sleep", "exec_command", "http_get"), [
+    ({"sleep": {"seconds": 5}}, 5.0, None, None),
+    ({"exec": {"command": ["nginx", "-s", "quit"]}}, None, ("nginx", "-s", "quit"), None),
+    ({"httpGet": {"path": "/drain", "port": "http"}}, None, None, ("/drain", "http")),
+])
+def test_prestop_hooks_are_parsed(hook, sleep, exec_command, http_get):
+    """lifecycle.preStop: Kubernetes' sleep, exec and httpGet actions."""
+    raw = _pod()
+    raw["spec"]["containers"][0]["lifecycle"] = {"preStop": hook}
+    c = parse_pod(raw).containers[0]
+    assert c.pre_stop is not None
+    assert c.pre_stop.sleep_seconds == sleep
+    action = c.pre_stop.action
+    assert (action.exec_command if action else None) == exec_command
+    assert (action.http_get if action else None) == http_get
+    assert parse_pod(_pod()).containers[0].pre_stop is None
 
 
 def test_missing_metadata_uid_is_refused():
