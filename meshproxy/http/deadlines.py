@@ -2,12 +2,15 @@
 
 A request on the fused path (:meth:`meshproxy.layers.forward.Forward.try_direct`) must
 be cancelled when its route timeout passes. A loop timer per request (``call_at`` and
-``cancel``) cost about 3 µs of the 75 µs a keep-alive request costs the proxy,
-for a timer that almost never fires. A :class:`TimeoutWheel` instead files each
-request under its deadline rounded up to :data:`RESOLUTION` (a "bucket": a set of the
-things to cancel) and keeps one loop timer for the earliest bucket. Adding and
-removing are a set insert and a set discard; a timeout fires between its deadline and
-one resolution step later.
+``cancel``) cost several microseconds of the few tens a keep-alive request costs the
+proxy, for a timer that almost never fires. A :class:`TimeoutWheel` instead files each
+request in a queue per timeout length (a route's timeout is the same for all its
+requests, so a queue's deadlines arrive in order) and keeps one loop timer, for the
+earliest deadline at the queues' fronts. Filing is a dict insert, removal a dict
+delete (a dict keeps insertion order and deletes in O(1)); only requests in flight are
+held. A timeout fires at its deadline or up to :data:`SLACK` later (deadlines that
+close together are handled in one run of the timer, and a request dispatched after
+a later one of the same length may wait for it).
 
 What is filed is anything with a ``cancel()`` method (the fused path files the
 :class:`~meshproxy.http.upstream.UpstreamConnection` carrying the request; its
@@ -19,13 +22,11 @@ protocol (:mod:`meshproxy.http.server`) files and removes; the listener
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 from typing import Protocol
 
-#: Seconds per bucket: how late a timeout may fire, and how often the wheel's timer
-#: runs while something is filed.
-RESOLUTION = 0.005
+#: Seconds a timeout may fire late: the timer handles every deadline this close.
+SLACK = 0.005
 
 
 class Cancellable(Protocol):
@@ -35,67 +36,68 @@ class Cancellable(Protocol):
 class TimeoutWheel:
     """Deadlines (loop-clock seconds) of many things, each cancelled when it passes."""
 
-    __slots__ = ("_buckets", "_keys", "_loop", "_timer", "_timer_key")
+    __slots__ = ("_loop", "_queues", "_timer", "_timer_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._buckets: dict[int, set[Cancellable]] = {}
-        self._keys: list[int] = []     # heap of the bucket keys in _buckets
+        # timeout length -> {item: deadline}, in filing order
+        self._queues: dict[float, dict[Cancellable, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_key = 0            # the bucket the timer is armed for
+        self._timer_at = math.inf
 
-    def add(self, when: float, item: Cancellable) -> int:
-        """File ``item`` to be cancelled at ``when``; returns the key for :meth:`discard`."""
-        key = math.ceil(when / RESOLUTION) if when != math.inf else -1
-        if key < 0:
-            return key  # no deadline: nothing to file
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = set()
-            heapq.heappush(self._keys, key)
-            if self._timer is None or key < self._timer_key:
-                self._arm(key)
-        bucket.add(item)
-        return key
+    def add(self, when: float, item: Cancellable, *, length: float) -> None:
+        """File ``item`` to be cancelled at ``when`` (``length``: the timeout it comes
+        from, the queue it joins). An infinite deadline files nothing."""
+        if when == math.inf:
+            return
+        queue = self._queues.get(length)
+        if queue is None:
+            queue = self._queues[length] = {}
+        queue[item] = when
+        if when < self._timer_at:
+            self._arm(when)
 
-    def discard(self, key: int, item: Cancellable) -> None:
-        """Remove ``item`` filed under ``key`` (nothing happens if it is not there)."""
-        bucket = self._buckets.get(key)
-        if bucket is not None:
-            bucket.discard(item)
+    def discard(self, item: Cancellable, *, length: float) -> None:
+        """Remove ``item`` (nothing happens if it is not filed)."""
+        queue = self._queues.get(length)
+        if queue is not None:
+            queue.pop(item, None)
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
+        return sum(len(q) for q in self._queues.values())
 
     def close(self) -> None:
         """Forget everything and stop the timer (the owner is going away)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._buckets.clear()
-        self._keys.clear()
+        self._timer_at = math.inf
+        self._queues.clear()
 
-    def _arm(self, key: int) -> None:
+    def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_key = key
-        self._timer = self._loop.call_at(key * RESOLUTION, self._fire)
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        # The bucket the timer was armed for is due even if the clock reads a hair
-        # earlier (timers are rounded to milliseconds).
-        now_key = max(math.floor(self._loop.time() / RESOLUTION), self._timer_key)
-        keys = self._keys
+        self._timer_at = math.inf
+        due_by = self._loop.time() + SLACK
         due: list[Cancellable] = []
-        while keys and keys[0] <= now_key:
-            bucket = self._buckets.pop(heapq.heappop(keys), None)
-            if bucket:
-                due.extend(bucket)
-        # Empty buckets (everything in them finished in time) need no timer of their own.
-        while keys and not self._buckets.get(keys[0]):
-            self._buckets.pop(heapq.heappop(keys), None)
-        if keys:
-            self._arm(keys[0])
+        nxt = math.inf
+        for length, queue in list(self._queues.items()):
+            while queue:
+                item = next(iter(queue))
+                when = queue[item]
+                if when > due_by:
+                    nxt = min(nxt, when)
+                    break
+                del queue[item]
+                due.append(item)
+            if not queue:
+                del self._queues[length]  # a route that went quiet keeps no queue
+        if nxt != math.inf:
+            self._arm(nxt)
         for item in due:
             item.cancel()

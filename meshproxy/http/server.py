@@ -75,7 +75,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._queue: deque[Exchange] = deque()    # pipelined requests waiting their turn
         self._task: asyncio.Task[None] | None = None
         self._direct: UpstreamConnection | None = None  # fused path in progress
-        self._direct_key = -1                           # its route timeout (TimeoutWheel)
+        self._direct_len = 0.0                          # its route timeout (TimeoutWheel)
         self._streaming: UpstreamBody | None = None
         self._head_sent = False
         self._chunked = False
@@ -346,8 +346,9 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 return
             if conn is not None:
                 self._direct = conn
-                self._direct_key = self.listener.timeouts.add(
-                    min(ex.start + route.timeout, ex.deadline), conn)
+                self._direct_len = route.timeout
+                self.listener.timeouts.add(min(ex.start + route.timeout, ex.deadline), conn,
+                                           length=route.timeout)
                 return
         self._task = self.loop.create_task(self._run(ex, route.handler))
 
@@ -355,7 +356,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         """The fused path's answer (see meshproxy.stack.direct_forward)."""
         conn, self._direct = self._direct, None
         if conn is not None:
-            self.listener.timeouts.discard(self._direct_key, conn)
+            self.listener.timeouts.discard(conn, length=self._direct_len)
         ex = self._active
         if ex is None or self.closed:
             if resp is not None:
@@ -397,7 +398,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 self._task = None
             if self._direct is not None:
                 conn, self._direct = self._direct, None
-                self.listener.timeouts.discard(self._direct_key, conn)
+                self.listener.timeouts.discard(conn, length=self._direct_len)
                 self._active = None  # so the cancelled attempt's callback answers nothing
                 conn.cancel()
             self._reply_and_close(err)

@@ -14,7 +14,7 @@ import asyncio
 from proxy_kit import http_config
 from rawclient import RawConn, build
 
-from meshproxy.http.deadlines import RESOLUTION, TimeoutWheel
+from meshproxy.http.deadlines import SLACK, TimeoutWheel
 
 
 class _Handle:
@@ -64,19 +64,19 @@ class Thing:
         self.cancelled += 1
 
 
-def test_filed_item_is_cancelled_within_one_resolution_step() -> None:
-    """An item filed for t+0.2 s is not cancelled before t+0.2 s, and is by t+0.2 s
-    plus one resolution step."""
+def test_filed_item_is_cancelled_at_its_deadline() -> None:
+    """An item filed for t+0.2 s is not cancelled before t+0.2 s, and is then; nothing
+    (no queue, no timer) is left afterwards."""
     loop = ManualLoop()
     wheel = TimeoutWheel(loop)  # type: ignore[arg-type]
     t = Thing()
-    wheel.add(loop.now + 0.2, t)
-    loop.advance(0.2 - RESOLUTION)
+    wheel.add(loop.now + 0.2, t, length=0.2)
+    loop.advance(0.2 - 2 * SLACK)
     assert t.cancelled == 0
-    loop.advance(2 * RESOLUTION)
+    loop.advance(2 * SLACK)
     assert t.cancelled == 1
     assert len(wheel) == 0
-    assert loop.live_timers() == 0  # nothing left: no timer keeps running
+    assert loop.live_timers() == 0
 
 
 def test_discarded_item_is_never_cancelled() -> None:
@@ -84,21 +84,21 @@ def test_discarded_item_is_never_cancelled() -> None:
     loop = ManualLoop()
     wheel = TimeoutWheel(loop)  # type: ignore[arg-type]
     done, late = Thing(), Thing()
-    k = wheel.add(loop.now + 0.1, done)
-    wheel.add(loop.now + 0.1, late)
-    wheel.discard(k, done)
+    wheel.add(loop.now + 0.1, done, length=0.1)
+    wheel.add(loop.now + 0.1, late, length=0.1)
+    wheel.discard(done, length=0.1)
     loop.advance(1.0)
     assert (done.cancelled, late.cancelled) == (0, 1)
 
 
-def test_earlier_deadline_rearms_the_single_timer() -> None:
-    """Filing an earlier deadline than any filed moves the one timer forward; items
-    fire in deadline order, each once."""
+def test_shorter_timeout_filed_later_fires_first() -> None:
+    """Two routes' timeouts: a 0.05 s one filed after a 5 s one moves the single timer
+    forward; each item is cancelled once, in deadline order."""
     loop = ManualLoop()
     wheel = TimeoutWheel(loop)  # type: ignore[arg-type]
     slow, fast = Thing(), Thing()
-    wheel.add(loop.now + 5.0, slow)
-    wheel.add(loop.now + 0.05, fast)
+    wheel.add(loop.now + 5.0, slow, length=5.0)
+    wheel.add(loop.now + 0.05, fast, length=0.05)
     assert loop.live_timers() == 1
     loop.advance(0.1)
     assert (fast.cancelled, slow.cancelled) == (1, 0)
@@ -106,24 +106,25 @@ def test_earlier_deadline_rearms_the_single_timer() -> None:
     assert (fast.cancelled, slow.cancelled) == (1, 1)
 
 
-def test_buckets_emptied_in_time_need_no_timer_of_their_own() -> None:
-    """Many requests that all finish in time: when the timer fires it skips their empty
-    buckets and arms for the next one that still holds something."""
+def test_only_items_in_flight_are_held() -> None:
+    """Thousands of requests that finish in time leave nothing filed; the timer, when it
+    fires, re-arms for the next item still in flight and cancels only that."""
     loop = ManualLoop()
     wheel = TimeoutWheel(loop)  # type: ignore[arg-type]
-    things = [Thing() for _ in range(50)]
-    keys = [wheel.add(loop.now + 1.0 + i * RESOLUTION, t) for i, t in enumerate(things)]
-    last = Thing()
-    wheel.add(loop.now + 10.0, last)
-    for k, t in zip(keys, things, strict=True):
-        wheel.discard(k, t)
-    fired_before = len(loop.timers)
-    loop.advance(1.0 + RESOLUTION)  # the first (empty) bucket's timer fires
+    finished = [Thing() for _ in range(5000)]
+    for i, t in enumerate(finished):
+        loop.now += 0.0001
+        wheel.add(loop.now + 1.0, t, length=1.0)
+        if i < 4999:
+            wheel.discard(t, length=1.0)
+    assert len(wheel) == 1
+    loop.advance(0.6)  # the first filing's deadline passes: nothing of it is left
     assert loop.live_timers() == 1
-    assert len(loop.timers) - fired_before <= 1  # one re-arm, not one per empty bucket
-    loop.advance(10.0)
-    assert last.cancelled == 1
-    assert all(t.cancelled == 0 for t in things)
+    assert sum(t.cancelled for t in finished) == 0
+    loop.advance(1.0)
+    assert [i for i, t in enumerate(finished) if t.cancelled] == [4999]
+    assert len(wheel) == 0
+    assert loop.live_timers() == 0
 
 
 def test_no_deadline_files_nothing() -> None:
@@ -131,8 +132,8 @@ def test_no_deadline_files_nothing() -> None:
     loop = ManualLoop()
     wheel = TimeoutWheel(loop)  # type: ignore[arg-type]
     t = Thing()
-    key = wheel.add(float("inf"), t)
-    wheel.discard(key, t)
+    wheel.add(float("inf"), t, length=float("inf"))
+    wheel.discard(t, length=float("inf"))
     assert len(wheel) == 0
     assert loop.live_timers() == 0
 
@@ -142,7 +143,7 @@ def test_close_stops_the_timer_and_forgets_items() -> None:
     loop = ManualLoop()
     wheel = TimeoutWheel(loop)  # type: ignore[arg-type]
     t = Thing()
-    wheel.add(loop.now + 0.1, t)
+    wheel.add(loop.now + 0.1, t, length=0.1)
     wheel.close()
     loop.advance(1.0)
     assert t.cancelled == 0
