@@ -9,20 +9,16 @@ Simulated nodes, a real control plane, on loopback:
    ``--zones`` zones) and **heartbeats** them from this process every ``--heartbeat``
    seconds, as agents would (a status write with a fresh ``lastHeartbeatTime``); no
    containers run anywhere;
-3. **placement**: creates one Deployment of ``--replicas`` Pods (100m CPU, 128 MiB each)
-   and watches the Pods: time until all are bound, binds per second (first to last
-   binding, and from the Deployment's creation), and placement quality: Pods per node
-   and per zone (min, max, standard deviation) and resource fit (no node over its
-   allocatable; the fullest node's CPU and memory share);
+3. **placement**: creates one Deployment of ``--replicas`` Pods (100m CPU, 128 MiB each):
+   time until all are bound, binds per second, Pods per node and per zone, resource fit;
 4. **node deletion**: deletes ``--lost`` Node objects: time until every Pod they held is
    replaced by a bound Pod elsewhere (the node lifecycle controller deletes Pods of a
    vanished node after ``--orphan-grace``; target: orphan grace + 5 s);
 5. **node silence**: stops heartbeating ``--lost`` other nodes: time until their Pods
    are replaced elsewhere (NotReady after ``--grace``, evicted after
    ``--eviction-timeout``; the issue's target: grace + eviction timeout + 5 s).
-   For both node-loss phases a **timeline** says where the time went: when the lost
-   nodes were seen NotReady, when their Pods' deletions were first and last seen, when
-   the last replacement was created and when the last one was bound;
+   For both, a **timeline** says where the time went (NotReady seen, first and last
+   Pod deleted, last replacement created, last bound);
 6. **decision replay** (in this process, ``scheduler_replay.py``): the same placement
    through the scheduler's framework alone, for ``--replay-nodes`` cluster sizes: CPU
    per decision, nodes examined and scored per decision, spread. It isolates the
@@ -37,8 +33,9 @@ on failure or Ctrl-C. Only ``127.0.0.1`` is used.
 under cProfile and writes its stats there (wall-clock timer: compare shares within one
 run, not seconds across runs).
 
-Neighbours: ``procs.py`` (process groups, CPU sampling), ``scheduler_replay.py``; the
-README's "Scheduler" section has the measured table.
+Neighbours: ``procs.py`` (process groups, CPU sampling), ``scheduler_replay.py``,
+``scheduler_report.py`` (the printed tables and verdicts); the README's "Scheduler"
+section has the measured table.
 """
 
 from __future__ import annotations
@@ -47,9 +44,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -66,6 +61,7 @@ from control.client.rest import ApiClient
 from control.quantity import bytes_value, cpu_millis
 from loadtests.procs import Server, ServerSet, free_port, group_usage
 from loadtests.scheduler_replay import ReplayResult, replay
+from loadtests.scheduler_report import machine, report
 
 ZONE = "topology.kubernetes.io/zone"
 Obj = dict[str, Any]
@@ -133,17 +129,6 @@ class Result:
 
 def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "kernel": platform.release(), "load_avg_at_start": os.getloadavg()[0]}
 
 
 class Bench:
@@ -462,98 +447,6 @@ class Bench:
                     return
             await asyncio.sleep(0.2)
         raise RuntimeError("the controller manager never became leader")
-
-
-def verdicts(r: Result, cfg: BenchConfig) -> list[tuple[str, str, bool | None]]:
-    out: list[tuple[str, str, bool | None]] = []
-    rate = r.binds_per_second_overall
-    out.append(("≥ 200 pods scheduled/s (creation to last binding)",
-                f"{rate:.0f}/s" if rate else "not measured",
-                None if rate is None else rate >= 200))
-    target = cfg.orphan_grace + 5
-    t = r.delete_recover_seconds
-    out.append((f"deleted nodes' pods rescheduled within orphan grace + 5 s ({target:g} s)",
-                f"{t:.1f} s" if t is not None else "not measured",
-                None if t is None else t <= target))
-    target = cfg.grace + cfg.eviction_timeout + 5
-    t = r.silence_recover_seconds
-    out.append((f"silent nodes' pods rescheduled within grace + eviction + 5 s ({target:g} s)",
-                f"{t:.1f} s" if t is not None else "not measured",
-                None if t is None else t <= target))
-    out.append(("no node over its allocatable",
-                str(r.overcommitted_nodes) if r.overcommitted_nodes is not None
-                else "not measured",
-                None if r.overcommitted_nodes is None else r.overcommitted_nodes == 0))
-    return out
-
-
-def report(r: Result, cfg: BenchConfig) -> str:
-    def f(v: float | None, unit: str = "", digits: int = 1) -> str:
-        return "not measured" if v is None or (isinstance(v, float) and math.isnan(v)) \
-            else f"{v:.{digits}f}{unit}"
-    m = r.machine
-    lines = [
-        f"machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, kernel "
-        f"{m['kernel']}, load average at start {m['load_avg_at_start']:.2f}",
-        f"cluster: {cfg.nodes} simulated nodes ({cfg.node_cpu} CPU, {cfg.node_memory}) in "
-        f"{cfg.zones} zones, heartbeat every {cfg.heartbeat:g} s; one Deployment of "
-        f"{cfg.replicas} replicas ({cfg.pod_cpu}, {cfg.pod_memory})",
-        "",
-        "| measure | value |",
-        "| --- | --- |",
-        f"| replicas bound | {r.placed} / {cfg.replicas} |",
-        f"| Deployment created → all bound | {f(r.place_seconds, ' s')} |",
-        f"| binds/s, creation → last binding | {f(r.binds_per_second_overall, '', 0)} |",
-        f"| binds/s, first → last binding | {f(r.binds_per_second, '', 0)} |",
-        f"| Pods created/s by the ReplicaSet controller | {f(r.creates_per_second, '', 0)} |",
-        f"| pods per node (min / max / stdev) | {r.per_node.get('min', '-')} / "
-        f"{r.per_node.get('max', '-')} / {r.per_node.get('stdev', '-')} |",
-        f"| pods per zone | {', '.join(f'{k}: {v}' for k, v in r.per_zone.items()) or '-'} |",
-        f"| nodes over allocatable | {r.overcommitted_nodes} |",
-        f"| fullest node: CPU / memory requested | "
-        f"{f(r.fullest_cpu and r.fullest_cpu * 100, '%', 0)}"
-        f" / {f(r.fullest_memory and r.fullest_memory * 100, '%', 0)} |",
-        f"| CPU seconds during placement: API server / controller manager | "
-        f"{f(r.apiserver_cpu_seconds)} / {f(r.manager_cpu_seconds)} |",
-        f"| {cfg.lost} nodes deleted ({r.deleted_pods} pods) → all rescheduled | "
-        f"{f(r.delete_recover_seconds, ' s')} |",
-        f"| {cfg.lost} nodes silent ({r.silent_pods} pods) → all rescheduled | "
-        f"{f(r.silence_recover_seconds, ' s')} |",
-        "",
-        "| target | measured | met |",
-        "| --- | --- | --- |",
-    ]
-    for what, value, ok in verdicts(r, cfg):
-        lines.append(f"| {what} | {value} | {'yes' if ok else 'no' if ok is False else '-'} |")
-    if r.delete_timeline or r.silence_timeline:
-        lines += ["", "Node loss, seconds after the nodes were deleted / went silent:", "",
-                  "| step | deleted nodes | silent nodes |", "| --- | --- | --- |"]
-        for key, what in TIMELINE_STEPS:
-            lines.append(f"| {what} | {f(r.delete_timeline.get(key), ' s')} | "
-                         f"{f(r.silence_timeline.get(key), ' s')} |")
-    if r.replay:
-        lines += ["", f"Decision replay in one process ({cfg.replicas} replicas of one owner, "
-                  "CPU time, adaptive percentageOfNodesToScore):", "",
-                  "| nodes | CPU per decision | nodes examined / scored per decision | "
-                  "pods per node (min / max / stdev) | pods per zone (min / max) |",
-                  "| --- | --- | --- | --- | --- |"]
-        for x in r.replay:
-            lines.append(
-                f"| {x['nodes']} | {x['cpu_us_per_decision']:.0f} µs | "
-                f"{x['examined_per_decision']:.0f} / {x['scored_per_decision']:.0f} | "
-                f"{x['per_node_min']} / {x['per_node_max']} / {x['per_node_stdev']} | "
-                f"{x['per_zone_min']} / {x['per_zone_max']} |")
-    lines.extend(f"note: {n}" for n in r.notes)
-    return "\n".join(lines)
-
-
-TIMELINE_STEPS = (
-    ("not_ready", "last lost node seen NotReady"),
-    ("first_deleted", "first of their Pods deleted"),
-    ("last_deleted", "last of their Pods deleted"),
-    ("last_created", "last replacement created"),
-    ("last_bound", "last replacement bound"),
-)
 
 
 def parse(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Namespace]:

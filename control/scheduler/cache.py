@@ -15,7 +15,7 @@ across zones like kube-scheduler's ``NodeTree``, so a search that stops early
 (``percentageOfNodesToScore``, see ``framework.py``) still sees every zone.
 
 Neighbours: ``podinfo.py`` (what a Pod asks for), ``plugins.py`` (the readers),
-``framework.py``; ``tests/scheduler/test_cache_incremental.py`` checks the incremental
+``framework.py``; ``tests/scheduler/test_scheduler_cache_incremental.py`` checks the incremental
 state against a recomputation from scratch.
 """
 
