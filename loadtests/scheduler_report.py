@@ -82,6 +82,8 @@ def report(r: Result, cfg: BenchConfig) -> str:
         f" / {f(r.fullest_memory and r.fullest_memory * 100, '%', 0)} |",
         f"| CPU seconds during placement: API server / controller manager | "
         f"{f(r.apiserver_cpu_seconds)} / {f(r.manager_cpu_seconds)} |",
+        f"| CPU seconds during placement: this benchmark (watch, heartbeats) | "
+        f"{f(r.bench_cpu_seconds)} |",
         f"| {cfg.lost} nodes deleted ({r.deleted_pods} pods) → all rescheduled | "
         f"{f(r.delete_recover_seconds, ' s')} |",
         f"| {cfg.lost} nodes silent ({r.silent_pods} pods) → all rescheduled | "
