@@ -9,8 +9,9 @@ same endpoints on what the proxy loads anyway: an asyncio ``Protocol`` with an
 
 What it does, per connection: HTTP/1.1 and 1.0 with keep-alive, requests answered one
 at a time in order (pipelined ones wait, reading pauses after a few), ``HEAD`` for every
-``GET`` route, ``Content-Length`` or chunked request bodies, 404 for an unknown path and
-405 (with ``Allow``) for a known path with another method. It refuses, answering and
+``GET`` route, ``Content-Length`` or chunked request bodies (with ``Expect:
+100-continue`` answered), 404 for an unknown path and 405 (with ``Allow``) for a known
+path with another method. It refuses, answering and
 then closing: a malformed request (400), a head over :data:`MAX_HEAD_BYTES` (431), a
 body over :data:`MAX_BODY_BYTES` (413), a request that has not arrived within
 :data:`REQUEST_TIMEOUT` of its first byte (408, slowloris). An idle keep-alive
@@ -227,6 +228,12 @@ class _AdminConnection(asyncio.Protocol):
         length = self._headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             raise _Refused(413 if length.isdigit() else 400, "bad or too large content-length")
+        if (self._headers.get("expect", "").lower() == "100-continue" and self.task is None
+                and not self.queue and self.transport is not None):
+            # The client waits for this before sending the body (curl does for bodies
+            # over 1 KiB). Only when nothing is being answered: an interim response must
+            # not overtake the answer to an earlier request.
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, data: bytes) -> None:
         self._body_bytes += len(data)

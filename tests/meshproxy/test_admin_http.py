@@ -152,6 +152,23 @@ async def test_pipelined_requests_answered_in_order_with_bodies(
     assert all(r.keep_alive for r in replies)
 
 
+async def test_expect_continue_gets_100_before_the_body(server: AdminHttpServer) -> None:
+    """A POST with ``Expect: 100-continue`` gets the interim 100 before it sends its
+    body, then the answer (as curl expects for bodies over 1 KiB)."""
+    r, w = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        w.write(b"POST /things/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n"
+                b"Expect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        w.write(b"ok")
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        w.close()
+        await w.wait_closed()
+
+
 async def test_connection_close_is_honoured(server: AdminHttpServer) -> None:
     """A request with ``Connection: close`` is answered with it, then the server closes."""
     r, closed = await _one(server.port, build("GET", "/echo", headers={"Connection": "close"}))
