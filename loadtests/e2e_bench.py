@@ -29,6 +29,9 @@ driven through the edge while two things are measured:
    applied): outlier detection on or off, retries as configured or off. Each variant
    kills a fresh replica (the killed one is deleted and replaced afterwards), so
    crash-loop back-off never differs between variants.
+3. **Requests lost while catalog is scaled down (3 → 2) and rolled** (a template
+   change), with the drain (the meshed Pods' preStop sleep before SIGTERM) and without
+   it: ``e2e_bench_drain.py``.
 
 Bounded: every wait has a timeout and says what it waited for; the load has a fixed
 rate and an end; the run stops by itself and ``AllInOne`` stops the edge, the agent
@@ -37,8 +40,8 @@ SIGTERM; its data directory is a temporary directory that is removed.
 
 Neighbours: ``control/up.py`` (the system), ``e2e_probes.py`` (the page stream, the
 watches, finding the app process, the sidecars' counters), ``e2e_report.py`` (the
-numbers and their tables); the README's "End to end (issue #9)" section has the
-measured tables.
+numbers and their tables), ``e2e_bench_drain.py`` (phase 3 and its table); the
+README's "End to end (issue #9)" section has the measured tables.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ import aiohttp
 from control.client.informer import Informer
 from control.client.rest import ApiClient
 from control.up import AllInOne, UpConfig
+from loadtests.e2e_bench_drain import DrainPhase, DrainRun, table
 from loadtests.e2e_probes import (
     CATALOG,
     NS,
@@ -105,6 +109,9 @@ class E2EConfig:
     variants: tuple[Variant, ...] = ("outlier+retries", "retries-only", "outlier-only",
                                      "neither")
     rounds: int = 3              # kill runs per variant, interleaved
+    # Phase 3 (e2e_bench_drain.py): scale-downs per drain setting and policy variant
+    scaledown_events: int = 5
+    scaledown_variants: tuple[Variant, ...] = ("outlier+retries", "neither")
     event_timeout: float = 60.0  # s for one scale event (new Pod serving, old one gone)
     ready_timeout: float = 300.0  # s for the demo to come up
 
@@ -118,7 +125,11 @@ class E2EConfig:
                              f"({self.kill_duration})")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-        unknown = set(self.variants) - set(VARIANTS)
+        if self.scaledown_events < 0:
+            raise ValueError(f"scaledown_events must be >= 0, got {self.scaledown_events}")
+        if self.scaledown_events and not self.scaledown_variants:
+            raise ValueError("scaledown_variants must name at least one variant")
+        unknown = (set(self.variants) | set(self.scaledown_variants)) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
 
@@ -134,7 +145,7 @@ class E2EBench:
         self.killed: set[str] = set()
         self.url = f"http://127.0.0.1:{self.up_cfg.edge_port}/"
 
-    async def run(self, result: Result) -> None:
+    async def run(self, result: Result, drain_runs: list[DrainRun] | None = None) -> None:
         async with (AllInOne(self.up_cfg) as up,
                     ApiClient(up.client_config, timeout=30) as api,  # type: ignore[arg-type]
                     aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
@@ -161,6 +172,14 @@ class E2EBench:
                         result.kills.append(k)
                         progress(f"kill run {variant}: {k.pages_failed} of {k.pages} pages "
                                  "failed")
+                if self.cfg.scaledown_events and drain_runs is not None:
+                    phase = DrainPhase(self, rate=self.cfg.kill_rate,
+                                       events=self.cfg.scaledown_events,
+                                       variants=self.cfg.scaledown_variants,
+                                       timeout=self.cfg.event_timeout)
+                    await phase.run(lambda r: (drain_runs.append(r), progress(
+                        f"{r.kind} (drain {r.drain}, {r.variant}): {r.pages_failed} of "
+                        f"{r.pages} pages failed")))
 
     async def demo_ready(self, pods: Informer) -> None:
         async def page_ok() -> bool:
@@ -370,18 +389,28 @@ def parse(argv: list[str] | None) -> tuple[E2EConfig, argparse.Namespace]:
                    help=f"kill runs per variant, interleaved (default {d.rounds})")
     p.add_argument("--variants", default=None,
                    help=f"comma list of {', '.join(VARIANTS)} (default all)")
+    p.add_argument("--scaledown-events", type=int, default=None,
+                   help=f"scale-downs per drain setting and variant (default "
+                        f"{d.scaledown_events}; 0 skips the drain phase)")
+    p.add_argument("--scaledown-variants", default=None,
+                   help="comma list of catalog policy variants for the scale-downs "
+                        f"(default {','.join(d.scaledown_variants)})")
     p.add_argument("--quick", action="store_true",
-                   help="3 scale events, two kill variants of 8 s: checks the harness")
+                   help="3 scale events, two kill variants of 8 s, one scale-down per "
+                        "drain setting: checks the harness")
     p.add_argument("--json", type=Path, help="also write every number to this file")
     args = p.parse_args(argv)
     quick = {"scale_events": 3, "kill_duration": 8.0, "kill_at": 2.0,
-             "variants": ("outlier+retries", "neither"), "rounds": 1} if args.quick else {}
+             "variants": ("outlier+retries", "neither"), "rounds": 1,
+             "scaledown_events": 1, "scaledown_variants": ("neither",)} if args.quick else {}
     opts: Obj = {**quick, "probe_rate": args.probe_rate, "kill_rate": args.kill_rate}
-    for name in ("scale_events", "kill_duration", "kill_at", "rounds"):
+    for name in ("scale_events", "kill_duration", "kill_at", "rounds", "scaledown_events"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
-    if args.variants is not None:
-        opts["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    for name in ("variants", "scaledown_variants"):
+        if getattr(args, name) is not None:
+            opts[name] = tuple(v.strip() for v in getattr(args, name).split(",")
+                               if v.strip())
     try:
         cfg = E2EConfig(**opts)
     except ValueError as e:
@@ -389,7 +418,7 @@ def parse(argv: list[str] | None) -> tuple[E2EConfig, argparse.Namespace]:
     return cfg, args
 
 
-async def _main(cfg: E2EConfig, result: Result) -> None:
+async def _main(cfg: E2EConfig, result: Result, drain_runs: list[DrainRun]) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -397,15 +426,16 @@ async def _main(cfg: E2EConfig, result: Result) -> None:
     # every process it started on the way out.
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
-        await E2EBench(cfg, Path(tmp)).run(result)
+        await E2EBench(cfg, Path(tmp)).run(result, drain_runs)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse(argv)
     result = Result(config=asdict(cfg), machine=machine())
+    drain_runs: list[DrainRun] = []
     code = 0
     try:
-        asyncio.run(_main(cfg, result))
+        asyncio.run(_main(cfg, result, drain_runs))
     except BenchError as e:
         print(f"e2e_bench: {e}", file=sys.stderr)
         code = 1
@@ -414,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     result.machine["loadavg_end"] = os.getloadavg()[0]
     print(report(result), end="")
+    if drain_runs:
+        print("\n" + table(drain_runs, cfg.kill_rate), end="")
     if args.json:
-        args.json.write_text(json.dumps(asdict(result), indent=2))
+        args.json.write_text(json.dumps({**asdict(result),
+                                         "drain": [asdict(r) for r in drain_runs]}, indent=2))
     return code
 
 

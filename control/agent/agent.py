@@ -165,8 +165,7 @@ class Agent:
     async def _finalize(self, obj: Obj) -> None:
         uid = str((obj.get("metadata") or {}).get("uid", ""))
         if self._finalize_sink is None or self._closing:
-            self._finalized.discard(uid)
-            return
+            return  # nobody to tell (no API server), or this agent is stopping
         if not await self._finalize_sink(obj):
             self._finalized.discard(uid)  # the next desired set tries again
 

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from agent_kit import HTTPD, container, http_get, pod, wait_until
+from agent_kit import HTTPD, RUNTIMES, container, http_get, pod, wait_until
 
 from control.agent.agent import Agent
 from control.agent.clock import SystemClock
@@ -175,3 +175,41 @@ async def _running(runtime) -> list:
 
 async def _logged(runtime, cid: str, needle: bytes) -> bool:
     return needle in await runtime.logs(cid)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES[:1], indirect=True)
+async def test_marked_pod_is_stopped_then_finalized_once_and_a_failure_retried(
+        runtime, host_ports, tmp_path):
+    """A Pod listed with a deletionTimestamp is stopped (containers removed) and then
+    handed to the finalize sink exactly once, however often the same set is given
+    again; when the sink says it failed, the next desired set tries again."""
+    rec = Recorder()
+    finals: list[str] = []
+    answers = [False, True]
+
+    async def finalize(obj: dict) -> bool:
+        finals.append(obj["metadata"]["name"])
+        return answers.pop(0) if answers else True
+
+    agent = Agent(node=runtime.node, node_ip="127.0.0.1", runtime=runtime, ports=host_ports,
+                  clock=SystemClock(), state_dir=tmp_path / "agent", status_sink=rec.status,
+                  event_sink=rec.event, finalize_sink=finalize)
+    try:
+        web = _web("web")
+        await agent.set_pods([web])
+        await wait_until(lambda: _ready(rec, "web"), what="web Ready")
+        marked = {**web, "metadata": {**web["metadata"],
+                                      "deletionTimestamp": "2026-01-01T00:00:30Z",
+                                      "deletionGracePeriodSeconds": 30}}
+        await agent.set_pods([marked])
+        await wait_until(lambda: finals == ["web"], what="the first (failing) finalize")
+        assert await runtime.list() == []
+        await agent.set_pods([marked])  # the failure is retried with the next set
+        await wait_until(lambda: finals == ["web", "web"], what="the retried finalize")
+        for _ in range(3):
+            await agent.set_pods([marked])  # still listed until the delete's event
+        await asyncio.sleep(0.5)
+        assert finals == ["web", "web"]
+        assert agent.workers() == []
+    finally:
+        await agent.close(stop_pods=True)
