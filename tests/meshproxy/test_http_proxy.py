@@ -434,3 +434,32 @@ async def test_slow_reader_pauses_upstream(upstream, proxy_factory) -> None:
         got += len(chunk)
     assert got == size
     await conn.close()
+
+
+async def test_connection_bytes_reach_the_metrics_once(upstream, proxy_factory) -> None:
+    """The bytes of closed client connections (counted in plain integers, flushed into
+    prometheus-client by the sweep and before a scrape) equal the bytes on the wire,
+    counted once however often the metrics are flushed."""
+    p = await proxy_factory(http_config([upstream.address]))
+    lst = p.listeners["web"]
+    sent = received = 0
+    for _ in range(3):
+        data = build("GET", "/echo", headers={"Connection": "close"})
+        conn = await RawConn.open(lst.port)
+        try:
+            await conn.send(data)
+            received += len(await conn.read_all())
+        finally:
+            await conn.close()
+        sent += len(data)
+    for _ in range(100):
+        if not lst.connections:
+            break
+        await asyncio.sleep(0.01)
+    p.flush_metrics()
+    p.flush_metrics()
+    values = {s.name: s.value for m in p.stats.registry.collect() for s in m.samples
+              if s.labels.get("listener") == "web"}
+    assert values["meshproxy_downstream_received_bytes_total"] == sent
+    assert values["meshproxy_downstream_sent_bytes_total"] == received
+    assert values["meshproxy_downstream_connections_total"] == 3

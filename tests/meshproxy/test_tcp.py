@@ -186,3 +186,48 @@ async def test_early_eof_reaches_upstream_after_connect(echo_server, proxy_facto
     assert await asyncio.wait_for(r.read(), 10) == b"earlybye"
     w.close()
     await w.wait_closed()
+
+
+def _counter(p, name: str, **labels: str) -> float:
+    for m in p.stats.registry.collect():
+        for s in m.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+async def test_closed_connections_bytes_and_outcome_reach_the_metrics(
+        echo_server, proxy_factory) -> None:
+    """A closed connection's bytes and its ``connected`` outcome are counted in plain
+    integers and reach the metrics with the next flush (a sweep, or before a scrape),
+    exactly once; a listener that drains away flushes them itself."""
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+    lst = p.listeners["raw"]
+    for _ in range(3):
+        r, w = await asyncio.open_connection("127.0.0.1", lst.port)
+        w.write(b"x" * 100)
+        w.write_eof()
+        assert await asyncio.wait_for(r.read(), 10) == b"x" * 100 + b"bye"
+        w.close()
+        await w.wait_closed()
+    for _ in range(100):  # the proxy sees both closes a moment later
+        if not lst.connections:
+            break
+        await asyncio.sleep(0.01)
+    p.flush_metrics()
+    p.flush_metrics()  # a second flush adds nothing
+    assert _counter(p, "meshproxy_tcp_connections_total", listener="raw",
+                    outcome="connected") == 3
+    assert _counter(p, "meshproxy_downstream_received_bytes_total", listener="raw") == 300
+    assert _counter(p, "meshproxy_downstream_sent_bytes_total", listener="raw") == 309
+    # A connection still open when the listener drains away: its bytes are counted by
+    # the drain itself, with no sweep after it.
+    r, w = await asyncio.open_connection("127.0.0.1", lst.port)
+    w.write(b"y" * 10)
+    assert await asyncio.wait_for(r.readexactly(10), 10) == b"y" * 10
+    await lst.drain(0.2)
+    assert _counter(p, "meshproxy_downstream_received_bytes_total", listener="raw") == 310
+    assert _counter(p, "meshproxy_tcp_connections_total", listener="raw",
+                    outcome="connected") == 4
+    w.close()
