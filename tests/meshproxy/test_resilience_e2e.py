@@ -206,7 +206,9 @@ async def test_rate_limit_admits_the_configured_rate(upstreams, proxy_factory) -
     admitted, refused, spent = await _admitted_over(listener_port(p), 2.5)
     expected = 40 + 40 * spent
     assert abs(admitted - expected) <= 0.05 * expected, (admitted, expected)
-    assert refused > admitted  # the clients did try much faster than the limit
+    # The clients did press on the limit (on a starved machine they manage only ~1.6x the
+    # rate, so "refused > admitted" would test the machine, not the limiter).
+    assert refused >= 20, (admitted, refused)
 
 
 @pytest.mark.system(commands=["promtool"])
