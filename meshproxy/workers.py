@@ -157,7 +157,12 @@ class Supervisor:
         return list(merged.values())
 
     async def flip_switch(self, name: str, mode: Mode) -> dict:
-        if name not in {s.name for s in self._loaded.config.resilience.switches}:
+        # The file's switches and those the workers learnt from the control plane
+        # (a TrafficPolicy's ``degrade`` becomes a switch in every worker that follows
+        # the Service), as the workers' snapshots list them.
+        known = {s.name for s in self._loaded.config.resilience.switches}
+        known.update(sw["name"] for sw in self.switches())
+        if name not in known:
             raise KeyError(f"no degradation switch named {name!r}")
         path = switches_path(self.run_dir)
         try:

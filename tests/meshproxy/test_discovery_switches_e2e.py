@@ -8,10 +8,12 @@ are unit-tested in test_discovery_switches.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from rawclient import RawConn
 from test_discovery import ApiHandle, proxy_yaml, start_proxy, until
@@ -178,3 +180,78 @@ async def test_invalid_degrade_patch_is_refused_naming_the_field_and_changes_not
     assert await client.get("trafficpolicies", "catalog-policy") == before
     assert json.loads(proxy.resilience.switches.get(SWITCH).config.action.body) \
         == json.loads(FALLBACK)
+
+
+async def test_supervisor_flips_a_policy_switch_in_every_worker(
+        api: ApiHandle, backend: Upstream, client: ApiClient, tmp_path: Path, spawn) -> None:
+    """With ``--workers 2`` the supervisor's ``POST /switches/{name}`` knows the switch
+    the workers learnt from the TrafficPolicy (not only the file's switches): the flip
+    reaches both workers, so every connection gets the fallback; flipped back, none."""
+    from test_process import TOKEN, _get, _start
+
+    from support.net import free_port
+
+    await api.create_service("catalog")
+    await api.put_endpoints("catalog", [backend.port])
+    await client.create("trafficpolicies", POLICY)
+    port, admin = free_port(), free_port()
+    text = proxy_yaml(api, tmp_path).replace(
+        "admin: {enabled: false}", f"admin: {{port: {admin}, token: {TOKEN}}}").replace(
+        "name: out, port: 0,", f"name: out, port: {port},")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    await _start(spawn, path, port, admin, "--workers", "2")
+    base = f"http://127.0.0.1:{admin}"
+
+    async def both_workers_have_it() -> bool:
+        status, body = await _get(f"{base}/switches")
+        if status != 200:
+            return False
+        return any(sw["name"] == SWITCH and len(sw.get("worker_states", ())) == 2
+                   for sw in json.loads(body)["switches"])
+
+    await until_async(both_workers_have_it, "the policy's switch in both workers")
+
+    async def answers() -> set[str | None]:
+        """The switch header of one request on each of 12 fresh connections (the
+        kernel spreads them over both workers)."""
+        seen = set()
+        for _ in range(12):
+            conn = await RawConn.open(port)
+            try:
+                await conn.send(b"GET / HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n\r\n")
+                seen.add((await conn.read_reply()).headers.get("x-mesh-switch"))
+            finally:
+                await conn.close()
+        return seen
+
+    assert await answers() == {None}
+    status, body = await _post_mode(f"{base}/switches/{SWITCH}", "on")
+    assert status == 200, body
+    await until_async(lambda: _equal(answers(), {SWITCH}), "the fallback from every worker")
+    status, body = await _post_mode(f"{base}/switches/{SWITCH}", "off")
+    assert status == 200, body
+    await until_async(lambda: _equal(answers(), {None}), "normal answers again")
+    status, _ = await _post_mode(f"{base}/switches/no-such-switch", "on")
+    assert status == 404
+
+
+async def _equal(value: Awaitable[object], want: object) -> bool:
+    return await value == want
+
+
+async def _post_mode(url: str, mode: str) -> tuple[int, bytes]:
+    from test_process import TOKEN
+
+    async with aiohttp.ClientSession() as http, http.post(url, json={"mode": mode},
+                         headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+        return resp.status, await resp.read()
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], what: str,
+                      timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
