@@ -82,7 +82,8 @@ class Route:
             return False
         if self._regex is not None and self._regex.fullmatch(path) is None:
             return False
-        return all(rule.holds(ex) for rule in self._headers)
+        # No generator object per request for the usual route without header rules.
+        return not self._headers or all(rule.holds(ex) for rule in self._headers)
 
 
 class Router:
