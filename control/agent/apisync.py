@@ -44,7 +44,6 @@ from control.agent.pod_worker import EventType
 from control.agent.runtime.base import ContainerRuntimeError, Runtime
 from control.client import errors
 from control.client.informer import Informer
-from control.client.resources import lookup, path
 from control.client.rest import ApiClient
 
 log = logging.getLogger(__name__)
@@ -147,11 +146,9 @@ class ApiSync:
         Pod (uid precondition: a new Pod of the same name is not touched)."""
         meta = obj.get("metadata") or {}
         ns, name = meta.get("namespace", "default"), meta.get("name", "")
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": meta.get("uid")}}
         try:
-            await self.api.request("DELETE", path(lookup("pods"), namespace=ns, name=name),
-                                   body=body)
+            await self.api.delete("pods", name, namespace=ns, uid=meta.get("uid"),
+                                  grace_period_seconds=0)
         except (errors.NotFound, errors.Conflict):
             pass  # already gone, or replaced by another Pod of that name
         except errors.ClientError as e:

@@ -18,6 +18,7 @@ Neighbours: :mod:`control.client.manifests`, :mod:`control.cli.common`.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Literal
 
 from control.cli.common import (
@@ -64,7 +65,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what happens to dependents (default background)")
     d.add_argument("--ignore-not-found", action="store_true",
                    help="treat absent objects as deleted")
+    grace = d.add_mutually_exclusive_group()
+    grace.add_argument("--grace-period", type=int, default=None, metavar="SECONDS",
+                       help="seconds a Pod is given to stop (default: its own "
+                            "terminationGracePeriodSeconds; 0 needs --force)")
+    grace.add_argument("--now", action="store_true",
+                       help="give Pods 1 second to stop (--grace-period=1)")
+    d.add_argument("--force", action="store_true",
+                   help="with --grace-period=0 (implied): remove the object at once, "
+                        "without waiting for its node to stop it")
     d.set_defaults(handler=lambda args: run_client(args, delete_verb))
+
+
+def _grace(args: argparse.Namespace) -> int | None:
+    """kubectl's rules: --now is 1 s; 0 only with --force (which implies 0)."""
+    if args.now:
+        return 1
+    if args.grace_period is not None and args.grace_period < 0:
+        raise UsageError(f"--grace-period must be >= 0, got {args.grace_period}")
+    if args.force:
+        if args.grace_period not in (None, 0):
+            raise UsageError("--force deletes at once: it goes with --grace-period=0 only")
+        print("warning: immediate deletion does not wait for the node to confirm that the "
+              "Pod's containers have stopped; they may keep running for a while",
+              file=sys.stderr)
+        return 0
+    if args.grace_period == 0:
+        raise UsageError("--grace-period=0 deletes at once: add --force to confirm")
+    return args.grace_period
 
 
 async def apply_verb(api: ApiClient, args: argparse.Namespace) -> int:
@@ -107,10 +135,12 @@ async def delete_verb(api: ApiClient, args: argparse.Namespace) -> int:
             raise UsageError("give the names of the objects to delete (or -f)")
         res = lookup(kind)
         targets = [(res, n, args.namespace if res.namespaced else None) for n in names]
+    grace = _grace(args)
     status = OK
     for res, name, ns in targets:
         try:
-            await api.delete(res, name, namespace=ns, propagation_policy=CASCADE[args.cascade])
+            await api.delete(res, name, namespace=ns, propagation_policy=CASCADE[args.cascade],
+                             grace_period_seconds=grace)
         except errors.NotFound as e:
             if not args.ignore_not_found:
                 print_error(e)

@@ -201,15 +201,25 @@ class ApiClient:
 
     async def delete(self, res: Resource | str, name: str, *, namespace: str | None = None,
                      propagation_policy: PropagationPolicy | None = None,
-                     resource_version: str | None = None) -> Obj:
-        """Delete one object (conditional on ``resource_version`` when given); returns
-        what the server answers (the object, or a ``Status``)."""
+                     resource_version: str | None = None, uid: str | None = None,
+                     grace_period_seconds: int | None = None) -> Obj:
+        """Delete one object (conditional on ``resource_version`` and/or ``uid`` when
+        given); returns what the server answers (the object, or a ``Status``).
+        ``grace_period_seconds``: a bound Pod's grace (None: its own
+        ``terminationGracePeriodSeconds``; 0: at once, without waiting for its node)."""
         r = _resource(res)
         body: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if propagation_policy:
             body["propagationPolicy"] = propagation_policy
-        if resource_version:
-            body["preconditions"] = {"resourceVersion": resource_version}
+        if grace_period_seconds is not None:
+            if grace_period_seconds < 0:
+                raise ValueError(f"grace_period_seconds must be >= 0, got "
+                                 f"{grace_period_seconds}")
+            body["gracePeriodSeconds"] = grace_period_seconds
+        preconditions = {k: v for k, v in (("resourceVersion", resource_version),
+                                           ("uid", uid)) if v}
+        if preconditions:
+            body["preconditions"] = preconditions
         url = path(r, namespace=self._ns(r, namespace), name=name)
         return await self.request("DELETE", url, body=body)
 

@@ -44,7 +44,6 @@ from control.client import errors
 from control.client.cache import object_key, pods_by_node
 from control.client.clock import Clock, LoopClock, sleep
 from control.client.factory import InformerFactory
-from control.client.resources import lookup, path
 from control.client.rest import ApiClient
 from control.controllers.events import EventRecorder
 from control.controllers.nodehealth import Decisions, NodeHealth, NodeHealthConfig
@@ -262,7 +261,5 @@ async def force_delete_pod(api: ApiClient, pod: Obj) -> None:
     Terminating: no agent will stop it and finalize a graceful delete on a dead or
     deleted node. The uid precondition spares a new Pod that took the name."""
     md = pod["metadata"]
-    body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-            "preconditions": {"uid": md.get("uid")}}
-    await api.request("DELETE", path(lookup("pods"), namespace=md.get("namespace"),
-                                     name=md["name"]), body=body)
+    await api.delete("pods", md["name"], namespace=md.get("namespace"), uid=md.get("uid"),
+                     grace_period_seconds=0)

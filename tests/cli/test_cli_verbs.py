@@ -277,3 +277,40 @@ async def test_get_watch_prints_rows_as_objects_change(
                 proc.send_signal(signal.SIGTERM)
             rc = await asyncio.wait_for(proc.wait(), 30)
     assert rc == 0
+
+
+async def test_delete_pod_grace_period_now_and_force(meshctl: Run,
+                                                     apiserver: ApiServer) -> None:
+    """A bound Pod is deleted gracefully (Terminating with its own grace); --grace-period
+    shortens it, --now is 1 s, --grace-period=0 without --force is refused before
+    anything is sent, and --force removes the Pod at once with kubectl's warning."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "p", "namespace": "default"},
+           "spec": {"nodeName": "gone-node", "terminationGracePeriodSeconds": 20,
+                    "containers": [{"name": "c", "image": "busybox"}]}}
+    async with admin(apiserver) as api:
+        await api.create("pods", pod)
+        await api.create("pods", {**pod, "metadata": {"name": "q", "namespace": "default"}})
+
+        rc, _, err = await meshctl("delete", "pod", "p", "--grace-period", "0")
+        assert rc == 1
+        assert "--force" in err
+        assert "deletionTimestamp" not in (await api.get("pods", "p"))["metadata"]
+
+        rc, out, _ = await meshctl("delete", "pod", "p")
+        assert (rc, out) == (0, 'pod "p" deleted\n')
+        md = (await api.get("pods", "p"))["metadata"]  # Terminating, still there
+        assert md["deletionGracePeriodSeconds"] == 20
+        assert md["deletionTimestamp"]
+
+        assert (await meshctl("delete", "pod", "p", "--grace-period", "5"))[0] == 0
+        assert (await api.get("pods", "p"))["metadata"]["deletionGracePeriodSeconds"] == 5
+        assert (await meshctl("delete", "pod", "q", "--now"))[0] == 0
+        assert (await api.get("pods", "q"))["metadata"]["deletionGracePeriodSeconds"] == 1
+
+        rc, out, err = await meshctl("delete", "pod", "p", "q", "--force")
+        assert rc == 0
+        assert out.count("deleted") == 2
+        assert "immediate deletion does not wait" in err
+        pods, _ = await api.list_all("pods", namespace="default")
+        assert pods == []
