@@ -32,10 +32,12 @@ MESH = sidecar.MeshSettings("https://127.0.0.1:6443", "/etc/mesh/proxy.token",
                             "/var/lib/mesh/ca.crt")
 
 # The app fetches http://$MESH_UPSTREAM_CATALOG/ (its sidecar's outbound listener) until
-# it answers, keeps the answer in www/catalog.txt, and serves www on $(PORT).
+# it answers, keeps the answer in www/catalog.txt, and serves www on $(PORT). Only the
+# fetch loop goes to the background (braces): "a && b && (loop) &" would background the
+# mkdir too, and httpd could start before www exists.
 CALLER = ("mkdir -p www && echo hello > www/index.html && "
-          "(until busybox wget -q -O got.txt http://$MESH_UPSTREAM_CATALOG/; do "
-          "sleep 0.2; done; mv got.txt www/catalog.txt) & "
+          "{ (until busybox wget -q -O got.txt http://$MESH_UPSTREAM_CATALOG/; do "
+          "sleep 0.2; done; mv got.txt www/catalog.txt) & } && "
           "exec busybox httpd -f -p $(PORT) -h www")
 
 
