@@ -151,6 +151,10 @@ class Breaker:
         self._episode = 0                # half-open episodes so far: trial tokens name one
         self._trial_successes = 0        # in the current half-open episode
         self._reason = ""
+        #: pybreaker may hold a failure count (a failure was fed since the last success):
+        #: a success then has to be fed to reset it. Mirrors ``_cb.fail_counter != 0``
+        #: without the property calls on every successful request.
+        self._fail_pending = False
         self.rejected_total = 0
         self.transitions: dict[tuple[str, str], int] = {}
         self._window = RollingWindow(config.window)
@@ -202,7 +206,7 @@ class Breaker:
         ratio = self.config.failure_ratio
         if ratio is not None:
             self._window.record(now, failed=not ok)
-        if ok and self._cb.fail_counter == 0:
+        if ok and not self._fail_pending:
             return                       # fast path: nothing for pybreaker to reset
         self._feed(ok)
         if not ok and ratio is not None and self._state == "closed":
@@ -219,6 +223,7 @@ class Breaker:
             self._trials -= 1
 
     def _feed(self, ok: bool) -> None:
+        self._fail_pending = not ok
         try:
             with self._cb.calling():
                 if not ok:

@@ -114,13 +114,21 @@ class LocalBackend:
              cost: float = 1.0) -> tuple[bool, float]:
         b = self._buckets.get(key)
         if b is None:
-            if len(self._buckets) >= self.max_keys:
-                self._buckets.popitem(last=False)
-            b = self._buckets[key] = [float(burst), now]
+            b = self.bucket(key, burst, now)
         else:
             self._buckets.move_to_end(key)
         ok, b[0], b[1] = refill_and_take(b[0], b[1], now, rate, burst, cost)
         return ok, b[0]
+
+    def bucket(self, key: bytes, burst: float, now: float) -> list[float]:
+        """The ``[tokens, last]`` list of ``key`` (a full bucket when new), for a caller
+        that refills and takes on it directly with :func:`refill_and_take`."""
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.popitem(last=False)
+            b = self._buckets[key] = [float(burst), now]
+        return b
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -161,6 +169,13 @@ class RateLimiter:
         self._capacity = float(config.capacity)
         self.admitted_total = 0
         self.limited_total = 0
+        #: A route-wide bucket in this process (key "none", local backend) is the usual
+        #: case and is held here, the very list the backend keeps under the route's key
+        #: (so a limiter rebuilt by a reload continues its bucket): the hot path then
+        #: refills and takes inline, without the key and the backend's LRU bookkeeping.
+        self._inline: list[float] | None = None
+        if config.key == "none" and isinstance(backend, LocalBackend):
+            self._inline = backend.bucket(self._prefix, self._capacity, clock())
 
     def key(self, *, client_address: str | None = None,
             header_value: str | bytes | None = None) -> bytes:
@@ -197,9 +212,15 @@ class RateLimiter:
         """The hot path's form of :meth:`check`: None when admitted (no decision object
         is built), the refusal's decision (for its status and headers) otherwise."""
         now = self._clock() if now is None else now
-        ok, left = self._backend.take(self.key(client_address=client_address,
-                                               header_value=header_value),
-                                      now, self.config.rate, self._capacity, 1.0)
+        b = self._inline
+        if b is not None:
+            ok, b[0], b[1] = refill_and_take(b[0], b[1], now, self.config.rate,
+                                             self._capacity, 1.0)
+            left = b[0]
+        else:
+            ok, left = self._backend.take(self.key(client_address=client_address,
+                                                   header_value=header_value),
+                                          now, self.config.rate, self._capacity, 1.0)
         if ok:
             self.admitted_total += 1
             return None

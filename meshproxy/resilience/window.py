@@ -38,16 +38,14 @@ class RollingWindow:
         self._slow = [0] * buckets
         self._epoch = [-1] * buckets   # which bucket number each slot currently holds
 
-    def _slot(self, now: float) -> int:
+    def record(self, now: float, *, failed: bool, slow: bool = False) -> None:
+        # the slot is found inline: this runs once per request for every breaker and
+        # switch window
         n = int(now // self._width)
         i = n % self.buckets
         if self._epoch[i] != n:
             self._epoch[i] = n
             self._calls[i] = self._failures[i] = self._slow[i] = 0
-        return i
-
-    def record(self, now: float, *, failed: bool, slow: bool = False) -> None:
-        i = self._slot(now)
         self._calls[i] += 1
         if failed:
             self._failures[i] += 1

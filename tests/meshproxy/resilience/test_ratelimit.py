@@ -48,6 +48,25 @@ def test_refusal_carries_429_retry_after_and_ratelimit_headers(clock) -> None:
     assert ("Retry-After", "2") in no.headers()
 
 
+def test_hot_path_refusal_and_check_share_one_route_bucket(clock) -> None:
+    """The engine's ``refusal`` (a keyless local bucket taken inline) and ``check`` draw
+    on the same bucket with the same arithmetic; a limiter rebuilt on the same backend
+    (a reload) continues it rather than starting full."""
+    be = LocalBackend()
+    rl = limiter(clock, be, rate=10, burst=3)
+    assert [rl.refusal() is None for _ in range(2)] == [True, True]
+    assert rl.check().allowed                # the third token, from the same bucket
+    refused = rl.refusal()
+    assert refused is not None
+    assert (refused.status, refused.remaining, refused.retry_after) == (429, 0, 1)
+    again = limiter(clock, be, rate=10, burst=3)
+    assert again.refusal() is not None       # still empty after the rebuild
+    clock.advance(0.1)
+    assert again.refusal() is None           # refilled at the rate
+    assert again.refusal() is not None
+    assert (rl.admitted_total, rl.limited_total) == (3, 1)
+
+
 def test_default_burst_is_one_second_of_rate() -> None:
     assert RateLimitConfig(rate=50).capacity == 50
     assert RateLimitConfig(rate=0.2).capacity == 1
