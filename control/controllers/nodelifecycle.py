@@ -25,7 +25,9 @@ do and converges, level-triggered:
   returning node turns the cluster's state back to normal;
 - a Pod bound to a node that no longer exists is force-deleted after ``orphan_grace``
   seconds (Kubernetes' pod garbage collector), which is what happens to a deleted node's
-  Pods, Terminating or not.
+  Pods, Terminating or not. The grace runs from the Node's delete event (from the first
+  pass that finds the Pods when the controller did not see the event), and the loop
+  wakes when the first of them falls due rather than at its next tick.
 
 Runs on a :class:`~control.client.clock.Clock`, so tests move time by hand.
 
@@ -114,7 +116,12 @@ class NodeLifecycleController:
         self._stamps: dict[str, str | None] = {}
         self.not_ready: set[str] = set()
         self.evicting: set[str] = set()
-        self._orphans: dict[str, float] = {}  # pod uid -> first seen on a missing node
+        self._orphans: dict[str, float] = {}  # pod uid -> when its grace started
+        #: node name -> when this controller saw the Node deleted: its Pods' orphan grace
+        #: starts then, not at the next pass that notices them
+        self._node_gone_at: dict[str, float] = {}
+        #: the earliest instant an orphan's grace ends (the loop wakes for it)
+        self._next_orphan_due: float | None = None
         self.last: Decisions | None = None
         self._stopped = asyncio.Event()
         self.nodes.add_handler(on_add=self.observe_node,
@@ -133,6 +140,7 @@ class NodeLifecycleController:
 
     def _node_deleted(self, node: Obj) -> None:
         name = object_key(node)
+        self._node_gone_at[name] = self._clock.now()
         self._stamps.pop(name, None)
         self.health.forget(name)
         self.not_ready.discard(name)
@@ -154,6 +162,8 @@ class NodeLifecycleController:
             if self.last is not None and self.last.waiting_for_eviction \
                     and self.last.state == "Normal":
                 delay = min(delay, EVICTION_PASS)
+            if self._next_orphan_due is not None:  # a deleted node's Pods fall due
+                delay = min(delay, max(self._next_orphan_due - self._clock.now(), 0.0))
             await sleep(self._clock, delay)
 
     def shutdown(self) -> None:
@@ -231,22 +241,35 @@ class NodeLifecycleController:
 
     async def _collect_orphans(self, now: float) -> None:
         seen: set[str] = set()
+        missing: set[str] = set()
         due = []
+        next_due: float | None = None
         for node_name in self.pods.store.index_values(NODE_INDEX):
             if self.nodes.get(None, node_name) is not None:
                 continue
+            missing.add(node_name)
+            # The grace runs from the Node's delete event when this controller saw it,
+            # else (deleted while it was not watching) from the first pass that notices.
+            start = min(self._node_gone_at.get(node_name, now), now)
             for pod in self.pods.store.by_index(NODE_INDEX, node_name):
                 uid = pod["metadata"].get("uid", "")
                 seen.add(uid)
-                first = self._orphans.setdefault(uid, now)
+                first = self._orphans.setdefault(uid, start)
                 if now - first >= self.orphan_grace:
                     due.append(self._delete_pod(pod, "NodeDeleted",
                                                 f"Deleting pod {object_key(pod)}: its node "
                                                 f"{node_name} no longer exists"))
+                elif next_due is None or first + self.orphan_grace < next_due:
+                    next_due = first + self.orphan_grace
+        self._next_orphan_due = next_due
         await _bounded(due)
         for uid in list(self._orphans):
             if uid not in seen:
                 del self._orphans[uid]
+        for name in list(self._node_gone_at):
+            if name not in missing and (self.nodes.get(None, name) is not None
+                                        or now - self._node_gone_at[name] > self.orphan_grace):
+                del self._node_gone_at[name]  # came back, or nothing left to collect
 
     async def _delete_pod(self, pod: Obj, reason: str, message: str) -> None:
         try:

@@ -142,6 +142,28 @@ async def test_pods_of_a_deleted_node_are_deleted_after_the_orphan_grace(
         assert await _exists(cluster, "stray") is False
 
 
+async def test_orphan_grace_runs_from_the_node_delete_event(cluster: Cluster) -> None:
+    """When the controller sees the Node deleted, its Pods' orphan grace starts at that
+    event, not at the next pass that notices the Pods (up to a tick later), and the
+    loop knows when the first of them falls due."""
+    await _seed(cluster, ["n0"])
+    clock = ManualClock()
+    async with controller(cluster, clock, orphan_grace=10.0) as (ctl, client):
+        node = await cluster.client.get("nodes", "n0")
+        await cluster.client.delete("nodes", "n0")
+        deleted_at = clock.now()
+        ctl._node_deleted(node)              # the informer's delete event
+        clock.advance(0.9)                   # the next pass comes a tick later
+        await refresh(cluster, ctl)
+        await ctl.tick()
+        assert client.writes() == []
+        assert ctl._next_orphan_due == deleted_at + 10.0
+        clock.advance(9.1)                   # 10 s after the delete, 9.1 s after the pass
+        await ctl.tick()
+        assert client.writes() == [("DELETE", f"{PODS}/pod-n0")]
+        assert ctl._next_orphan_due is None
+
+
 async def test_terminating_pods_of_an_evicted_node_are_forced_out(cluster: Cluster) -> None:
     """A Pod already Terminating on a node that went silent (its graceful delete waits
     for an agent that will never answer) is force-deleted with the node's other Pods
