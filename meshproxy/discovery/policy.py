@@ -38,12 +38,11 @@ through the proxy's atomic ``apply``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from meshproxy.config.clusters import ClusterConfig
-from meshproxy.config.listeners import HttpListenerConfig, RouteConfig
+from meshproxy.config.listeners import HttpListenerConfig
 from meshproxy.config.policy import ServicePolicy, error_path, service_switch_name
 from meshproxy.config.root import ProxyConfig, cross_check
 from meshproxy.resilience.degrade import SwitchBehaviour, SwitchConfig
@@ -51,6 +50,7 @@ from meshproxy.resilience.degrade import SwitchBehaviour, SwitchConfig
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+M = TypeVar("M", bound=BaseModel)
 
 
 class PolicyRefused(ValueError):
@@ -59,10 +59,6 @@ class PolicyRefused(ValueError):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{w}: {m}" for w, m in problems))
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
 
 
 def policy_for(policies: dict[str, Obj], *, namespace: str, service: str) -> Obj | None:
@@ -92,6 +88,22 @@ def parse_policy(obj: Obj) -> ServicePolicy:
                              for err in e.errors(include_url=False)]) from None
 
 
+def _under(base: M, section: BaseModel, where: str,
+           problems: list[tuple[str, str]]) -> M:
+    """``base`` with each field ``section`` set that ``base`` (the file) did not,
+    validated again as ``base``'s model; when that fails, the problems (located under
+    ``where``) are added and ``base`` is returned unchanged."""
+    taken = {f: getattr(section, f) for f in section.model_fields_set
+             if f not in base.model_fields_set}
+    data = {**base.model_dump(exclude_unset=True), **taken}
+    try:
+        return type(base).model_validate(data)
+    except ValidationError as e:
+        problems += [(f"{where}{error_path(err['loc'], data)}", err["msg"])
+                     for err in e.errors(include_url=False)]
+        return base
+
+
 def merge(cfg: ProxyConfig, policies: dict[str, ServicePolicy]) -> ProxyConfig:
     """``cfg`` with each cluster's policy (``cluster name -> ServicePolicy``) merged
     under the fields the file set; PolicyRefused when the result is not valid."""
@@ -101,17 +113,8 @@ def merge(cfg: ProxyConfig, policies: dict[str, ServicePolicy]) -> ProxyConfig:
     clusters = []
     for i, c in enumerate(cfg.clusters):
         sp = policies.get(c.name)
-        if sp is None:
-            clusters.append(c)
-            continue
-        taken = {f: getattr(sp.cluster, f) for f in sp.cluster.model_fields_set
-                 if f not in c.model_fields_set}
-        try:
-            clusters.append(ClusterConfig.model_validate(
-                {**c.model_dump(exclude_unset=True), **taken}))
-        except ValidationError as e:
-            problems += [(f"clusters[{i}]{_loc(err['loc'])}", err["msg"])
-                         for err in e.errors(include_url=False)]
+        clusters.append(c if sp is None
+                        else _under(c, sp.cluster, f"clusters[{i}]", problems))
     listeners = []
     for i, lst in enumerate(cfg.listeners):
         if not isinstance(lst, HttpListenerConfig) \
@@ -121,17 +124,8 @@ def merge(cfg: ProxyConfig, policies: dict[str, ServicePolicy]) -> ProxyConfig:
         routes = []
         for j, r in enumerate(lst.routes):
             sp = policies.get(r.cluster)
-            if sp is None:
-                routes.append(r)
-                continue
-            taken = {f: getattr(sp.route, f) for f in sp.route.model_fields_set
-                     if f not in r.model_fields_set}
-            try:
-                routes.append(RouteConfig.model_validate(
-                    {**r.model_dump(exclude_unset=True), **taken}))
-            except ValidationError as e:
-                problems += [(f"listeners[{i}].routes[{j}]{_loc(err['loc'])}", err["msg"])
-                             for err in e.errors(include_url=False)]
+            routes.append(r if sp is None else _under(r, sp.route,
+                                                      f"listeners[{i}].routes[{j}]", problems))
         listeners.append(lst.model_copy(update={"routes": tuple(routes)}))
     switches, switch_problems = policy_switches(cfg, policies)
     problems += switch_problems
