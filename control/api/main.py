@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +30,7 @@ from control.api.storage import ObjectStorage
 from control.api.tls import TlsFiles, ensure_certificates
 from control.api.watch import WatchLimits
 from control.api.watchcache import WatchCache
+from control.signals import on_stop_signals
 from control.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -210,10 +209,11 @@ async def run_apiserver(config: ApiServerConfig, *, stop: asyncio.Event | None =
                         ) -> None:
     """Serve until ``stop`` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    with on_stop_signals(stop.set):
+        await _serve_until(config, stop)
+
+
+async def _serve_until(config: ApiServerConfig, stop: asyncio.Event) -> None:
     async with serve(config) as server:
         print(f"API server listening on {server.url}", flush=True)
         if server.ca_file:
@@ -225,9 +225,6 @@ async def run_apiserver(config: ApiServerConfig, *, stop: asyncio.Event | None =
         else:
             print(f"admin token: in {token_file}", flush=True)
         await stop.wait()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(sig)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

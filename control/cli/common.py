@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from control.client import errors
 from control.client.config import ConfigError, resolve
+from control.signals import on_stop_signals
 
 if TYPE_CHECKING:
     from control.client.rest import ApiClient
@@ -118,24 +118,13 @@ def _run_interruptible(coro: Awaitable[int]) -> int:
 
     async def guarded() -> int:
         task = asyncio.ensure_future(coro)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        with on_stop_signals(task.cancel):
             try:
-                loop.add_signal_handler(sig, task.cancel)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if task.cancelled():
-                return OK
-            raise
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.remove_signal_handler(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
+                return await task
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    return OK
+                raise
 
     return asyncio.run(guarded())
 
