@@ -8,8 +8,9 @@ after N. A revision that has been compacted is a 410 ``Status`` before the strea
 starts (or an ERROR event carrying it, if discovered later); with
 ``allowWatchBookmarks=true`` a BOOKMARK carrying the latest revision is sent when the
 stream has been quiet for ``bookmark_interval``, so a client can resume cheaply;
-``timeoutSeconds`` ends the stream cleanly. Events are written in batches: whatever is
-queued when the writer wakes goes out in one write.
+``timeoutSeconds`` ends the stream cleanly. Events are written in batches by the watch
+cache's flush, straight to the connection (:func:`_direct_sink`); a client that falls
+behind is written by its stream's task instead, with flow control.
 
 Neighbours: ``watchcache.py`` produces the subscriptions; ``handlers.py`` authorizes
 the request and calls :func:`stream_watch`.
@@ -91,8 +92,7 @@ async def stream_watch(
             await resp.write(b"".join(first))
         # StreamResponse.prepare() has sent the headers (it does not hold them back for
         # the first body write as Response does), so raw chunks may follow from here.
-        sub.sink = _direct_sink(request)
-        sub.flush()
+        cache.attach(sub, _direct_sink(request))
         await _pump(resp, cache, res, sub, bookmarks=bookmarks,
                     timeout=min(timeout or limits.max_timeout, limits.max_timeout),
                     bookmark_interval=limits.bookmark_interval)
@@ -107,17 +107,17 @@ WRITE_HIGH_WATER = 256 * 1024  # bytes buffered in the transport before lines qu
 
 
 def _direct_sink(request: web.Request) -> Callable[[bytes], bool]:
-    """Write one event as an HTTP chunk straight to the connection (the response is
-    chunked, so a chunk framed here is indistinguishable from one aiohttp frames).
-    Refuses (so the line is queued and the stream's task writes it with flow control)
-    when the client is slow or gone."""
+    """Write an HTTP chunk framed by the watch cache straight to the connection (the
+    response is chunked, so it is indistinguishable from one aiohttp frames). Refuses
+    (so the lines are queued and the stream's task writes them with flow control) when
+    the client is slow or gone."""
     transport = request.transport
 
-    def sink(data: bytes) -> bool:
+    def sink(chunk: bytes) -> bool:
         if transport is None or transport.is_closing() or \
                 transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             return False
-        transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        transport.write(chunk)
         return True
     return sink
 
@@ -136,8 +136,11 @@ async def _pump(resp: web.StreamResponse, cache: WatchCache, res: Resource,
             try:
                 await asyncio.wait_for(sub.wakeup.wait(), wait)
             except TimeoutError:
+                if sub.pending:
+                    continue  # queued while waiting: written first, bookmark later
                 if bookmarks and time.monotonic() < deadline:
-                    rv = cache.last_revision if sub in cache.subscriptions \
+                    # never past an event this client has not been sent yet
+                    rv = cache.bookmark_revision if sub in cache.subscriptions \
                         else sub.last_revision
                     bookmark = {"kind": res.kind, "apiVersion": res.api_version,
                                 "metadata": {"resourceVersion": str(rv)}}
