@@ -29,11 +29,12 @@ from meshproxy.layers.forward import (
     ANSWERED,
     Forward,
     HeadCallback,
+    PickContext,
     pick_context,
     stale_retry_ok,
 )
 from meshproxy.resilience.breaker import REASON as CIRCUIT_OPEN
-from meshproxy.resilience.breaker import Breaker, BreakerGroup
+from meshproxy.resilience.breaker import Admission, Breaker, BreakerGroup
 from meshproxy.resilience.concurrency import EndpointLimits, Limiter
 from meshproxy.resilience.degrade import (
     ClusterFallback,
@@ -45,6 +46,10 @@ from meshproxy.resilience.degrade import (
 from meshproxy.resilience.outlier import OutlierDetector
 from meshproxy.resilience.ratelimit import RateLimiter
 from meshproxy.resilience.shedding import LoadShedder
+
+# plain values for the fused path's inline checks
+_PASS = int(Admission.PASS)
+_PASS_VERDICT = Verdict.PASS
 
 
 class RateLimitLayer:
@@ -85,7 +90,7 @@ class SwitchLayer:
         now = loop.time()
         checked: list[tuple[Switch, Verdict]] = []
         for sw in self.switches:
-            v = sw.check(now)
+            v = _PASS_VERDICT if sw.passive else sw.check(now)
             if v == Verdict.DEGRADE:
                 return await self._fallback(sw, ex)
             checked.append((sw, v))
@@ -308,7 +313,8 @@ class GuardedDirect(Forward):
         cluster = self.cluster
         loop = self.loop
         now = loop.time()
-        ep = cluster.balancer.pick(pick_context(ex, cluster, now), ())
+        ep = cluster.balancer.pick(PickContext(now) if cluster.hash_on is None
+                                   else pick_context(ex, cluster, now), ())
         if ep is None:
             return None
         ex.endpoint = ep
@@ -337,7 +343,7 @@ class GuardedDirect(Forward):
                 ok = resp is not None and resp.status < 500
                 if limit is not None:
                     limit.release()
-                if breaker is not None:
+                if breaker is not None and not (ok and token == _PASS and breaker.quiet):
                     breaker.record(token, ok, end)
                 if shedder is not None:
                     shedder.done(end - now if ok else None, end)
@@ -353,16 +359,19 @@ class GuardedDirect(Forward):
         return conn
 
     def _admit(self, ex: Exchange, now: float) -> ProxyError | Response | None:
-        if self.limiter is not None:
-            hv = ex.header(self.limiter.header_name.encode()) \
-                if self.limiter.header_name else None
-            d = self.limiter.refusal(client_address=ex.client, header_value=hv, now=now)
+        limiter = self.limiter
+        if limiter is not None:
+            if limiter.config.key == "none":
+                d = limiter.refusal(now)
+            else:
+                hv = ex.header(limiter.header_name.encode()) if limiter.header_name else None
+                d = limiter.refusal(now, client_address=ex.client, header_value=hv)
             if d is not None:
                 return Refused(d.status, "rate_limited", headers=[
                     (k.encode(), v.encode()) for k, v in d.headers()])
         checked: list[tuple[Switch, Verdict]] = []
         for sw in self.switches:
-            v = sw.check(now)
+            v = _PASS_VERDICT if sw.passive else sw.check(now)
             if v == Verdict.DEGRADE:
                 action = sw.config.action
                 if isinstance(action, FailFast):
@@ -379,9 +388,10 @@ class GuardedDirect(Forward):
             if self.shedder is not None:
                 self.shedder.done(None, now)
             return Refused(503, self.limit.code, self.limit.refusal)
-        token = 1
-        if self.breaker is not None:
-            token = self.breaker.allow(now)
+        token = _PASS
+        breaker = self.breaker
+        if breaker is not None and breaker.state != "closed":
+            token = breaker.allow(now)
             if not token:
                 if self.limit is not None:
                     self.limit.release()

@@ -145,7 +145,8 @@ class Breaker:
         self.config = config
         self._clock = clock
         self._events = events
-        self._state: BreakerState = "closed"
+        #: The breaker's state (a plain attribute: the fused fast path reads it inline).
+        self.state: BreakerState = "closed"
         self._opened_at = 0.0
         self._trials = 0
         self._episode = 0                # half-open episodes so far: trial tokens name one
@@ -155,6 +156,10 @@ class Breaker:
         #: a success then has to be fed to reset it. Mirrors ``_cb.fail_counter != 0``
         #: without the property calls on every successful request.
         self._fail_pending = False
+        #: True when a successful outcome of a ``PASS`` admission changes nothing
+        #: (closed, no failure pending, no failure-ratio window to count): callers on
+        #: the hot path may then skip :meth:`record` for it. Kept by ``_refresh_quiet``.
+        self.quiet = config.failure_ratio is None
         self.rejected_total = 0
         self.transitions: dict[tuple[str, str], int] = {}
         self._window = RollingWindow(config.window)
@@ -164,14 +169,14 @@ class Breaker:
             listeners=[_Listener(self)], name=name)
 
     # -- the gate -------------------------------------------------------------------
-    @property
-    def state(self) -> BreakerState:
-        return self._state
+    def _refresh_quiet(self) -> None:
+        self.quiet = (self.state == "closed" and not self._fail_pending
+                      and self.config.failure_ratio is None)
 
     def allow(self, now: float) -> int:
         """May a request go through now? A token, falsy when refused. O(1); hand the
         token to :meth:`record` (or :meth:`cancel`) when the request ends."""
-        state = self._state
+        state = self.state
         if state == "closed":
             return _PASS
         if state == "open":
@@ -187,7 +192,7 @@ class Breaker:
         return Admission.REFUSED
 
     def _current_trial(self, token: int) -> bool:
-        return token == _TRIAL + self._episode and self._state == "half_open"
+        return token == _TRIAL + self._episode and self.state == "half_open"
 
     def record(self, admission: int, ok: bool, now: float) -> None:
         """The classified outcome of a request ``allow`` admitted (ok: not a failure as
@@ -201,15 +206,15 @@ class Breaker:
                         return
                 self._feed(ok)
             return                       # a trial of an earlier episode: stale
-        if admission != _PASS or self._state != "closed":
+        if admission != _PASS or self.state != "closed":
             return                       # refused, or admitted before a trip: stale
         ratio = self.config.failure_ratio
         if ratio is not None:
-            self._window.record(now, failed=not ok)
+            self._window.record(now, not ok)
         if ok and not self._fail_pending:
             return                       # fast path: nothing for pybreaker to reset
         self._feed(ok)
-        if not ok and ratio is not None and self._state == "closed":
+        if not ok and ratio is not None and self.state == "closed":
             calls, failures, _ = self._window.totals(now)
             if calls >= self.config.minimum_calls and failures >= ratio * calls:
                 self._reason = (f"failure ratio {failures / calls:.0%} over {calls} calls in "
@@ -230,6 +235,7 @@ class Breaker:
                     raise _Failure
         except (_Failure, pybreaker.CircuitBreakerError):
             pass
+        self._refresh_quiet()
 
     # -- manual control (admin API) ---------------------------------------------------
     def force_open(self, reason: str = "forced open") -> None:
@@ -247,11 +253,15 @@ class Breaker:
         if config.window != self.config.window:
             self._window = RollingWindow(config.window)
         self.config = config
+        self._refresh_quiet()
         return True
 
     # -- transitions and stats -------------------------------------------------------
     def _on_transition(self, old: BreakerState, new: BreakerState) -> None:
         now = self._clock()
+        if new == "closed":              # pybreaker's closed state starts a fresh count
+            self._fail_pending = False
+            self._refresh_quiet()
         if old == new:                   # e.g. forced open while open: restart the timer
             if new == "open":
                 self._opened_at = now
@@ -262,7 +272,8 @@ class Breaker:
             if not self._reason:
                 self._reason = (f"{self._cb.fail_counter} consecutive failures"
                                 if old == "closed" else "trial request failed")
-        self._state = new
+        self.state = new
+        self._refresh_quiet()
         self._trials = self._trial_successes = 0
         if new == "half_open":
             self._episode += 1
@@ -281,12 +292,12 @@ class Breaker:
 
     def statistics(self) -> BreakerStats:
         calls, failures, _ = self._window.totals(self._clock())
-        return BreakerStats(self.name, self._state, STATE_VALUE[self._state],
+        return BreakerStats(self.name, self.state, STATE_VALUE[self.state],
                             self._cb.fail_counter, calls, failures, self._trials,
                             self.rejected_total, dict(self.transitions))
 
     def __repr__(self) -> str:
-        return (f"<Breaker {self.name} {self._state} failures={self._cb.fail_counter} "
+        return (f"<Breaker {self.name} {self.state} failures={self._cb.fail_counter} "
                 f"trials={self._trials}/{self.config.half_open_trials} "
                 f"rejected={self.rejected_total}>")
 
@@ -322,6 +333,7 @@ class BreakerGroup:
         for b in self._by_key.values():
             b.reconfigure(config)
         self.config = config
+        self._refresh_quiet()
         return True
 
     def statistics(self) -> list[BreakerStats]:

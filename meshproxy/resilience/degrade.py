@@ -175,6 +175,15 @@ class Switch:
         self._slow_s = auto.slow_call_ms / 1000.0 if auto else 0.0
         self.degraded_total = 0
         self.shadow_degraded_total = 0
+        self._refresh_passive()
+
+    def _refresh_passive(self) -> None:
+        cfg = self.config
+        #: True while :meth:`check` would say PASS with no side effect (disabled, off,
+        #: or auto and normal): the fused fast path then skips the call. Kept current
+        #: by every change of mode or state.
+        self.passive = (not cfg.enabled or self.mode == "off"
+                        or (self.mode == "auto" and (self.state == "normal" or cfg.auto is None)))
 
     # -- request path -----------------------------------------------------------------
     def check(self, now: float) -> Verdict:
@@ -216,7 +225,7 @@ class Switch:
         bad = (not ok) if auto.metric == "error_ratio" else latency >= self._slow_s
         w = self._window
         if self.state == "normal" and w is not None:
-            w.record(now, failed=bad)
+            w.record(now, bad)
             if bad:
                 calls, failures, _ = w.totals(now)
                 if calls >= auto.minimum_requests and failures >= auto.threshold * calls:
@@ -242,6 +251,7 @@ class Switch:
     def _enter(self, state: Literal["normal", "tripped", "probing"], why: str,
                **numbers: float) -> None:
         old, self.state = self.state, state
+        self._refresh_passive()
         if state == "tripped":
             self._tripped_at = self._clock()
         self._probes = self._probe_bad = 0
@@ -260,6 +270,7 @@ class Switch:
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"switch mode must be 'auto', 'on' or 'off', not {mode!r}")
         old, self.mode, self.mode_source = self.mode, mode, source
+        self._refresh_passive()
         if self._events is not None:
             self._events.record("switch.mode", self.name,
                                 f"switch {self.name} mode {old} -> {mode} by {source}")

@@ -206,17 +206,22 @@ class RateLimiter:
         return RateDecision(ok, int(cap), int(left), math.ceil((cap - left) / rate), retry,
                             200 if ok else self.config.status)
 
-    def refusal(self, *, client_address: str | None = None,
-                header_value: str | bytes | None = None,
-                now: float | None = None) -> RateDecision | None:
+    def refusal(self, now: float | None = None, *, client_address: str | None = None,
+                header_value: str | bytes | None = None) -> RateDecision | None:
         """The hot path's form of :meth:`check`: None when admitted (no decision object
         is built), the refusal's decision (for its status and headers) otherwise."""
         now = self._clock() if now is None else now
         b = self._inline
         if b is not None:
-            ok, b[0], b[1] = refill_and_take(b[0], b[1], now, self.config.rate,
-                                             self._capacity, 1.0)
+            # refill_and_take for one token, inlined (this runs once per request)
             left = b[0]
+            if now > b[1]:
+                left = min(self._capacity, left + (now - b[1]) * self.config.rate)
+                b[1] = now
+            ok = left >= 1.0
+            if ok:
+                left -= 1.0
+            b[0] = left
         else:
             ok, left = self._backend.take(self.key(client_address=client_address,
                                                    header_value=header_value),

@@ -38,7 +38,7 @@ class RollingWindow:
         self._slow = [0] * buckets
         self._epoch = [-1] * buckets   # which bucket number each slot currently holds
 
-    def record(self, now: float, *, failed: bool, slow: bool = False) -> None:
+    def record(self, now: float, failed: bool, *, slow: bool = False) -> None:
         # the slot is found inline: this runs once per request for every breaker and
         # switch window
         n = int(now // self._width)

@@ -235,3 +235,34 @@ def test_invariants_hold_for_any_sequence(steps) -> None:
         in_flight = sum(1 for a in held if a == current) if b.state == "half_open" else 0
         assert b.statistics().trials_in_flight == in_flight
         assert in_flight <= 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["allow", "ok", "fail", "wait", "force_open",
+                                           "force_close"]), st.floats(0, 3)), max_size=60),
+       st.booleans())
+def test_quiet_means_a_success_would_change_nothing(steps, with_ratio) -> None:
+    """``quiet`` (read by the fused fast path to skip ``record`` for a successful PASS)
+    is True exactly while the breaker is closed with no failure counted and no ratio
+    window to feed, whatever happened before."""
+    clock = ManualClock()
+    b = Breaker("p", BreakerConfig(consecutive_failures=2,
+                                   failure_ratio=0.5 if with_ratio else None,
+                                   reset_timeout=2), clock=clock)
+    held: list[int] = []
+    for op, dt in steps:
+        if op == "wait":
+            clock.advance(dt)
+        elif op == "allow":
+            a = b.allow(clock())
+            if a:
+                held.append(a)
+        elif op == "force_open":
+            b.force_open()
+        elif op == "force_close":
+            b.force_close()
+        elif held:
+            b.record(held.pop(0), op == "ok", clock())
+        expected = (not with_ratio and b.state == "closed"
+                    and b.statistics().consecutive_failures == 0)
+        assert b.quiet == expected, (op, b)

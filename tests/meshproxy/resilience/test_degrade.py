@@ -5,6 +5,8 @@ admin flips, reload keeping state)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from meshproxy.resilience.degrade import (
@@ -16,6 +18,8 @@ from meshproxy.resilience.degrade import (
     SwitchRegistry,
     Verdict,
 )
+
+from .conftest import ManualClock
 
 
 def auto_switch(clock, events, *, enforced=True, **auto) -> Switch:
@@ -175,3 +179,28 @@ def test_reload_keeps_unchanged_switches_and_their_admin_mode(clock, events) -> 
     with pytest.raises(ValueError, match="duplicate"):
         reg.reload([keep, keep])
     assert len(reg) == 3                               # the refused reload changed nothing
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["ok", "bad", "wait", "auto", "on", "off"]), max_size=80),
+       st.booleans())
+def test_passive_switch_would_pass_without_side_effects(ops, enforced) -> None:
+    """``passive`` (read by the fused fast path to skip ``check``) holds only while
+    ``check`` would say PASS and count nothing, through trips, cooldowns, probes and
+    admin flips."""
+    clock = ManualClock()
+    sw = auto_switch(clock, None, enforced=enforced, cooldown=5)
+    for op in ops:
+        if op == "wait":
+            clock.advance(3)
+        elif op in ("auto", "on", "off"):
+            sw.set_mode(op)
+        elif sw.passive:
+            before = (sw.state, sw.degraded_total, sw.shadow_degraded_total)
+            assert sw.check(clock()) == Verdict.PASS
+            assert (sw.state, sw.degraded_total, sw.shadow_degraded_total) == before
+            sw.observe(Verdict.PASS, op == "ok", 0.01, clock())
+        else:
+            drive(sw, clock, [op == "ok"])
+        assert not (sw.passive and (sw.mode == "on"
+                                    or (sw.mode == "auto" and sw.state != "normal")))
