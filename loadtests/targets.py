@@ -12,6 +12,8 @@ haproxy-http   L7     haproxy ``mode http``
 haproxy-tcp    L4     haproxy ``mode tcp`` (L4 reference)
 meshproxy-l7   L7     meshproxy HTTP listener -> cluster
 meshproxy-l4   L4     meshproxy TCP listener -> cluster
+python-floor   L7     the least an HTTP-aware uvloop + httptools relay does
+                      (``loadtests.floor``): what the platform allows any Python proxy
 ============== ===== ===========================================================
 
 Every server runs one worker (``worker_processes 1``, ``nbthread 1``, ``--workers 1``)
@@ -37,13 +39,13 @@ import yaml
 from loadtests.procs import free_port
 
 TargetName = Literal["direct", "nginx", "haproxy-http", "haproxy-tcp",
-                     "meshproxy-l7", "meshproxy-l4"]
+                     "meshproxy-l7", "meshproxy-l4", "python-floor"]
 TARGETS: tuple[TargetName, ...] = ("direct", "nginx", "haproxy-http", "haproxy-tcp",
-                                   "meshproxy-l7", "meshproxy-l4")
+                                   "meshproxy-l7", "meshproxy-l4", "python-floor")
 Layer = Literal["-", "L7", "L4"]
 LAYER: dict[TargetName, Layer] = {
     "direct": "-", "nginx": "L7", "haproxy-http": "L7", "haproxy-tcp": "L4",
-    "meshproxy-l7": "L7", "meshproxy-l4": "L4",
+    "meshproxy-l7": "L7", "meshproxy-l4": "L4", "python-floor": "L7",
 }
 #: The reference each layer's ratios are taken against (the issue's wording).
 REFERENCE: dict[Layer, TargetName] = {"L7": "nginx", "L4": "haproxy-tcp"}
@@ -117,6 +119,11 @@ def plan(name: TargetName, tmp: Path, backend_port: int) -> Planned | Unavailabl
         return _haproxy(tmp, backend_port, mode="http" if name == "haproxy-http" else "tcp")
     if name in ("meshproxy-l7", "meshproxy-l4"):
         return _meshproxy(tmp, backend_port, layer="l7" if name == "meshproxy-l7" else "l4")
+    if name == "python-floor":
+        port = free_port()
+        script = Path(__file__).with_name("floor.py")
+        return Planned(name, port, (sys.executable, str(script), "--port", str(port),
+                                    "--upstream", f"{HOST}:{backend_port}"))
     raise ValueError(f"unknown target {name!r}; expected one of {', '.join(TARGETS)}")
 
 
