@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 
 ROOT = "/registry/"
 #: a fan-out pass is followed by at least this many times its own duration without one
-FLUSH_SPACING = 2.0
+FLUSH_SPACING = 3.0
 #: but never by more than this (seconds)
-MAX_FLUSH_DELAY = 0.025
+MAX_FLUSH_DELAY = 0.020
 
 
 class CachedEvent:
