@@ -11,6 +11,10 @@ through; the exit status is then 1.
 printing ``deployment.apps "web" deleted``; ``--cascade`` picks the propagation policy
 (background, the default, lets the garbage collector remove dependents; foreground waits
 for them; orphan keeps them); ``--ignore-not-found`` makes absent objects no error.
+``--wait`` returns only once every deleted object is gone (a bound Pod is removed by
+its node after its grace; a foreground cascade after its dependents), ``--timeout``
+bounds that wait (kubectl's ``--wait``; here opt-in, so scripts that only mark Pods
+for deletion keep returning at once).
 
 Neighbours: :mod:`control.client.manifests`, :mod:`control.cli.common`.
 """
@@ -18,6 +22,7 @@ Neighbours: :mod:`control.client.manifests`, :mod:`control.cli.common`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import TYPE_CHECKING, Literal
 
@@ -74,6 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--force", action="store_true",
                    help="with --grace-period=0 (implied): remove the object at once, "
                         "without waiting for its node to stop it")
+    d.add_argument("--wait", action="store_true",
+                   help="return only once every object is gone (a Pod stopped by its node "
+                        "within its grace, dependents collected with --cascade=foreground)")
+    d.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --wait: give up after this long (exit 1; the deletions "
+                        "stand); default: no limit")
     d.set_defaults(handler=lambda args: run_client(args, delete_verb))
 
 
@@ -136,11 +147,15 @@ async def delete_verb(api: ApiClient, args: argparse.Namespace) -> int:
         res = lookup(kind)
         targets = [(res, n, args.namespace if res.namespaced else None) for n in names]
     grace = _grace(args)
+    if args.timeout is not None and (not args.wait or args.timeout <= 0):
+        raise UsageError("--timeout goes with --wait and must be > 0")
     status = OK
+    deleted: list[tuple[Resource, str, str | None, str | None]] = []
     for res, name, ns in targets:
         try:
-            await api.delete(res, name, namespace=ns, propagation_policy=CASCADE[args.cascade],
-                             grace_period_seconds=grace)
+            answer = await api.delete(res, name, namespace=ns,
+                                      propagation_policy=CASCADE[args.cascade],
+                                      grace_period_seconds=grace)
         except errors.NotFound as e:
             if not args.ignore_not_found:
                 print_error(e)
@@ -150,6 +165,56 @@ async def delete_verb(api: ApiClient, args: argparse.Namespace) -> int:
             print_error(e)
             status = FAILED
             continue
-        qualified = f"{res.kind.lower()}.{res.group}" if res.group else res.kind.lower()
-        print(f'{qualified} "{name}" deleted', flush=True)
+        print(f'{_qualified(res)} "{name}" deleted', flush=True)
+        deleted.append((res, name, ns, (answer.get("metadata") or {}).get("uid")))
+    if args.wait and deleted:
+        try:
+            async with asyncio.timeout(args.timeout):
+                await asyncio.gather(*(_gone(api, *d) for d in deleted))
+        except TimeoutError:
+            left = [f'{_qualified(res)} "{name}"' for res, name, ns, uid in deleted
+                    if not await _is_gone(api, res, name, ns, uid)]
+            if left:
+                print(f"error: timed out after {args.timeout:g}s waiting for "
+                      f"{', '.join(left)} to be gone (the deletions stand)", file=sys.stderr)
+                return FAILED
     return status
+
+
+def _qualified(res: Resource) -> str:
+    return f"{res.kind.lower()}.{res.group}" if res.group else res.kind.lower()
+
+
+async def _is_gone(api: ApiClient, res: Resource, name: str, ns: str | None,
+                   uid: str | None) -> bool:
+    """Gone: not found, or the name now belongs to another object (another uid)."""
+    try:
+        obj = await api.get(res, name, namespace=ns)
+    except errors.NotFound:
+        return True
+    return uid is not None and (obj.get("metadata") or {}).get("uid") != uid
+
+
+async def _gone(api: ApiClient, res: Resource, name: str, ns: str | None,
+                uid: str | None) -> None:
+    """Return once the object is gone: read it, then watch it by name from that
+    revision (kubectl's way); a watch that ends or expires (410) reads again."""
+    while True:
+        try:
+            obj = await api.get(res, name, namespace=ns)
+        except errors.NotFound:
+            return
+        md = obj.get("metadata") or {}
+        if uid is not None and md.get("uid") != uid:
+            return
+        try:
+            async with api.watch(res, namespace=ns, resource_version=md.get("resourceVersion"),
+                                 field_selector=f"metadata.name={name}") as events:
+                async for ev in events:
+                    ev_uid = (ev.object.get("metadata") or {}).get("uid")
+                    if ev.type == "DELETED" and (uid is None or ev_uid == uid):
+                        return
+                    if ev.type in ("ADDED", "MODIFIED") and uid is not None and ev_uid != uid:
+                        return  # deleted and created again under the same name
+        except errors.Gone:
+            continue

@@ -303,9 +303,18 @@ class WatchStream:
         await self.close()
 
     async def close(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
+        """Drop the stream's connection. Aborted, not closed: a TLS close waits for the
+        server's close_notify (up to half a minute), and a caller that ends its event
+        loop right after (a CLI verb) would leave that socket to the garbage collector.
+        Nothing is lost: a watch has nothing more to send."""
+        resp, self._resp = self._resp, None
+        if resp is None:
+            return
+        conn = resp.connection
+        transport = conn.transport if conn is not None else None
+        resp.close()
+        if transport is not None:
+            transport.abort()
 
     def __aiter__(self) -> AsyncIterator[WatchEvent]:
         return self._events()

@@ -314,3 +314,50 @@ async def test_delete_pod_grace_period_now_and_force(meshctl: Run,
         assert "immediate deletion does not wait" in err
         pods, _ = await api.list_all("pods", namespace="default")
         assert pods == []
+
+
+def _bound_pod(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": "gone-node", "terminationGracePeriodSeconds": 20,
+                     "containers": [{"name": "c", "image": "busybox"}]}}
+
+
+async def test_delete_wait_returns_once_the_node_has_finalized_the_pod(
+        meshctl: Run, apiserver: ApiServer) -> None:
+    """--wait returns only after the Pod is really gone: here the node finalizes it
+    (grace-0 delete with its uid) a moment after the graceful delete; the CLI was
+    still waiting then and returns 0 right after."""
+    async with admin(apiserver) as api:
+        created = await api.create("pods", _bound_pod("w"))
+        uid = created["metadata"]["uid"]
+        run = asyncio.ensure_future(meshctl("delete", "pod", "w", "--wait"))
+        for _ in range(200):  # until the graceful delete has marked it
+            if "deletionTimestamp" in (await api.get("pods", "w"))["metadata"]:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        assert not run.done()  # still Terminating: still waiting
+        await api.delete("pods", "w", namespace="default", grace_period_seconds=0, uid=uid)
+        rc, out, _ = await asyncio.wait_for(run, 30)
+        assert (rc, out) == (0, 'pod "w" deleted\n')
+
+
+async def test_delete_wait_times_out_with_the_objects_left_named(
+        meshctl: Run, apiserver: ApiServer) -> None:
+    """With nobody to stop the Pod, --timeout ends the wait with exit 1 naming it; the
+    deletion stands (the Pod stays Terminating); an unbound Pod in the same command is
+    gone at once and not named; --timeout without --wait is refused."""
+    async with admin(apiserver) as api:
+        await api.create("pods", _bound_pod("stuck"))
+        unbound = _bound_pod("free")
+        del unbound["spec"]["nodeName"]
+        await api.create("pods", unbound)
+        rc, _, err = await meshctl("delete", "pod", "stuck", "free", "--wait", "--timeout", "1")
+        assert rc == 1
+        assert 'pod "stuck"' in err
+        assert "free" not in err
+        assert "deletionTimestamp" in (await api.get("pods", "stuck"))["metadata"]
+        rc, _, err = await meshctl("delete", "pod", "stuck", "--timeout", "1")
+        assert rc == 1
+        assert "--timeout goes with --wait" in err
