@@ -17,6 +17,7 @@ Routes: discovery and ``/version`` (any valid token), ``/healthz``, ``/livez``,
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -167,7 +168,14 @@ def build_app(
     watch_limits: WatchLimits | None = None,
     server_address: str = "127.0.0.1:6443",
     ready: Callable[[], bool] = lambda: True,
+    freeze_startup_heap: bool = True,
 ) -> web.Application:
+    """The application. With ``freeze_startup_heap`` (the default), everything alive
+    once the app starts (modules, the store, caches, routes: some 100,000 objects that
+    live as long as the process) is moved out of the cyclic garbage collector's reach
+    with ``gc.freeze()``, so a full collection walks only what came later: measured
+    under the watch benchmark, full collections went from 50-100 ms of stopped event
+    loop (each one adding that to every delivery waiting behind it) to 3-10 ms."""
     metrics = Metrics(cache)
     app = web.Application(
         middlewares=[errors_middleware, _metrics_middleware(metrics),
@@ -175,6 +183,14 @@ def build_app(
         client_max_size=body_limit)
     app[API] = Api(objects, cache, Authorizer(), body_limit, watch_limits or WatchLimits())
     app[METRICS] = metrics
+    if freeze_startup_heap:
+        async def freeze(_: web.Application) -> None:
+            gc.freeze()
+
+        async def unfreeze(_: web.Application) -> None:
+            gc.unfreeze()  # a process running several servers (tests) gets it all back
+        app.on_startup.append(freeze)
+        app.on_cleanup.append(unfreeze)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
