@@ -312,14 +312,21 @@ class Proxy:
             raise RuntimeError("shared buckets must be set before the proxy starts")
         self.resilience = ResilienceRuntime(clock=self.loop.time, shared_buckets=table)
 
-    def apply_switch_modes(self, modes: dict[str, str]) -> None:
-        """Set switch modes decided elsewhere (a supervisor's admin API); unknown
-        names and invalid modes are ignored (the supervisor checked them)."""
-        for name, mode in modes.items():
+    def apply_switch_modes(self, modes: dict[str, dict]) -> None:
+        """Set switch modes decided elsewhere (a supervisor's admin API): ``{name:
+        {"mode": ..., "config_id": ...}}``. A flip applies only to the switch config it
+        was made for, as in one process, where a config change of the switch ends an
+        admin flip: a worker started after that change (a restart) must not bring the
+        old flip back. Unknown names and invalid modes are ignored (the supervisor
+        checked them)."""
+        for name, flip in modes.items():
             try:
                 sw = self.resilience.switches.get(name)
             except KeyError:
                 continue
+            if not isinstance(flip, dict) or flip.get("config_id") not in (None, sw.config_id):
+                continue
+            mode = flip.get("mode")
             if mode in ("on", "off", "auto") and (sw.mode != mode or sw.mode_source != "admin"):
                 sw.set_mode(mode, source="admin")  # type: ignore[arg-type]
 

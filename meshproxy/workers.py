@@ -14,7 +14,8 @@ supervisor
   :mod:`meshproxy.resilience.shm_buckets`) and hands its path to the workers;
 - serves ``/resilience``, ``/events`` and ``/switches`` from the workers' snapshots;
   ``POST /switches/{name}`` writes the mode to a file every worker applies within half a
-  second;
+  second, with the fingerprint of the switch config it was made for (a worker whose
+  switch has another config since a reload, or one restarted after it, ignores it);
 - owns reload: it watches the file (and takes SIGHUP), validates the new config,
   counts the attempt, and only then signals SIGHUP to the workers;
 - restarts a worker that dies (after a pause), and on SIGTERM forwards it, waits for
@@ -43,7 +44,7 @@ from meshproxy.admin import AdminServer
 from meshproxy.config import ConfigError, Loaded, load_config
 from meshproxy.metrics import MULTIPROC_ENV, Stats, collect_registry
 from meshproxy.reload import FileWatcher
-from meshproxy.resilience.degrade import Mode
+from meshproxy.resilience.degrade import Mode, config_id
 from meshproxy.resilience.shm_buckets import SharedBucketTable
 from meshproxy.run import BUCKETS_ENV, snapshot_path, switches_path
 
@@ -160,8 +161,10 @@ class Supervisor:
         # The file's switches and those the workers learnt from the control plane
         # (a TrafficPolicy's ``degrade`` becomes a switch in every worker that follows
         # the Service), as the workers' snapshots list them.
-        known = {s.name for s in self._loaded.config.resilience.switches}
-        known.update(sw["name"] for sw in self.switches())
+        # Each flip names the switch config it was made for (see
+        # Proxy.apply_switch_modes): the workers' view first, else the file's.
+        known = {s.name: config_id(s) for s in self._loaded.config.resilience.switches}
+        known.update((sw["name"], sw.get("config_id")) for sw in self.switches())
         if name not in known:
             raise KeyError(f"no degradation switch named {name!r}")
         path = switches_path(self.run_dir)
@@ -169,7 +172,7 @@ class Supervisor:
             modes = json.loads(path.read_text())
         except (OSError, ValueError):
             modes = {}
-        modes[name] = mode
+        modes[name] = {"mode": mode, "config_id": known[name]}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(modes))
         tmp.replace(path)  # atomic: a worker never reads half a file

@@ -36,6 +36,7 @@ a switch decides *what* to answer instead. :mod:`.window` counts outcomes.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -153,6 +154,13 @@ class SwitchStatus:
     degraded_total: int
     shadow_degraded_total: int
     action: dict[str, Any]
+    config_id: str
+
+
+def config_id(config: SwitchConfig) -> str:
+    """A short fingerprint of a switch's config: an admin flip recorded for one
+    config (by a supervisor, for its workers) is not applied to another."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
 
 
 class Switch:
@@ -162,6 +170,7 @@ class Switch:
                  events: EventLog | None = None) -> None:
         self.config = config
         self.name = config.name
+        self.config_id = config_id(config)
         self._clock = clock
         self._events = events
         self.mode: Mode = config.mode
@@ -287,7 +296,7 @@ class Switch:
         return SwitchStatus(c.name, c.level, c.target, self.mode, self.mode_source,
                             self.state, self.degrading, c.enabled, c.enforced,
                             self.degraded_total, self.shadow_degraded_total,
-                            c.action.model_dump())
+                            c.action.model_dump(), self.config_id)
 
     def __repr__(self) -> str:
         return (f"<Switch {self.name} {self.config.level}:{self.config.target} "

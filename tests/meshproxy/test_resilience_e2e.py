@@ -376,3 +376,46 @@ resilience:
         parse_config(text)
     assert ei.value.problems == [("resilience.switches[0].action.cluster",
                                   "no cluster named 'nope'")]
+
+
+async def test_supervisor_flip_applies_only_to_the_switch_config_it_was_made_for(
+        tmp_path: Path, upstreams) -> None:
+    """How a worker takes the supervisor's flips (``switches.json``): a flip recorded
+    for the switch's current config is applied; once a reload changed that switch's
+    config, the same recorded flip is ignored (as a config change ends an admin flip in
+    one process), so a worker started later, or any later flip of another switch,
+    does not bring the stale flip back. Malformed entries change nothing."""
+    ups = await upstreams(1)
+    base = f"""
+admin: {{enabled: false}}
+listeners:
+  - {{protocol: http, name: web, port: 0, routes: [{{name: all, cluster: c}}]}}
+clusters:
+  - {{name: c, endpoints: ["{ups[0].address}"]}}
+resilience:
+  switches: [{{name: c-off, level: service, target: c,
+              action: {{kind: fail_fast, status: STATUS}}}}]
+"""
+    path = tmp_path / "proxy.yaml"
+    path.write_text(base.replace("STATUS", "503"))
+    proxy = Proxy(load_config(path))
+    await proxy.start()
+    try:
+        sw = proxy.resilience.switches.get("c-off")
+        flip = {"c-off": {"mode": "on", "config_id": sw.config_id}}
+        proxy.apply_switch_modes({"c-off": "on", "other": {"mode": "on"}})  # malformed
+        assert (sw.mode, sw.mode_source) == ("auto", "config")
+        proxy.apply_switch_modes(flip)
+        assert (sw.mode, sw.mode_source) == ("on", "admin")
+        assert (await request(listener_port(proxy))).status == 503
+
+        path.write_text(base.replace("STATUS", "502"))  # the switch's config changes
+        assert await proxy.reload(path)
+        changed = proxy.resilience.switches.get("c-off")
+        assert changed.config_id != sw.config_id
+        assert changed.mode == "auto"
+        proxy.apply_switch_modes(flip)  # the recorded flip, read again
+        assert (changed.mode, changed.mode_source) == ("auto", "config")
+        assert (await request(listener_port(proxy))).status == 200
+    finally:
+        await proxy.close()
