@@ -291,8 +291,8 @@ class GuardedDirect(Forward):
     again, spending a second rate-limit token.)
     """
 
-    __slots__ = ("_checked", "_token", "breaker", "limit", "limiter", "rank", "shedder",
-                 "switches")
+    __slots__ = ("_checked", "_passing", "_token", "breaker", "limit", "limiter", "rank",
+                 "shedder", "switches")
 
     def __init__(self, cluster: Cluster, *, limiter: RateLimiter | None,
                  switches: Sequence[Switch], shedder: LoadShedder | None, rank: int,
@@ -304,9 +304,11 @@ class GuardedDirect(Forward):
         self.rank = rank
         self.limit = limit
         self.breaker = breaker
+        # every switch passive (the usual case): the verdicts, not rebuilt per request
+        self._passing = tuple((sw, Verdict.PASS) for sw in self.switches)
         # the admissions' results for the request being dispatched (single-threaded:
         # read right after _admit, before anything else can run)
-        self._checked: list[tuple[Switch, Verdict]] = []
+        self._checked: Sequence[tuple[Switch, Verdict]] = self._passing
         self._token = 0
 
     def try_direct(self, ex: Exchange, on_head: HeadCallback) -> object:  # type: ignore[override]
@@ -328,25 +330,26 @@ class GuardedDirect(Forward):
             else:
                 on_head(None, refusal)
             return ANSWERED
-        checked, token = self._checked, self._token
+        switches, token = self._checked, self._token
         conn = pool.take_idle()
         if conn is None:
             self._undo(token)
             return None
-        limit, breaker, shedder, switches = self.limit, self.breaker, self.shedder, checked
 
+        # A closure over only what differs per request (the rest is read from self).
         def head(resp: Response | None, exc: ProxyError | None) -> None:
             if exc is not None and stale_retry_ok(ex, conn, exc):
                 self._undo(token)  # the stack retries it and decides again
             else:
                 end = loop.time()
                 ok = resp is not None and resp.status < 500
-                if limit is not None:
-                    limit.release()
+                if self.limit is not None:
+                    self.limit.release()
+                breaker = self.breaker
                 if breaker is not None and not (ok and token == _PASS and breaker.quiet):
                     breaker.record(token, ok, end)
-                if shedder is not None:
-                    shedder.done(end - now if ok else None, end)
+                if self.shedder is not None:
+                    self.shedder.done(end - now if ok else None, end)
                 for sw, v in switches:
                     sw.observe(v, ok, end - now, end)
             on_head(resp, exc)
@@ -369,17 +372,13 @@ class GuardedDirect(Forward):
             if d is not None:
                 return Refused(d.status, "rate_limited", headers=[
                     (k.encode(), v.encode()) for k, v in d.headers()])
-        checked: list[tuple[Switch, Verdict]] = []
+        self._checked = self._passing
         for sw in self.switches:
-            v = _PASS_VERDICT if sw.passive else sw.check(now)
-            if v == Verdict.DEGRADE:
-                action = sw.config.action
-                if isinstance(action, FailFast):
-                    return Refused(action.status, action.reason)
-                assert isinstance(action, StaticResponse)  # cluster fallbacks are not fused
-                return _static(sw, action)
-            checked.append((sw, v))
-        self._checked = checked
+            if not sw.passive:
+                refusal = self._check_switches(now)
+                if refusal is not None:
+                    return refusal
+                break
         if self.shedder is not None:
             why = self.shedder.admit(self.rank)
             if why is not None:
@@ -399,6 +398,21 @@ class GuardedDirect(Forward):
                     self.shedder.done(None, now)
                 return Refused(503, CIRCUIT_OPEN)
         self._token = token
+        return None
+
+    def _check_switches(self, now: float) -> ProxyError | Response | None:
+        """Some switch is not passive: ask each (most specific first)."""
+        checked: list[tuple[Switch, Verdict]] = []
+        for sw in self.switches:
+            v = _PASS_VERDICT if sw.passive else sw.check(now)
+            if v == Verdict.DEGRADE:
+                action = sw.config.action
+                if isinstance(action, FailFast):
+                    return Refused(action.status, action.reason)
+                assert isinstance(action, StaticResponse)  # cluster fallbacks are not fused
+                return _static(sw, action)
+            checked.append((sw, v))
+        self._checked = checked
         return None
 
     def _undo(self, token: int) -> None:

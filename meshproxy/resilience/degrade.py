@@ -140,6 +140,9 @@ class Verdict(enum.IntEnum):
     DEGRADE = 2   # answer with the action
 
 
+_DEGRADE = Verdict.DEGRADE
+
+
 @dataclass(frozen=True, slots=True)
 class SwitchStatus:
     name: str
@@ -182,6 +185,7 @@ class Switch:
         auto = config.auto
         self._window = RollingWindow(auto.window) if auto else None
         self._slow_s = auto.slow_call_ms / 1000.0 if auto else 0.0
+        self._by_errors = auto is not None and auto.metric == "error_ratio"
         self.degraded_total = 0
         self.shadow_degraded_total = 0
         self._refresh_passive()
@@ -228,12 +232,12 @@ class Switch:
     def observe(self, verdict: Verdict, ok: bool, latency: float, now: float) -> None:
         """The outcome of a request ``check`` let through (``ok``: not an error as the
         route classifies it; ``latency`` in seconds). Cheap unless it changes state."""
-        auto = self.config.auto
-        if auto is None or self.mode != "auto" or verdict == Verdict.DEGRADE:
-            return
-        bad = (not ok) if auto.metric == "error_ratio" else latency >= self._slow_s
         w = self._window
-        if self.state == "normal" and w is not None:
+        if w is None or self.mode != "auto" or verdict == _DEGRADE:
+            return  # (a window exists exactly when the switch has an auto rule)
+        bad = (not ok) if self._by_errors else latency >= self._slow_s
+        auto: AutoTrip = self.config.auto  # type: ignore[assignment]
+        if self.state == "normal":
             w.record(now, bad)
             if bad:
                 calls, failures, _ = w.totals(now)

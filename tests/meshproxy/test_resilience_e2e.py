@@ -419,3 +419,44 @@ resilience:
         assert (await request(listener_port(proxy))).status == 200
     finally:
         await proxy.close()
+
+
+async def test_fused_path_runs_an_automatic_switch_through_its_whole_cycle(
+        upstreams, proxy_factory) -> None:
+    """On the fused fast path (GuardedDirect: the switch is checked inline while it is
+    passive, asked while it is not): errors trip the switch, the fallback is served
+    without calling the backend, after the cooldown a share of requests probe the
+    recovered backend and the switch goes back to normal, where requests pass again."""
+    from meshproxy.layers.guard import GuardedDirect
+
+    ups = await upstreams(1)
+    extra = """
+resilience:
+  switches:
+    - name: all-errors
+      level: interface
+      target: all
+      auto: {metric: error_ratio, threshold: 0.5, minimum_requests: 4, window: 30,
+             cooldown: 0.3, probe_ratio: 0.5, probe_requests: 4}
+      action: {kind: static, status: 200, body: "fallback"}
+"""
+    p = await proxy_factory(_cfg(ups, extra=extra))
+    assert isinstance(p.listeners["web"].router.routes[0].direct, GuardedDirect)
+    sw = p.resilience.switches.get("all-errors")
+    port = listener_port(p)
+    ups[0].status_override = 500
+    for _ in range(4):
+        assert (await request(port)).status == 500
+    assert (sw.state, sw.passive) == ("tripped", False)
+    calls = len(ups[0].requests)
+    assert (await request(port)).body == b"fallback"
+    assert len(ups[0].requests) == calls  # the fallback did not call the backend
+    ups[0].status_override = None
+    await asyncio.sleep(0.35)  # the cooldown
+    bodies = [(await request(port)).body for _ in range(8)]
+    assert b"fallback" in bodies  # probing: only a share goes through
+    assert sum(b != b"fallback" for b in bodies) == 4
+    assert (sw.state, sw.passive) == ("normal", True)
+    assert (await request(port)).status == 200
+    kinds = [e.kind for e in p.resilience.events.recent(kind="switch.")]
+    assert kinds == ["switch.tripped", "switch.probing", "switch.normal"]
