@@ -26,8 +26,12 @@ callers' proxies learn it one watch event and one config apply later. A preStop 
 (the sidecar injection gives meshed Pods one by default, see ``sidecar.py``) keeps the
 app serving through that window, so no request is sent to a process already gone.
 
+:func:`run_hook` runs one hook of either kind; the pod worker also uses it for
+``postStart`` and :func:`stop_in_order` for a single container it kills (a failed
+liveness or startup probe, a failed postStart), which so gets its preStop hook too.
+
 Neighbours: ``pod_worker.py`` (calls :func:`stop_in_order` from ``terminate``),
-``probes.py`` (runs exec and httpGet actions), ``spec.py`` (:class:`PreStop`).
+``probes.py`` (runs exec and httpGet actions), ``spec.py`` (:class:`Hook`).
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ from dataclasses import dataclass
 from control.agent.clock import Clock
 from control.agent.probes import run_action
 from control.agent.runtime.base import ContainerInfo, PortBinding, Runtime
-from control.agent.spec import Container, PreStop
+from control.agent.spec import Container, Hook
 
 log = logging.getLogger(__name__)
 
 MIN_STOP_GRACE = 2.0  # s: SIGTERM-to-SIGKILL window kept after hooks (Kubernetes' value)
+#: Seconds a postStart hook may take. Kubernetes sets no bound; an agent must not wait
+#: forever on a hook that hangs, and two minutes covers any warm-up a hook should do.
+POST_START_TIMEOUT = 120.0
 
 HookFailed = Callable[[str, str], None]
 """``(container name, message)``: a preStop hook failed or was cut off."""
@@ -61,9 +68,9 @@ class StopTarget:
     sidecar: bool = False
 
 
-async def run_pre_stop(hook: PreStop, container: Container, *, runtime: Runtime,
-                       container_id: str, host: str, ports: tuple[PortBinding, ...],
-                       clock: Clock, budget: float) -> str | None:
+async def run_hook(hook: Hook, container: Container, *, runtime: Runtime,
+                   container_id: str, host: str, ports: tuple[PortBinding, ...],
+                   clock: Clock, budget: float) -> str | None:
     """Run one hook for at most ``budget`` seconds; the failure's message, or None."""
     if hook.sleep_seconds is not None:
         await clock.sleep(min(hook.sleep_seconds, budget))
@@ -103,9 +110,9 @@ async def _hook(t: StopTarget, *, runtime: Runtime, clock: Clock, host: str, bud
     assert t.spec is not None
     assert t.spec.pre_stop is not None
     try:
-        failure = await run_pre_stop(t.spec.pre_stop, t.spec, runtime=runtime,
-                                     container_id=t.info.id, host=host, ports=t.ports,
-                                     clock=clock, budget=budget)
+        failure = await run_hook(t.spec.pre_stop, t.spec, runtime=runtime,
+                                 container_id=t.info.id, host=host, ports=t.ports,
+                                 clock=clock, budget=budget)
     except Exception as e:  # a hook never stops the termination
         failure = f"{type(e).__name__}: {e}"
     if failure is not None:

@@ -17,6 +17,13 @@ controller needs them: pods here are reached at ``hostIP:hostPort``).
 containers, the mesh sidecar last, SIGKILL after the grace period (``lifecycle.py``);
 then the containers are removed and the Pod's ports are released.
 
+Container hooks as the kubelet runs them: a ``postStart`` hook runs right after its
+container started, before its probes are armed (the container is not ready until it
+succeeded); a failing one is a ``FailedPostStartHook`` Warning and the container is
+killed, then restarted under the restart policy. Killing one container (a failed
+postStart, a failed liveness or startup probe) runs its ``preStop`` hook first, inside
+the Pod's grace period, as a Pod deletion does.
+
 Time comes from a :class:`~control.agent.clock.Clock`: probe periods and back-off
 run on a :class:`~control.agent.clock.ManualClock` in tests. The agent loop
 (``agent.py``) calls ``sync`` periodically and whenever the Pod changes.
@@ -35,7 +42,7 @@ from typing import Any, Literal
 
 from control.agent import sidecar
 from control.agent.clock import Clock
-from control.agent.lifecycle import StopTarget, stop_in_order
+from control.agent.lifecycle import POST_START_TIMEOUT, StopTarget, run_hook, stop_in_order
 from control.agent.ports import HostPorts, PortError
 from control.agent.probes import ProbeTracker, run_action
 from control.agent.restart import BackOff, should_restart
@@ -230,8 +237,21 @@ class PodWorker:
         slot.exited_at = None
         slot.current = await self.runtime.inspect(cid)
         slot.next_attempt += 1
-        self._arm_probes(slot)
         self._event("Normal", "Started", f"Started container {c.name}")
+        if c.post_start is not None:
+            try:
+                failure = await run_hook(c.post_start, c, runtime=self.runtime,
+                                         container_id=cid, host=self.ports.host,
+                                         ports=self._bindings.get(c.name, ()),
+                                         clock=self.clock, budget=POST_START_TIMEOUT)
+            except Exception as e:  # the hook's own failure, reported like any other
+                failure = f"{type(e).__name__}: {e}"
+            if failure is not None:
+                self._event("Warning", "FailedPostStartHook",
+                            f"PostStartHook failed for container {c.name}: {failure}")
+                await self._kill(slot)
+                return
+        self._arm_probes(slot)
 
     def _spec_of(self, name: str) -> Container | None:
         slot = self._slots.get(name)
@@ -316,12 +336,27 @@ class PodWorker:
             if kind in ("liveness", "startup") and tracker.failed:
                 self._event("Normal", "Killing", f"Container {slot.spec.name} failed {kind} "
                                                  "probe, will be restarted")
-                await self.runtime.stop(slot.current.id,
-                                        grace=self.pod.termination_grace_period)
-                slot.current = await self.runtime.inspect(slot.current.id)
+                await self._kill(slot)
                 return
             if kind == "readiness":
                 slot.ready = tracker.success
+
+    async def _kill(self, slot: _Slot) -> None:
+        """Stop one running container as the kubelet kills it (a failed liveness or
+        startup probe, a failed postStart hook): its preStop hook, then SIGTERM and
+        SIGKILL within the Pod's grace period. The next sync restarts it (or not)
+        under the restart policy."""
+        assert slot.current is not None
+        target = StopTarget(slot.current, slot.spec, self._bindings.get(slot.spec.name, ()),
+                            sidecar=False)
+        await stop_in_order([target], grace=self.pod.termination_grace_period,
+                            runtime=self.runtime, clock=self.clock, host=self.ports.host,
+                            on_hook_failure=self._pre_stop_failed)
+        slot.current = await self.runtime.inspect(slot.current.id)
+
+    def _pre_stop_failed(self, name: str, why: str) -> None:
+        self._event("Warning", "FailedPreStopHook",
+                    f"PreStopHook failed for container {name}: {why}")
 
     def next_wake(self) -> float:
         """Seconds until something is due (a probe or the end of a back-off), at most 1."""
@@ -351,9 +386,7 @@ class PodWorker:
                               and i.container_name == sidecar.NAME)
                    for i in infos if i.state == "running"]
         await stop_in_order(targets, grace=g, runtime=self.runtime, clock=self.clock,
-                            host=self.ports.host, on_hook_failure=lambda name, why: self._event(
-                                "Warning", "FailedPreStopHook",
-                                f"PreStopHook failed for container {name}: {why}"))
+                            host=self.ports.host, on_hook_failure=self._pre_stop_failed)
         for slot in self._slots.values():
             if slot.current is not None:  # keep how it ended for the final status
                 try:

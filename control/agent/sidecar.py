@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from control.agent.spec import Container, Pod, PodSpecError, Port, PreStop, Probe
+from control.agent.spec import Container, Hook, Pod, PodSpecError, Port, Probe
 
 INJECT = "mesh.io/inject"
 INBOUND_PORT = "mesh.io/inbound-port"
@@ -237,7 +237,7 @@ def inject(pod: Pod, *, python: str = sys.executable, mesh: MeshSettings | None 
     hold = drain_seconds(pod)
     if hold > 0:  # the app keeps serving while callers' proxies drop this Pod
         containers = tuple(c if c.pre_stop is not None
-                           else replace(c, pre_stop=PreStop(sleep_seconds=hold))
+                           else replace(c, pre_stop=Hook(sleep_seconds=hold))
                            for c in containers)
     sidecar = Container(
         name=NAME, image="meshproxy (local process)", pull_policy="Never", command=command,

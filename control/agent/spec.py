@@ -8,8 +8,8 @@ ports[1].containerPort``) instead of failing half-way through a start.
 
 Supported: containers (name, image, imagePullPolicy, command, args, env with literal
 values, workingDir, ports, resources.limits/requests cpu and memory, liveness/
-readiness/startup probes with httpGet, tcpSocket and exec, ``lifecycle.preStop`` with
-sleep, exec and httpGet), restartPolicy,
+readiness/startup probes with httpGet, tcpSocket and exec, ``lifecycle.postStart`` and
+``lifecycle.preStop`` with sleep, exec and httpGet), restartPolicy,
 terminationGracePeriodSeconds, volumes (emptyDir, hostPath) with volumeMounts.
 Fields outside that list are ignored, as a kubelet ignores fields of newer versions.
 
@@ -66,10 +66,11 @@ class Probe:
 
 
 @dataclass(frozen=True)
-class PreStop:
-    """A container's ``lifecycle.preStop`` hook: exactly one of ``sleep_seconds``
-    (Kubernetes' ``sleep`` action, run by the agent) and ``action`` (``exec`` or
-    ``httpGet``, run like a probe whose timeout is what is left of the grace period)."""
+class Hook:
+    """A container's ``lifecycle.postStart`` or ``lifecycle.preStop`` hook: exactly one
+    of ``sleep_seconds`` (Kubernetes' ``sleep`` action, run by the agent) and ``action``
+    (``exec`` or ``httpGet``, run like a probe whose timeout is the hook's budget: what
+    is left of the grace period for preStop, ``POST_START_TIMEOUT`` for postStart)."""
 
     sleep_seconds: float | None = None
     action: Probe | None = None
@@ -107,7 +108,8 @@ class Container:
     readiness: Probe | None = None
     startup: Probe | None = None
     mounts: tuple[Mount, ...] = ()
-    pre_stop: PreStop | None = None
+    post_start: Hook | None = None
+    pre_stop: Hook | None = None
 
     def probe(self, kind: ProbeKind) -> Probe | None:
         return {"liveness": self.liveness, "readiness": self.readiness,
@@ -206,6 +208,7 @@ def _container(raw: Any, path: str, volume_names: set[str]) -> Container:
     resources = _dict(d.get("resources") or {}, f"{path}.resources")
     limits = _dict(resources.get("limits") or {}, f"{path}.resources.limits")
     requests = _dict(resources.get("requests") or {}, f"{path}.resources.requests")
+    lifecycle = _dict(d.get("lifecycle") or {}, f"{path}.lifecycle")
     mounts = []
     for i, m in enumerate(_list(d.get("volumeMounts"), f"{path}.volumeMounts")):
         mp = f"{path}.volumeMounts[{i}]"
@@ -233,8 +236,8 @@ def _container(raw: Any, path: str, volume_names: set[str]) -> Container:
         readiness=_probe(d.get("readinessProbe"), f"{path}.readinessProbe"),
         startup=_probe(d.get("startupProbe"), f"{path}.startupProbe"),
         mounts=tuple(mounts),
-        pre_stop=_pre_stop(_dict(d.get("lifecycle") or {}, f"{path}.lifecycle")
-                           .get("preStop"), f"{path}.lifecycle.preStop"),
+        post_start=_hook(lifecycle.get("postStart"), f"{path}.lifecycle.postStart"),
+        pre_stop=_hook(lifecycle.get("preStop"), f"{path}.lifecycle.preStop"),
     )
     for kind in ("liveness", "readiness", "startup"):
         probe = container.probe(kind)
@@ -299,7 +302,7 @@ def _probe(raw: Any, path: str) -> Probe | None:
     return Probe(exec_command=cmd, **kw)
 
 
-def _pre_stop(raw: Any, path: str) -> PreStop | None:
+def _hook(raw: Any, path: str) -> Hook | None:
     if raw is None:
         return None
     d = _dict(raw, path)
@@ -311,13 +314,13 @@ def _pre_stop(raw: Any, path: str) -> PreStop | None:
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
             raise PodSpecError(f"{path}.sleep.seconds",
                                f"must be a non-negative integer, got {seconds!r}")
-        return PreStop(sleep_seconds=float(seconds))
+        return Hook(sleep_seconds=float(seconds))
     if "tcpSocket" in d:
         raise PodSpecError(f"{path}.tcpSocket", "not supported as a lifecycle hook (it is "
                                                 "deprecated in Kubernetes); use sleep, exec "
                                                 "or httpGet")
     probe = _probe({actions[0]: d[actions[0]]}, path)
-    return PreStop(action=probe)
+    return Hook(action=probe)
 
 
 def _volume(raw: Any, path: str) -> Volume:

@@ -13,7 +13,7 @@ from agent_kit import DOCKER_MARK, HTTPD, container, http_get, pod, wait_until
 from control.agent import sidecar
 from control.agent.agent import Agent
 from control.agent.clock import SystemClock
-from control.agent.spec import PodSpecError, PreStop, parse_pod
+from control.agent.spec import Hook, PodSpecError, parse_pod
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,7 +120,7 @@ def test_meshed_app_containers_get_the_default_drain_before_sigterm():
     raw["spec"]["terminationGracePeriodSeconds"] = 30
     meshed = sidecar.inject(parse_pod(raw))
     assert sidecar.DEFAULT_DRAIN == 5.0
-    assert meshed.container("app").pre_stop == PreStop(sleep_seconds=5.0)
+    assert meshed.container("app").pre_stop == Hook(sleep_seconds=5.0)
     assert meshed.container(sidecar.NAME).pre_stop is None
 
 
@@ -142,7 +142,7 @@ def test_own_prestop_hook_replaces_the_drain_and_bad_drain_is_refused():
     raw = _meshed()
     raw["spec"]["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": 1}}}
     assert sidecar.inject(parse_pod(raw)).container("app").pre_stop == \
-        PreStop(sleep_seconds=1.0)
+        Hook(sleep_seconds=1.0)
     for bad in ("-1", "soon", "nan", "inf"):
         with pytest.raises(PodSpecError, match=r"mesh\.io/drain-seconds"):
             sidecar.inject(parse_pod(_meshed(**{sidecar.DRAIN: bad})))
