@@ -13,6 +13,9 @@ desired set* (:meth:`Agent.set_pods`), level-triggered like the kubelet's pod co
   ``gracePeriodSeconds=0``, which is what makes it disappear. A marked Pod this agent
   does not run (it restarted mid-termination) has whatever containers are left stopped
   and is finalized the same way; a failed finalization is retried with the next set;
+  deleted again with a shorter grace while it terminates (``--now``), it gets the
+  shorter one: hooks still running are cut off and the containers stopped again
+  within what is left (:class:`~control.agent.lifecycle.Grace`);
 - a Pod that disappears from the set (force-deleted) is terminated gracefully (its
   ``terminationGracePeriodSeconds``) and forgotten;
 - a Pod whose spec changed (same uid, different spec) is terminated and started again
@@ -43,6 +46,7 @@ from typing import Any
 
 from control.agent import sidecar
 from control.agent.clock import Clock
+from control.agent.lifecycle import Grace
 from control.agent.pod_worker import EventType, PodWorker
 from control.agent.ports import HostPorts
 from control.agent.restart import BackOff
@@ -101,6 +105,7 @@ class Agent:
         # A Pod whose old incarnation (same uid) is still being terminated starts only
         # once that is done: both would otherwise share its containers and host ports.
         self._terminating: dict[str, asyncio.Task[None]] = {}
+        self._graces: dict[str, Grace] = {}  # uid -> the grace of its termination
         self._pending: dict[str, tuple[Obj, Pod]] = {}
         self._closing = False
         self._housekept = False
@@ -124,6 +129,7 @@ class Agent:
             self._rejected.pop(uid, None)
             desired[pod.uid] = (obj, pod)
         self._finalized &= set(deleting)
+        self._shorten_graces(deleting)
         for uid in list(self._pods):
             entry = self._pods[uid]
             if uid not in desired:
@@ -202,18 +208,31 @@ class Agent:
 
     def _retire(self, uid: str, *, grace: float, finalize: bool = False) -> None:
         entry = self._pods.pop(uid)
-        t = self._spawn(self._terminate(entry, grace, finalize=finalize),
+        g = self._graces[uid] = Grace(grace, clock=self.clock)
+        t = self._spawn(self._terminate(entry, g, finalize=finalize),
                         name=f"terminate {entry.pod.key}")
         self._terminating[uid] = t
         t.add_done_callback(lambda _: self._terminated(uid))
 
+    def _shorten_graces(self, deleting: dict[str, Obj]) -> None:
+        """A Pod already terminating here, deleted again with a shorter grace period
+        (``--grace-period=1``, ``--now``): its termination gets the shorter one."""
+        for uid, obj in deleting.items():
+            g = self._graces.get(uid)
+            seconds = (obj.get("metadata") or {}).get("deletionGracePeriodSeconds")
+            if g is not None and seconds is not None and g.shorten(float(seconds)):
+                log.info("pod %s/%s: grace period shortened to %gs",
+                         obj["metadata"].get("namespace"), obj["metadata"].get("name"),
+                         float(seconds))
+
     def _terminated(self, uid: str) -> None:
         self._terminating.pop(uid, None)
+        self._graces.pop(uid, None)
         pending = self._pending.pop(uid, None)
         if pending is not None and not self._closing:
             self._start(*pending)
 
-    async def _terminate(self, entry: _Entry, grace: float, *, finalize: bool = False
+    async def _terminate(self, entry: _Entry, grace: Grace, *, finalize: bool = False
                          ) -> None:
         await self._stop_task(entry)
         try:

@@ -58,6 +58,46 @@ HookFailed = Callable[[str, str], None]
 """``(container name, message)``: a preStop hook failed or was cut off."""
 
 
+class Grace:
+    """The grace period of one termination, on the agent's clock from when it began.
+
+    A later delete may shorten it (``kubectl delete --grace-period=1`` or ``--now`` on a
+    Pod already Terminating), never lengthen it, as the kubelet does: :meth:`shorten`
+    moves the end closer, and a termination in progress then cuts its hooks short and
+    sends the containers a new stop within what is left."""
+
+    def __init__(self, seconds: float, *, clock: Clock) -> None:
+        self._clock = clock
+        self.seconds = seconds
+        self.end = clock.now() + seconds
+        #: set (and replaced by a fresh one) each time the end moves closer
+        self.shortened = asyncio.Event()
+
+    def left(self) -> float:
+        return max(0.0, self.end - self._clock.now())
+
+    def shorten(self, seconds: float) -> bool:
+        """End ``seconds`` from now if that is sooner; True when it moved."""
+        end = self._clock.now() + max(0.0, seconds)
+        if end >= self.end:
+            return False
+        self.end = end
+        self.seconds = min(self.seconds, seconds)
+        event, self.shortened = self.shortened, asyncio.Event()
+        event.set()
+        return True
+
+
+async def _done_or_shortened(fut: asyncio.Future, grace: Grace) -> bool:
+    """Wait for ``fut``; True when it is done, False when the grace was shortened first."""
+    waiter = asyncio.ensure_future(grace.shortened.wait())
+    try:
+        await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return fut.done()
+
+
 @dataclass(frozen=True, slots=True)
 class StopTarget:
     """One running container of the Pod, with what stopping it needs."""
@@ -82,27 +122,41 @@ async def run_hook(hook: Hook, container: Container, *, runtime: Runtime,
     return None if outcome.ok else outcome.message
 
 
-async def stop_in_order(targets: list[StopTarget], *, grace: float, runtime: Runtime,
+async def stop_in_order(targets: list[StopTarget], *, grace: float | Grace, runtime: Runtime,
                         clock: Clock, host: str, on_hook_failure: HookFailed) -> None:
-    """Stop ``targets`` (running containers of one Pod) as the module docstring says."""
-    start = clock.now()
-
-    def left() -> float:
-        return max(0.0, grace - (clock.now() - start))
+    """Stop ``targets`` (running containers of one Pod) as the module docstring says;
+    a :class:`Grace` shortened meanwhile cuts the hooks short and stops the containers
+    again within what is left."""
+    g = grace if isinstance(grace, Grace) else Grace(grace, clock=clock)
 
     def window(floor: bool) -> float:
-        return max(left(), MIN_STOP_GRACE) if floor and grace > 0 else left()
+        return max(g.left(), MIN_STOP_GRACE) if floor and g.seconds > 0 else g.left()
 
     hooked = [t for t in targets if t.spec is not None and t.spec.pre_stop is not None]
-    ran_hooks = bool(hooked) and grace > 0
+    ran_hooks = bool(hooked) and g.seconds > 0
     if ran_hooks:
-        await asyncio.gather(*(_hook(t, runtime=runtime, clock=clock, host=host,
-                                     budget=left(), on_failure=on_hook_failure)
-                               for t in hooked))
-    apps = [t for t in targets if not t.sidecar]
-    await asyncio.gather(*(runtime.stop(t.info.id, grace=window(ran_hooks)) for t in apps))
-    sidecars = [t for t in targets if t.sidecar]
-    await asyncio.gather(*(runtime.stop(t.info.id, grace=window(True)) for t in sidecars))
+        running = [asyncio.ensure_future(_hook(t, runtime=runtime, clock=clock, host=host,
+                                               budget=g.left(), on_failure=on_hook_failure))
+                   for t in hooked]
+        if not await _done_or_shortened(asyncio.gather(*running, return_exceptions=True), g):
+            # a later delete asked for less: no more waiting on hooks
+            for t, task in zip(hooked, running, strict=True):
+                if not task.done():
+                    task.cancel()
+                    on_hook_failure(t.info.container_name, "cut off: the grace period was "
+                                    f"shortened to {g.seconds:g}s")
+        await asyncio.gather(*running, return_exceptions=True)
+    for group, floor in (([t for t in targets if not t.sidecar], ran_hooks),
+                         ([t for t in targets if t.sidecar], True)):
+        stops = asyncio.ensure_future(asyncio.gather(
+            *(runtime.stop(t.info.id, grace=window(floor)) for t in group)))
+        again: list[asyncio.Future] = []
+        while not await _done_or_shortened(stops, g):
+            # SIGTERM again with the shorter window: SIGKILL comes sooner
+            again.append(asyncio.ensure_future(asyncio.gather(
+                *(runtime.stop(t.info.id, grace=g.left()) for t in group))))
+        await stops
+        await asyncio.gather(*again)
 
 
 async def _hook(t: StopTarget, *, runtime: Runtime, clock: Clock, host: str, budget: float,

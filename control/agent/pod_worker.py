@@ -42,7 +42,13 @@ from typing import Any, Literal
 
 from control.agent import sidecar
 from control.agent.clock import Clock
-from control.agent.lifecycle import POST_START_TIMEOUT, StopTarget, run_hook, stop_in_order
+from control.agent.lifecycle import (
+    POST_START_TIMEOUT,
+    Grace,
+    StopTarget,
+    run_hook,
+    stop_in_order,
+)
 from control.agent.ports import HostPorts, PortError
 from control.agent.probes import ProbeTracker, run_action
 from control.agent.restart import BackOff, should_restart
@@ -370,16 +376,18 @@ class PodWorker:
 
     # -- terminate ---------------------------------------------------------------
 
-    async def terminate(self, grace: float | None = None) -> None:
+    async def terminate(self, grace: float | Grace | None = None) -> None:
         """Stop every container of the Pod in Kubernetes' order (``lifecycle.py``:
         preStop hooks, SIGTERM to the app, the sidecar last, SIGKILL after ``grace``),
-        remove them, release the Pod's ports and volumes. Idempotent."""
+        remove them, release the Pod's ports and volumes. Idempotent. A :class:`Grace`
+        may be shortened while this runs (a later delete asking for less)."""
         self.terminated = True
         g = self.pod.termination_grace_period if grace is None else grace
         infos = await self.runtime.list(pod_uid=self.pod.uid)
         if infos:
+            seconds = g.seconds if isinstance(g, Grace) else g
             self._event("Normal", "Killing", f"Stopping {len(infos)} container(s) "
-                                             f"(grace period {g:g}s)")
+                                             f"(grace period {seconds:g}s)")
         targets = [StopTarget(i, self._spec_of(i.container_name),
                               self._bindings.get(i.container_name, i.ports),
                               sidecar=self._fronted is not None

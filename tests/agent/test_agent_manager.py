@@ -213,3 +213,43 @@ async def test_marked_pod_is_stopped_then_finalized_once_and_a_failure_retried(
         assert agent.workers() == []
     finally:
         await agent.close(stop_pods=True)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES[:1], indirect=True)
+async def test_deleting_again_with_a_shorter_grace_shortens_the_termination(
+        runtime, host_ports, tmp_path):
+    """A Pod marked for deletion with 600 s of grace and held by a 600 s preStop sleep
+    is listed again with deletionGracePeriodSeconds 1 (a later ``delete --now``): the
+    agent's termination takes the shorter grace, so the Pod is stopped and finalized
+    within seconds instead of ten minutes."""
+    finals: list[str] = []
+
+    async def finalize(obj: dict) -> bool:
+        finals.append(obj["metadata"]["name"])
+        return True
+
+    rec = Recorder()
+    agent = Agent(node=runtime.node, node_ip="127.0.0.1", runtime=runtime, ports=host_ports,
+                  clock=SystemClock(), state_dir=tmp_path / "agent", status_sink=rec.status,
+                  event_sink=rec.event, finalize_sink=finalize)
+    try:
+        web = pod("web", container("app", HTTPD, ports=[{"containerPort": 8080}],
+                                   lifecycle={"preStop": {"sleep": {"seconds": 600}}}),
+                  grace=600)
+        await agent.set_pods([web])
+        await wait_until(lambda: _ready(rec, "web"), what="web Ready")
+
+        def marked(seconds: int) -> dict:
+            return {**web, "metadata": {**web["metadata"],
+                                        "deletionTimestamp": "2026-01-01T00:10:00Z",
+                                        "deletionGracePeriodSeconds": seconds}}
+
+        await agent.set_pods([marked(600)])
+        await asyncio.sleep(1.0)  # inside the preStop sleep
+        assert finals == []
+        assert await runtime.list() != []
+        await agent.set_pods([marked(1)])
+        await wait_until(lambda: finals == ["web"], timeout=30, what="the finalize")
+        assert await runtime.list() == []
+    finally:
+        await agent.close(stop_pods=True)

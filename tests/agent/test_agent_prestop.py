@@ -128,3 +128,31 @@ async def test_sidecar_gets_sigterm_only_after_the_app_has_exited(make_worker, r
                                          on_hook_failure=lambda *_: None), 30)
     assert log.read_text().split() == ["app-exit", "proxy-term"]
     await w.terminate(grace=0)
+
+
+async def test_shortened_grace_cuts_the_hook_and_stops_at_once(make_worker, runtime, clock,
+                                                               tmp_path):
+    """A termination with a 600 s grace held by a 600 s preStop sleep: shortening the
+    grace to 0.5 s (a later ``delete --now``) cuts the hook off (reported), and the app
+    gets its SIGTERM and stops without the agent's clock moving at all."""
+    from control.agent.lifecycle import Grace
+
+    mark = tmp_path / "term"
+    events: list[tuple[str, str, str]] = []
+    app = container("app", ON_TERM.format(action=f"echo term > {mark}", mark=mark),
+                    lifecycle={"preStop": {"sleep": {"seconds": 600}}})
+    w = make_worker(pod("web", app, grace=600), events=lambda *e: events.append(e))
+    await w.sync()
+    await _armed(mark)
+    grace = Grace(600, clock=clock)
+    stopping = asyncio.create_task(w.terminate(grace))
+    await wait_until(lambda: clock.sleepers > 0, what="the preStop sleep")
+    await asyncio.sleep(0.3)
+    assert not stopping.done()
+    assert not grace.shorten(900)  # never lengthened
+    assert grace.shorten(0.5)
+    await asyncio.wait_for(stopping, 30)
+    assert mark.read_text().strip() == "term"
+    [cut] = [e for e in events if e[1] == "FailedPreStopHook"]
+    assert "shortened to 0.5s" in cut[2]
+    assert await runtime.list() == []
