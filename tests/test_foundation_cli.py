@@ -51,3 +51,12 @@ def test_planned_verbs_say_so_and_exit_non_zero(monkeypatch, capsys) -> None:
         cli.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "teleport move a pod instantly (planned, issue #99)" in help_text
+    assert "Subcommands marked (planned) are not built yet" in help_text
+
+
+def test_help_announces_no_planned_verbs_when_there_are_none() -> None:
+    """With every verb built, --help does not talk about planned ones."""
+    from control.cli import main as cli
+
+    assert not cli.PLANNED
+    assert "planned" not in cli.build_parser().format_help()

@@ -64,11 +64,10 @@ def _register_agent(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="meshctl",
-        description="Control plane and client of the mesh. Subcommands marked (planned) "
-                    "are not built yet and exit with status 2.",
-    )
+    description = "Control plane and client of the mesh."
+    if PLANNED:
+        description += " Subcommands marked (planned) are not built yet and exit with status 2."
+    p = argparse.ArgumentParser(prog="meshctl", description=description)
     p.add_argument("--version", action="version", version=f"meshctl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (text, issue) in PLANNED.items():
