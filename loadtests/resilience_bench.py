@@ -8,7 +8,12 @@ request) and an automatic degradation switch on the route. Rounds alternate betw
 the two so that drift in the machine's load hits both alike; the verdict is the
 median over the rounds of guarded/plain requests/s within a round (the two cells of a
 round run back to back), beside the ratio of the medians and the proxies' CPU time
-per request (from ``/proc``). Target: the guarded run loses at most 10%.
+per request (from ``/proc``). With two or more CPUs the proxies are pinned to the last
+one and wrk and the backend to the others (``taskset``), so that every round places the
+processes alike and the proxy, with a core of its own, is the bottleneck (``--no-pin``
+turns it off; on this project's virtual machine rounds still swing with the host's load
+either way, which is why runs are repeated, see ``loadtests/README.md``). Target: the
+guarded run loses at most 10%.
 
 ``cascade``: the scenario of ``tests/meshproxy/cascade.py`` (A -> proxy -> B -> proxy
 -> C, C hangs; A's other route measured) for the healthy baseline, with breakers and
@@ -20,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,12 +60,24 @@ def _config(port: int, backend_port: int, *, guarded: bool) -> dict:
     return doc
 
 
+def pinning(enabled: bool) -> tuple[list[str], list[str]] | None:
+    """``taskset`` prefixes (proxies, everything else) giving the proxies the last CPU
+    and the load generator and backend the others; None when off or impossible."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
+        return None
+    rest = ",".join(str(c) for c in cpus[:-1])
+    return ["taskset", "-c", str(cpus[-1])], ["taskset", "-c", rest]
+
+
 async def overhead(args: argparse.Namespace) -> dict:
+    pin = pinning(args.pin)
+    proxy_prefix, rest_prefix = pin if pin is not None else ([], [])
     with (tempfile.TemporaryDirectory(prefix="res-bench-") as tmpdir,
           ServerSet(Path(tmpdir)) as servers):
         tmp = Path(tmpdir)
         be = backend(tmp)
-        servers.start("backend", be.argv, port=be.port)  # type: ignore[arg-type]
+        servers.start("backend", [*rest_prefix, *be.argv], port=be.port)  # type: ignore[misc]
         script = wrk.write_script(tmp)
         exe = Path(sys.executable).with_name("meshproxy")
         ports, pgids = {}, {}
@@ -68,20 +87,20 @@ async def overhead(args: argparse.Namespace) -> dict:
             conf.write_text(yaml.safe_dump(_config(ports[name], be.port,
                                                    guarded=name == "guarded")))
             pgids[name] = servers.start(f"meshproxy-{name}",
-                                        [str(exe), "--config", str(conf)],
+                                        [*proxy_prefix, str(exe), "--config", str(conf)],
                                         port=ports[name]).pgid
         rounds: dict[str, list[wrk.WrkResult]] = {"plain": [], "guarded": []}
         cpu_us: dict[str, list[float]] = {"plain": [], "guarded": []}
         for port in ports.values():  # warm-up
             await wrk.run(f"http://{HOST}:{port}/", script=script, mode="keepalive",
-                          duration=1, connections=args.connections)
+                          duration=1, connections=args.connections, prefix=rest_prefix)
         for i in range(args.rounds):
             order = ("plain", "guarded") if i % 2 == 0 else ("guarded", "plain")
             for name in order:
                 cpu0 = group_usage(pgids[name]).cpu_seconds
                 res = await wrk.run(f"http://{HOST}:{ports[name]}/", script=script,
                                     mode="keepalive", duration=args.duration,
-                                    connections=args.connections)
+                                    connections=args.connections, prefix=rest_prefix)
                 spent = group_usage(pgids[name]).cpu_seconds - cpu0
                 rounds[name].append(res)
                 cpu_us[name].append(spent / max(1, res.requests) * 1e6)
@@ -104,12 +123,15 @@ async def overhead(args: argparse.Namespace) -> dict:
     out["ratio_of_medians"] = out["guarded"]["rps"] / out["plain"]["rps"]
     out["cpu_ratio"] = (out["plain"]["cpu_us_per_request"]
                         / out["guarded"]["cpu_us_per_request"])
+    out["pinned"] = pin is not None
     return out
 
 
 def overhead_table(r: dict, args: argparse.Namespace) -> str:
+    pinned = ("proxies pinned to one CPU, wrk and the backend to the other(s)"
+              if r.get("pinned") else "not pinned")
     lines = [f"wrk -t1 -c{args.connections}, {args.rounds} alternating rounds of "
-             f"{args.duration:g} s, medians.", "",
+             f"{args.duration:g} s, medians; {pinned}.", "",
              "| route | req/s | p50 ms | p99 ms | errors | proxy CPU us/request |",
              "|---|---:|---:|---:|---:|---:|"]
     for name in ("plain", "guarded"):
@@ -165,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
     ap.add_argument("--rounds", type=int, default=8, help="overhead: rounds per variant")
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="overhead: do not pin the proxies to a CPU of their own")
     args = ap.parse_args(argv)
     print(json.dumps(machine()), flush=True)
     if args.what == "overhead":

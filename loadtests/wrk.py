@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -137,11 +138,12 @@ def parse(output: str) -> WrkResult:
 
 
 async def run(url: str, *, script: Path, mode: Mode, duration: float,
-              connections: int) -> WrkResult:
-    """Run wrk once; kill its process group if it overstays ``duration`` by far."""
+              connections: int, prefix: Sequence[str] = ()) -> WrkResult:
+    """Run wrk once (after ``prefix``, e.g. ``taskset -c 0``); kill its process group
+    if it overstays ``duration`` by far."""
     argv = command(url, script=script, mode=mode, duration=duration, connections=connections)
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        *prefix, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=duration + 30)

@@ -25,3 +25,20 @@ def test_verdict_follows_the_median_of_paired_rounds() -> None:
     missed = overhead_table(_result([0.80, 0.86, 0.97]), args)
     assert "(target >= 0.90: NOT met)" in missed
     assert "| guarded | 10000 | 1.00 | 3.00 | 0 | 63.0 |" in missed
+
+
+def test_pinning_gives_the_proxies_the_last_cpu_and_the_rest_to_the_others(
+        monkeypatch) -> None:
+    """With several CPUs and taskset: the proxies get the last CPU, wrk and the backend
+    all the others; off when asked, or with a single CPU, or without taskset."""
+    from loadtests import resilience_bench as rb
+
+    monkeypatch.setattr(rb.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setattr(rb.shutil, "which", lambda _cmd: "/usr/bin/taskset")
+    assert rb.pinning(True) == (["taskset", "-c", "3"], ["taskset", "-c", "0,1,2"])
+    assert rb.pinning(False) is None
+    monkeypatch.setattr(rb.os, "sched_getaffinity", lambda _pid: {5})
+    assert rb.pinning(True) is None
+    monkeypatch.setattr(rb.os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(rb.shutil, "which", lambda _cmd: None)
+    assert rb.pinning(True) is None
