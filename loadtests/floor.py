@@ -50,8 +50,9 @@ class _Upstream(asyncio.Protocol):
 
 
 class _Client(asyncio.Protocol):
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], clients: set[_Client]) -> None:
         self.upstream_addr = upstream
+        self.clients = clients  # the open ones, closed on shutdown
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.up: _Upstream | None = None
@@ -60,6 +61,7 @@ class _Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.clients.add(self)
         self.task = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -100,6 +102,7 @@ class _Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.clients.discard(self)
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.close()
@@ -109,14 +112,9 @@ async def serve(host: str, port: int, upstream: tuple[str, int]) -> None:
     """Relay until SIGTERM or SIGINT (or cancelled); every connection is closed on the
     way out."""
     loop = asyncio.get_running_loop()
-    clients: list[_Client] = []
-
-    def client() -> _Client:
-        c = _Client(upstream)
-        clients.append(c)
-        return c
-
-    server = await loop.create_server(client, host, port, backlog=4096)
+    clients: set[_Client] = set()
+    server = await loop.create_server(lambda: _Client(upstream, clients), host, port,
+                                      backlog=4096)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -126,7 +124,7 @@ async def serve(host: str, port: int, upstream: tuple[str, int]) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        for c in clients:
+        for c in list(clients):
             c.close()
             if c.task is not None:
                 c.task.cancel()

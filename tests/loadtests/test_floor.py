@@ -113,3 +113,22 @@ async def test_malformed_request_closes_the_client_and_reaches_nobody(floor) -> 
     assert backend.received == b""
     writer.close()
     await writer.wait_closed()
+
+
+async def test_closed_clients_are_forgotten() -> None:
+    """The floor keeps only open clients (for closing them on shutdown): a
+    connection-per-request run must not grow its memory with every client."""
+    from loadtests.floor import _Client
+
+    class _Transport:
+        def close(self) -> None:
+            pass
+
+    clients: set = set()
+    c = _Client(("127.0.0.1", free_port()), clients)
+    c.connection_made(_Transport())  # type: ignore[arg-type]
+    assert clients == {c}
+    c.connection_lost(None)
+    assert clients == set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await c.task  # type: ignore[misc]
