@@ -151,12 +151,15 @@ async def stop_in_order(targets: list[StopTarget], *, grace: float | Grace, runt
         stops = asyncio.ensure_future(asyncio.gather(
             *(runtime.stop(t.info.id, grace=window(floor)) for t in group)))
         again: list[asyncio.Future] = []
-        while not await _done_or_shortened(stops, g):
-            # SIGTERM again with the shorter window: SIGKILL comes sooner
-            again.append(asyncio.ensure_future(asyncio.gather(
-                *(runtime.stop(t.info.id, grace=g.left()) for t in group))))
-        await stops
-        await asyncio.gather(*again)
+        try:
+            while not await _done_or_shortened(stops, g):
+                # SIGTERM again with the shorter window: SIGKILL comes sooner
+                again.append(asyncio.ensure_future(asyncio.gather(
+                    *(runtime.stop(t.info.id, grace=g.left()) for t in group))))
+            await stops
+        finally:
+            # the first stop's failure is the one raised; the repeats end either way
+            await asyncio.gather(*again, return_exceptions=True)
 
 
 async def _hook(t: StopTarget, *, runtime: Runtime, clock: Clock, host: str, budget: float,
