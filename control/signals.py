@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -22,12 +23,10 @@ def on_stop_signals(callback: Callable[[], object]) -> Iterator[None]:
     removed on the way out. Nothing is installed off the main thread."""
     loop = asyncio.get_running_loop()
     installed = []
-    for sig in STOP_SIGNALS:
-        try:
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, callback)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            continue
-        installed.append(sig)
+            installed.append(sig)
     try:
         yield
     finally:

@@ -40,7 +40,7 @@ from control.client import errors
 
 if TYPE_CHECKING:
     from control.client.resources import Resource
-    from control.client.rest import ApiClient
+    from control.client.rest import ApiClient, Obj
 
 CASCADE: dict[str, Literal["Foreground", "Background", "Orphan"]] = {
     "background": "Background", "foreground": "Foreground", "orphan": "Orphan"}
@@ -185,28 +185,30 @@ def _qualified(res: Resource) -> str:
     return f"{res.kind.lower()}.{res.group}" if res.group else res.kind.lower()
 
 
-async def _is_gone(api: ApiClient, res: Resource, name: str, ns: str | None,
-                   uid: str | None) -> bool:
-    """Gone: not found, or the name now belongs to another object (another uid)."""
+async def _current(api: ApiClient, res: Resource, name: str, ns: str | None,
+                   uid: str | None) -> Obj | None:
+    """The object as it is now, or None when it is gone: not found, or the name now
+    belongs to another object (another uid)."""
     try:
         obj = await api.get(res, name, namespace=ns)
     except errors.NotFound:
-        return True
-    return uid is not None and (obj.get("metadata") or {}).get("uid") != uid
+        return None
+    if uid is not None and (obj.get("metadata") or {}).get("uid") != uid:
+        return None
+    return obj
+
+
+async def _is_gone(api: ApiClient, res: Resource, name: str, ns: str | None,
+                   uid: str | None) -> bool:
+    return await _current(api, res, name, ns, uid) is None
 
 
 async def _gone(api: ApiClient, res: Resource, name: str, ns: str | None,
                 uid: str | None) -> None:
     """Return once the object is gone: read it, then watch it by name from that
     revision (kubectl's way); a watch that ends or expires (410) reads again."""
-    while True:
-        try:
-            obj = await api.get(res, name, namespace=ns)
-        except errors.NotFound:
-            return
+    while (obj := await _current(api, res, name, ns, uid)) is not None:
         md = obj.get("metadata") or {}
-        if uid is not None and md.get("uid") != uid:
-            return
         try:
             async with api.watch(res, namespace=ns, resource_version=md.get("resourceVersion"),
                                  field_selector=f"metadata.name={name}") as events:

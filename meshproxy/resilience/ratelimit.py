@@ -213,15 +213,9 @@ class RateLimiter:
         now = self._clock() if now is None else now
         b = self._inline
         if b is not None:
-            # refill_and_take for one token, inlined (this runs once per request)
+            ok, b[0], b[1] = refill_and_take(b[0], b[1], now, self.config.rate,
+                                             self._capacity, 1.0)
             left = b[0]
-            if now > b[1]:
-                left = min(self._capacity, left + (now - b[1]) * self.config.rate)
-                b[1] = now
-            ok = left >= 1.0
-            if ok:
-                left -= 1.0
-            b[0] = left
         else:
             ok, left = self._backend.take(self.key(client_address=client_address,
                                                    header_value=header_value),

@@ -229,6 +229,19 @@ TERM_AWARE = ("trap 'sleep 0.5; echo drained > {mark}; exit 0' TERM; touch {mark
               "while true; do sleep 0.1; done")
 
 
+async def _run_term_aware_web(admin, runtime, mark: Path) -> None:
+    """Create Pod ``web`` bound to this node (grace 20 s), its app writing ``mark`` on
+    SIGTERM; return once it runs and its SIGTERM handler is installed."""
+    web = pod("web", container("app", TERM_AWARE.format(mark=mark)), grace=20)
+    del web["metadata"]["uid"]
+    web["spec"]["nodeName"] = runtime.node
+    await admin.create("pods", web, namespace="default")
+    await wait_until(lambda: _phase_is(admin, "web", "Running"), timeout=30,
+                     what="web Running")
+    await wait_until(lambda: Path(f"{mark}.armed").exists(), timeout=30,
+                     what="the SIGTERM handler installed")
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES[:1], indirect=True)
 async def test_graceful_delete_stops_the_pod_then_the_agent_finalizes_it(
         apiserver, runtime, host_ports, tmp_path):
@@ -240,14 +253,7 @@ async def test_graceful_delete_stops_the_pod_then_the_agent_finalizes_it(
     admin = _client(apiserver, apiserver.admin_token)
     agent = Running(apiserver, runtime, host_ports, tmp_path / "agent")
     try:
-        web = pod("web", container("app", TERM_AWARE.format(mark=mark)), grace=20)
-        del web["metadata"]["uid"]
-        web["spec"]["nodeName"] = runtime.node
-        await admin.create("pods", web, namespace="default")
-        await wait_until(lambda: _phase_is(admin, "web", "Running"), timeout=30,
-                         what="web Running")
-        await wait_until(lambda: Path(f"{mark}.armed").exists(), timeout=30,
-                         what="the SIGTERM handler installed")
+        await _run_term_aware_web(admin, runtime, mark)
         marked = await admin.delete("pods", "web", namespace="default")
         assert marked["metadata"]["deletionGracePeriodSeconds"] == 20
         seen_terminating = (await admin.get("pods", "web", namespace="default"))
@@ -270,14 +276,7 @@ async def test_agent_restarted_mid_termination_still_stops_and_finalizes(
     first = Running(apiserver, runtime, host_ports, tmp_path / "agent")
     second = None
     try:
-        web = pod("web", container("app", TERM_AWARE.format(mark=mark)), grace=20)
-        del web["metadata"]["uid"]
-        web["spec"]["nodeName"] = runtime.node
-        await admin.create("pods", web, namespace="default")
-        await wait_until(lambda: _phase_is(admin, "web", "Running"), timeout=30,
-                         what="web Running")
-        await wait_until(lambda: Path(f"{mark}.armed").exists(), timeout=30,
-                         what="the SIGTERM handler installed")
+        await _run_term_aware_web(admin, runtime, mark)
         await first.close()  # containers keep running
         [info] = await runtime.list()
         host_ports.release(info.pod_uid)
