@@ -14,10 +14,13 @@ import re
 from typing import TYPE_CHECKING
 
 from meshproxy.config.listeners import HeaderMatch, HttpListenerConfig, RouteConfig
+from meshproxy.http.lane import Lane
+from meshproxy.layers.forward import Forward
 from meshproxy.stack import StackContext, build_handler, direct_forward
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
+    from meshproxy.http.headers import Headers
     from meshproxy.http.message import Exchange
     from meshproxy.layers.base import Handler
     from meshproxy.metrics import Stats
@@ -33,8 +36,13 @@ class _HeaderRule:
         self.present = m.present
         self.invert = m.invert
 
-    def holds(self, ex: Exchange) -> bool:
-        v = ex.header(self.name)
+    def holds(self, headers: Headers, lowered: list[bytes]) -> bool:
+        v = None
+        name = self.name
+        for i, low in enumerate(lowered):
+            if low == name:
+                v = headers[i][1]
+                break
         if self.present is not None:
             ok = (v is not None) == self.present
         elif v is None:
@@ -50,7 +58,7 @@ class Route:
     """One route of a listener, with its handler stack and bound metrics."""
 
     __slots__ = ("_exact_host", "_headers", "_path", "_prefix", "_regex", "_suffix",
-                 "cluster", "config", "direct", "handler", "name", "tally", "timeout")
+                 "cluster", "config", "direct", "handler", "lane", "name", "tally", "timeout")
 
     def __init__(self, config: RouteConfig, cluster: Cluster, *, listener: str,
                  stats: Stats, ctx: StackContext | None = None) -> None:
@@ -69,13 +77,18 @@ class Route:
         self._regex = re.compile(m.regex.encode()) if m.regex else None
         self._headers = tuple(_HeaderRule(h) for h in m.headers)
         self.tally = stats.route_tally(listener, self.name)
+        # The plain lane: only for a route whose whole stack is the defaults (its fused
+        # path is a bare Forward) and whose balancer needs nothing from the request.
+        self.lane = (Lane(cluster, timeout=self.timeout, tally=self.tally)
+                     if type(self.direct) is Forward and cluster.hash_on is None else None)
 
-    def matches(self, ex: Exchange) -> bool:
-        if self._exact_host is not None and ex.host != self._exact_host:
+    def matches(self, host: bytes, path: bytes, headers: Headers,
+                lowered: list[bytes]) -> bool:
+        """Whether every condition of the route holds for this request head."""
+        if self._exact_host is not None and host != self._exact_host:
             return False
-        if self._suffix is not None and not ex.host.endswith(self._suffix):
+        if self._suffix is not None and not host.endswith(self._suffix):
             return False
-        path = ex.path
         if self._prefix is not None and not path.startswith(self._prefix):
             return False
         if self._path is not None and path != self._path:
@@ -83,7 +96,7 @@ class Route:
         if self._regex is not None and self._regex.fullmatch(path) is None:
             return False
         # No generator object per request for the usual route without header rules.
-        return not self._headers or all(rule.holds(ex) for rule in self._headers)
+        return not self._headers or all(rule.holds(headers, lowered) for rule in self._headers)
 
 
 class Router:
@@ -102,7 +115,13 @@ class Router:
                             for r in config.routes)
 
     def match(self, ex: Exchange) -> Route | None:
+        return self.match_head(ex.host, ex.path, ex.headers, ex.lowered)
+
+    def match_head(self, host: bytes, path: bytes, headers: Headers,
+                   lowered: list[bytes]) -> Route | None:
+        """The first route whose conditions hold (the parts of a request head: the
+        plain lane routes before any Exchange exists)."""
         for route in self.routes:
-            if route.matches(ex):
+            if route.matches(host, path, headers, lowered):
                 return route
         return None

@@ -177,6 +177,10 @@ class ResponseWriter:
     def _response_done(self) -> None:
         ex, self._active = self._active, None
         self._record(ex, failed=False)
+        self._after_response()
+
+    def _after_response(self) -> None:
+        """A response is written: close, or go on with the next pipelined request."""
         if self._close_after:
             if self.transport is not None:
                 self.transport.close()

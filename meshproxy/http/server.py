@@ -39,7 +39,8 @@ import httptools
 
 from meshproxy.errors import DownstreamError, ProxyError
 from meshproxy.http.flow import FlowControl
-from meshproxy.http.headers import HOP_BY_HOP, connection_tokens
+from meshproxy.http.headers import HOP_BY_HOP, connection_tokens, serialize
+from meshproxy.http.lane import IN_LANE, status_line
 from meshproxy.http.message import Exchange, RequestBody, Response
 from meshproxy.http.reply import local_reply
 from meshproxy.http.request import (
@@ -54,6 +55,7 @@ from meshproxy.layers.forward import ANSWERED, stale_retry_ok
 if TYPE_CHECKING:
     from meshproxy.http.upstream import UpstreamBody, UpstreamConnection
     from meshproxy.listener import HttpListener
+    from meshproxy.router import Route
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._rx = 0
         self._tx = 0
         self._status = 0
+        # The plain lane's request in progress (meshproxy.http.lane): its parts, from
+        # which an Exchange is made only when it leaves the lane.
+        self._lane_parts: tuple | None = None
 
     # --- connection lifecycle -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -284,6 +289,20 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         if cfg.request_id and not head.rid:
             headers.append((b"x-request-id", request_id()))
             lowered.append(b"x-request-id")
+        route: Route | bool | None = False  # False: not matched yet
+        if (head.cl is None and not head.chunked and head.upgrade is None and not head.expect
+                and self._active is None and method != b"HEAD"):
+            # A bodiless request with nothing else in progress: the plain lane when its
+            # route has one (routing happens now, as _dispatch would do it now).
+            self._head = None
+            route = self.listener.router.match_head(host, path, headers, lowered)
+            if route is not None and route.lane is not None:
+                keep_alive = parser.should_keep_alive()
+                if not keep_alive:
+                    self._no_more = True
+                self._lane(route, (method, target, path, query, version, headers, lowered,
+                                   host, keep_alive, head.start, route))
+                return
         body = RequestBody(length=head.cl, chunked=head.chunked, flow=self.flow)
         keep_alive = parser.should_keep_alive() and upgrade is None and (
             head.upgrade is None or tokens is None or b"upgrade" not in tokens)
@@ -296,7 +315,10 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         if not keep_alive:
             self._no_more = True
         if self._active is None:
-            self._dispatch(ex)
+            if route is False:
+                self._dispatch(ex)
+            else:
+                self._dispatch_to(ex, route)  # type: ignore[arg-type]
         else:
             self._queue.append(ex)
             if len(self._queue) >= self.limits.max_pipelined:
@@ -332,9 +354,11 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
 
     # --- dispatching and answering --------------------------------------------------
     def _dispatch(self, ex: Exchange) -> None:
+        self._dispatch_to(ex, self.listener.router.match(ex))
+
+    def _dispatch_to(self, ex: Exchange, route: Route | None) -> None:
         self._active = ex
         self._head_sent = False
-        route = self.listener.router.match(ex)
         if route is None:
             self._send_response(ex, local_reply(404, "no_route"))
             return
@@ -352,7 +376,100 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 return
         self._task = self.loop.create_task(self._run(ex, route.handler))
 
-    def _direct_head(self, resp: Response | None, exc: ProxyError | None) -> None:
+    # --- the plain lane (meshproxy.http.lane) ----------------------------------------
+    def _lane(self, route: Route, parts: tuple) -> None:
+        """Send a bodiless request on ``route``'s lane: pick, take an idle pooled
+        connection, write the head, file the route timeout. Without an idle connection
+        (or an endpoint) the request goes to the route's stack as on the fused path."""
+        self._active = IN_LANE
+        self._head_sent = False
+        self._lane_parts = parts
+        lane = route.lane
+        cluster = lane.cluster
+        ctx = lane.ctx
+        ctx.now = now = self.loop.time()
+        ep = cluster.balancer.pick(ctx, ())
+        conn = cluster.pool(ep).take_idle() if ep is not None else None
+        if conn is None:
+            ex = self._lane_exchange(ep, attempted=False)
+            self._task = self.loop.create_task(self._run(ex, route.handler))
+            return
+        ep.active_requests += 1
+        conn.send_lane(serialize(parts[0] + b" " + parts[1] + b" HTTP/1.1", parts[5], ()),
+                       self, cluster, ep, now)
+        self._direct = conn
+        self._direct_len = timeout = lane.timeout
+        self.listener.timeouts.add(parts[9] + timeout, conn, length=timeout)
+
+    def _lane_exchange(self, ep: object, *, attempted: bool) -> Exchange:
+        """The lane request as an Exchange, from here on the active one (it leaves the
+        lane: a fallback, a failure, a response the lane does not answer)."""
+        (method, target, path, query, version, headers, lowered, host, keep_alive, start,
+         route) = self._lane_parts  # type: ignore[misc]
+        self._lane_parts = None
+        ex = Exchange(method, target, path, query, version, headers, lowered, host,
+                      self.client, RequestBody(length=None, chunked=False, flow=self.flow),
+                      keep_alive, None, start, self.listener.name)
+        ex.route = route
+        ex.endpoint = ep
+        ex.attempts = 1 if attempted else 0
+        if self._active is IN_LANE:
+            self._active = ex
+        return ex
+
+    def lane_head(self, resp: Response | None, exc: ProxyError | None) -> None:
+        """The upstream's answer is not the lane's kind (no or a large Content-Length,
+        a 101): it continues as the fused path's response."""
+        if self._lane_parts is not None:
+            self._lane_exchange(self._direct_ep(), attempted=True)
+        self._direct_head(resp, exc)
+
+    def lane_failed(self, exc: ProxyError, *, after_head: bool) -> None:
+        """The lane's attempt failed: mapped to a local reply as on the fused path
+        (the keep-alive race retried through the stack, unless a response had begun)."""
+        if self._lane_parts is not None:
+            self._lane_exchange(self._direct_ep(), attempted=True)
+        self._direct_head(None, exc, retry=not after_head)
+
+    def _direct_ep(self) -> object:
+        conn = self._direct
+        return conn._ep if conn is not None else None  # the attempt's endpoint
+
+    def lane_answer(self, status: int, headers: list[tuple[bytes, bytes]],
+                    chunks: list[bytes] | tuple[()], length: int | None) -> None:
+        """The lane's response, complete: framed as ``_send_response`` frames an
+        upstream response with a known length, written in one go, and recorded."""
+        conn, self._direct = self._direct, None
+        if conn is not None:
+            self.listener.timeouts.discard(conn, length=self._direct_len)
+        parts, self._lane_parts = self._lane_parts, None
+        transport = self.transport
+        if self._active is not IN_LANE or parts is None or self.closed or transport is None:
+            return  # the client left meanwhile
+        self._status = status
+        self._head_sent = True
+        close = (self._close_after or not parts[8] or self.listener.draining
+                 or (self._no_more and not self._queue))
+        if status == 204 or status == 304:  # no body; a 304 keeps its length, if any
+            extra = [] if length is None or status == 204 else [b"content-length: %d" % length]
+            body = b""
+        else:
+            extra = [b"content-length: %d" % length]
+            body = b"".join(chunks)
+        if close:
+            extra.append(b"connection: close")
+            self._close_after = True
+        elif parts[4] == "1.0":
+            extra.append(b"connection: keep-alive")
+        data = serialize(status_line(status), headers, extra) + body
+        self._tx += len(data)
+        transport.write(data)
+        self._active = None
+        parts[10].tally.record(status, self.loop.time() - parts[9])
+        self._after_response()
+
+    def _direct_head(self, resp: Response | None, exc: ProxyError | None, *,
+                     retry: bool = True) -> None:
         """The fused path's answer (see meshproxy.stack.direct_forward)."""
         conn, self._direct = self._direct, None
         if conn is not None:
@@ -364,7 +481,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             return
         if resp is None:
             assert exc is not None
-            if conn is not None and stale_retry_ok(ex, conn, exc):
+            if retry and conn is not None and stale_retry_ok(ex, conn, exc):
                 self._task = self.loop.create_task(self._run(ex, ex.route.handler))
                 return
             resp = local_reply(exc.status, exc.reason, headers=getattr(exc, "headers", None))

@@ -28,10 +28,14 @@ import httptools
 from meshproxy.errors import ProxyError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from meshproxy.http.flow import FlowControl
 from meshproxy.http.headers import HOP_BY_HOP, STATUS_PHRASES, connection_tokens
+from meshproxy.http.lane import LANE_MAX_BODY
 from meshproxy.http.message import BODY_HIGH_WATER, RequestBody, Response
 
 if TYPE_CHECKING:
+    from meshproxy.cluster import Cluster
+    from meshproxy.endpoint import Endpoint
     from meshproxy.http.pool import Pool
+    from meshproxy.http.server import HttpServerProtocol
 
 
 class ResponseSink(Protocol):
@@ -165,6 +169,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._req_body: RequestBody | None = None
         self.peer_flow: FlowControl | None = None  # the client's reading, for backpressure
+        # The plain lane (meshproxy.http.lane): the client waiting for this exchange,
+        # the attempt's accounting, and the response collected whole.
+        self._down: HttpServerProtocol | None = None
+        self._cluster: Cluster | None = None
+        self._ep: Endpoint | None = None
+        self._started = 0.0
+        self._lane_chunks: list[bytes] | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -256,6 +267,24 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamReset("request body cannot be replayed")
         return waiter  # type: ignore[return-value]
 
+    def send_lane(self, head: bytes, down: HttpServerProtocol, cluster: Cluster,
+                  ep: Endpoint, started: float) -> None:
+        """Write a bodiless request of the plain lane: the response goes to
+        ``down.lane_answer`` (or, when it is not the lane's kind, to ``down.lane_head``
+        as the fused path's head callback); the attempt is accounted to ``cluster``.
+        The caller has raised ``ep.active_requests``."""
+        self.busy = True
+        self._silent = 0
+        self._down = down
+        self._cluster = cluster
+        self._ep = ep
+        self._started = started
+        self._head_only = False
+        self._close_after = False
+        self._req_done = True
+        self.peer_flow = None
+        self.transport.write(head)  # type: ignore[union-attr]
+
     def write_body(self, data: bytes) -> None:
         if self.transport is None or self.closed:
             return
@@ -303,13 +332,23 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self._headers
         extra = self._conn_tokens
         if extra and not extra <= _STANDARD_TOKENS:
-            headers = [h for h in headers if h[0].lower() not in extra]
+            headers = self._headers = [h for h in headers if h[0].lower() not in extra]
+        down = self._down
+        if down is not None:
+            cl = self._cl
+            if ((cl is not None and cl <= LANE_MAX_BODY and status != 101)
+                    or status == 204 or status == 304):  # no body, whatever the length
+                self._lane_chunks = []  # collected whole; answered at message complete
+                return
+            # Not the lane's kind of response: from here on the fused path's code
+            # (an Exchange is made of the request's parts) streams it.
+            self._down = None
+            self._waiter = down.lane_head
         self._body = body = UpstreamBody(self)
         # The reason phrase is not kept (no on_status callback: one fewer call per
         # response); the downstream side writes the standard phrase for the code.
         resp = Response(status, headers, phrase=STATUS_PHRASES.get(status, b"-"), source=body,
-                        content_length=self._cl, upgrade=status == 101,
-                        version=self.parser.get_http_version())
+                        content_length=self._cl, upgrade=status == 101)
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             if isinstance(waiter, asyncio.Future):
@@ -325,6 +364,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         if self._body is not None:
             self._body.feed(data)
+        elif self._lane_chunks is not None:
+            self._lane_chunks.append(data)  # bounded: Content-Length <= LANE_MAX_BODY
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -342,6 +383,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- outcomes ----------------------------------------------------------------------
     def _message_complete(self, *, reuse: bool) -> None:
+        down = self._down
+        if down is not None:
+            self._lane_complete(down, reuse)
+            return
         body, self._body = self._body, None
         status = self._status
         self.busy = False
@@ -358,10 +403,34 @@ class UpstreamConnection(asyncio.Protocol):
         if body is not None:
             body.finish()
 
+    def _lane_complete(self, down: HttpServerProtocol, reuse: bool) -> None:
+        """A lane response is complete: the connection goes back to its pool, the
+        attempt is accounted, and the client is answered in one write."""
+        self._down = None
+        chunks, self._lane_chunks = self._lane_chunks, None
+        status = self._status
+        self.busy = False
+        self.reused += 1
+        if reuse and not self._close_after:
+            self.pool.release(self)
+        else:
+            self.abort()
+        self._done(True, status, "")
+        down.lane_answer(status, self._headers, chunks or (), self._cl)
+
     def _fail(self, exc: ProxyError) -> None:
         if not self.busy:
             return
         self.busy = False
+        down, self._down = self._down, None
+        if down is not None:
+            # After the head arrived the request is not retried (bytes of a response
+            # came back): the client gets the error as a local reply.
+            after_head, self._lane_chunks = self._lane_chunks is not None, None
+            self.abort()
+            down.lane_failed(exc, after_head=after_head)
+            self._done(False, 0, exc.reason)
+            return
         waiter, self._waiter = self._waiter, None
         if self._deliver is not None:  # the head came but was not handed over yet
             waiter, self._deliver = self._deliver[0], None
@@ -384,6 +453,10 @@ class UpstreamConnection(asyncio.Protocol):
         cb, self._on_done = self._on_done, None
         if cb is not None:
             cb(ok, status, reason)
+            return
+        ep, self._ep = self._ep, None
+        if ep is not None:  # an exchange of the plain lane (send_lane)
+            self._cluster.attempt_done(ep, self._started, ok, status, reason)  # type: ignore[union-attr]
 
     def _start_tunnel(self, rest: bytes) -> None:
         self._tunnel = True

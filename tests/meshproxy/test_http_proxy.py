@@ -244,13 +244,14 @@ clusters:
     assert await who("/v2/items/1") == "no_route"
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-path", "layer-stack"])
+@pytest.mark.parametrize("path", ["lane", "fused", "stack"],
+                         ids=["plain-lane", "fused-path", "layer-stack"])
 async def test_upstream_errors_map_to_reasons(upstream, proxy_factory, free_port,
-                                              fused: bool) -> None:
+                                              path: str) -> None:
     """Reset → 502 upstream_reset; refused connect → 502 connect_failure; garbage →
     502 upstream_protocol_error; hang past the route timeout → 504 route_timeout; an
     empty cluster → 503 no_healthy_upstream. Each carries x-mesh-reason, the same
-    through the fused default path and through the task-run layer stack."""
+    through the plain lane, the fused default path and the task-run layer stack."""
     cfg = f"""
 admin: {{enabled: false}}
 listeners:
@@ -271,7 +272,10 @@ clusters:
     assert (await request(port)).status == 200  # leaves an idle pooled connection
     for route in p.listeners["web"].router.routes:
         assert route.direct is not None  # default stack: the fused path is available
-        if not fused:
+        assert route.lane is not None    # and the plain lane
+        if path != "lane":
+            route.lane = None
+        if path == "stack":
             route.direct = None
     cases = {"/reset": (502, "upstream_reset"), "/dead": (502, "connect_failure"),
              "/garbage": (502, "upstream_protocol_error"), "/hang": (504, "route_timeout"),

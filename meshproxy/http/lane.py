@@ -1,0 +1,101 @@
+"""The plain lane: a bodiless request on a route without policies, with no per-request
+objects beyond the parser's callbacks and the pooled connection.
+
+Every route whose stack is only the default layers (rescue and the route timeout, see
+:func:`meshproxy.stack.direct_forward`) on a cluster without a consistent-hash key gets
+a :class:`Lane`. A request takes it when the downstream protocol
+(:mod:`meshproxy.http.server`) sees, at the end of its head, that nothing more than the
+lane can do is needed: no body (no Content-Length, not chunked), not HEAD, no
+``Upgrade``, no ``Expect``, nothing else being answered on the connection (a pipelined
+request waits in the queue as an :class:`~meshproxy.http.message.Exchange`), and an
+idle pooled connection to the endpoint the balancer picked. The request head (already
+filtered: hop-by-hop removed, ``X-Forwarded-For``/``-Proto`` and ``X-Request-Id``
+added) is serialised and written at once; the upstream connection
+(:meth:`~meshproxy.http.upstream.UpstreamConnection.send_lane`) collects a response
+with a Content-Length of at most :data:`LANE_MAX_BODY` and hands status, headers and
+body to :meth:`~meshproxy.http.server.HttpServerProtocol.lane_answer`, which frames it
+exactly as :meth:`~meshproxy.http.respond.ResponseWriter._send_response` would, in one
+write.
+
+What the lane keeps, and how (each pinned by ``tests/meshproxy/test_lane.py``):
+
+- route metrics (status class, duration) through the route's tally, upstream metrics
+  and the balancer's ``observe`` through :meth:`~meshproxy.cluster.Cluster.attempt_done`,
+  bytes in and out through the connection's counters;
+- the route timeout through the listener's :class:`~meshproxy.http.deadlines.TimeoutWheel`
+  (the pooled connection is filed, as on the fused path), the stream idle timeout
+  through the connection's own check;
+- everything that is not the common case leaves the lane *for the rest of that
+  request* and continues on the fused path's code: a response without a
+  Content-Length, a larger one, a 101, or a failure turns the saved parts into an
+  :class:`~meshproxy.http.message.Exchange` (``HttpServerProtocol._lane_exchange``) and
+  goes through ``_direct_head``, which maps errors to local replies with
+  ``x-mesh-reason``, retries the keep-alive race on a fresh connection through the full
+  stack (not after a response head arrived: then the reset is a 502), and streams
+  bodies with backpressure; without an idle pooled connection the request goes to the
+  route's stack with the endpoint already picked, as on the fused path.
+
+A route with any policy (deadline propagation, retries, hedging, endpoint guards,
+admission guards, a hash-based balancer) has no lane: its requests take the fused or
+the full path, as before.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshproxy.balance import PickContext
+from meshproxy.http.headers import STATUS_PHRASES
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Cluster
+    from meshproxy.metrics import Tally
+
+#: The largest response body the lane buffers whole before answering; a larger (or
+#: unknown) length is streamed by the fused path with backpressure.
+LANE_MAX_BODY = 32 * 1024
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <code> <phrase>``, the same line ``_send_response`` writes (cached)."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %b" % (status, STATUS_PHRASES.get(status, b"-"))
+        if len(_STATUS_LINES) < 128:
+            _STATUS_LINES[status] = line
+    return line
+
+
+class Lane:
+    """The lane of one route: its cluster, timeout and tally, and a reusable pick
+    context (balancers read it during ``pick`` and keep no reference)."""
+
+    __slots__ = ("cluster", "ctx", "tally", "timeout")
+
+    def __init__(self, cluster: Cluster, *, timeout: float, tally: Tally) -> None:
+        self.cluster = cluster
+        self.timeout = timeout
+        self.tally = tally
+        self.ctx = PickContext(0.0)
+
+    def __repr__(self) -> str:
+        return f"<Lane to {self.cluster.name} timeout={self.timeout}s>"
+
+
+class LaneActive:
+    """What the downstream protocol's ``_active`` holds while a lane request is being
+    answered: not an Exchange (none was built), but answering the questions the
+    protocol asks of whatever is active (no upgrade, no route to record: the lane
+    records its own)."""
+
+    __slots__ = ()
+    upgrade = None
+    route = None
+
+    def __repr__(self) -> str:
+        return "<request on the plain lane>"
+
+
+IN_LANE = LaneActive()
