@@ -41,7 +41,7 @@ from control.api.errors import ApiError, bad_request, conflict, invalid
 from control.api.kinds import spec_part, strategy_for
 from control.api.patch import PatchError, apply_patch
 from control.api.resources import RESOURCES, Resource, by_path
-from control.api.storage import ObjectStorage, parse_resource_version
+from control.api.storage import ObjectStorage, decode, parse_resource_version
 from control.api.validation import FieldErrors
 from control.api.watchcache import CachedEvent, WatchCache
 
@@ -239,7 +239,7 @@ class Objects:
     ) -> dict[str, Any]:
         for _ in range(UPDATE_RETRIES):
             old, kv = await self.storage.get(res, namespace, name)
-            new = mutate(copy.deepcopy(old))
+            new = mutate(decode(kv))  # a second copy: decoding beats copy.deepcopy
             if precondition_ref is not None:
                 precondition = precondition_ref["precondition"]
             if precondition is not None and precondition != kv.mod_revision:

@@ -54,18 +54,25 @@ _METADATA = b'"metadata":{'
 
 
 def encoded_with_version(kv: KeyValue) -> bytes:
-    """The stored JSON with ``metadata.resourceVersion`` added, without decoding it.
+    """The stored JSON with ``metadata.resourceVersion`` added, without decoding it."""
+    return with_version_bytes(kv.value, kv.mod_revision)
+
+
+def with_version_bytes(raw: bytes, revision: int) -> bytes:
+    """``raw`` (an object as :func:`encode` stores it) with ``metadata.resourceVersion``
+    set to ``revision``, without decoding it.
 
     :func:`encode` writes the top-level ``metadata`` right after the two short strings
     ``apiVersion`` and ``kind``, so the first ``"metadata":{`` is the object's own (an
     unescaped quote cannot occur inside a JSON string); the check that no other ``{``
     precedes it guards values written any other way, which are decoded instead."""
-    raw = kv.value
     at = raw.find(_METADATA)
     if at < 0 or raw.count(b"{", 0, at) != 1:
-        return json.dumps(decode(kv), separators=(",", ":"), ensure_ascii=False).encode()
+        obj = json.loads(raw)
+        obj["metadata"]["resourceVersion"] = str(revision)
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
     cut = at + len(_METADATA)
-    rv = b'"resourceVersion":"%d"' % kv.mod_revision
+    rv = b'"resourceVersion":"%d"' % revision
     return raw[:cut] + rv + (b"," if raw[cut:cut + 1] != b"}" else b"") + raw[cut:]
 
 

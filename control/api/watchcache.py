@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from control.api.storage import with_version_bytes
 from control.store import Compacted, Event, Store
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,12 @@ class CachedEvent:
         return self._prev
 
     def line(self, event_type: str) -> bytes:
+        """The watch event line (JSON and a newline) of this change as ``event_type``,
+        spliced from the stored bytes rather than encoded from :attr:`obj` again."""
         line = self._lines.get(event_type)
         if line is None:
-            line = json.dumps({"type": event_type, "object": self.obj},
-                              separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            line = b'{"type":"%s","object":%s}\n' % (
+                event_type.encode(), with_version_bytes(self._raw, self.revision))
             self._lines[event_type] = line
         return line
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,44 @@ async def test_concurrent_writes_share_commits_but_keep_their_own_revisions(sqli
     assert after["writes"] - before["writes"] == 400
     assert after["commits"] - before["commits"] < 200
     assert (await s.get(P + "cas")).value == b"0"
+
+
+async def test_point_reads_run_on_the_loop_and_go_to_the_pool_when_sqlite_is_busy(
+        sqlite_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get is answered on the event loop's thread (no hand-off to a reader thread);
+    when SQLite answers "busy" there, the loop does not wait: the same read is done on
+    the reader pool and still returns the current value. SQLite cannot be made to
+    answer busy to a WAL reader on demand (no other process may open the file), so a
+    wrapper around the real ``schema.get`` raises its busy error once, on the loop's
+    thread only; every read still goes to the real file."""
+    from control.store import sqlite_schema
+
+    s, _clock = sqlite_store
+    kv = await s.create(P + "point", b"v1")
+    real_get = sqlite_schema.get
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    busy_once = [True]
+
+    def get(conn: sqlite3.Connection, key: str):
+        threads.append(threading.get_ident())
+        if busy_once[0] and threading.get_ident() == loop_thread:
+            busy_once[0] = False
+            err = sqlite3.OperationalError("database is locked")
+            err.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise err
+        return real_get(conn, key)
+
+    monkeypatch.setattr(sqlite_schema, "get", get)
+    assert await s.get(P + "point") == kv  # busy on the loop, answered by the pool
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread
+    assert s.busy_point_reads == 1
+    updated = await s.update(P + "point", b"v2")
+    threads.clear()  # the writer thread reads the key too (compare-and-swap)
+    assert await s.get(P + "point") == updated  # read-your-writes on the loop's connection
+    assert threads == [loop_thread]
+    assert s.busy_point_reads == 1
 
 
 async def test_slow_watcher_catches_up_from_history_after_its_buffer_overflows(
