@@ -232,6 +232,9 @@ class WatchCache:
         self._clock = clock
         self._quiet_until = 0.0  # loop time before which no flush starts
         self.flushes = 0  # fan-out passes so far
+        self.dispatched = 0  # events taken from the store so far
+        #: told the duration (seconds) of every fan-out pass (the server's metrics)
+        self.on_flush: Callable[[float], None] | None = None
 
     def _mark_dirty(self, sub: Subscription) -> None:
         self._dirty[sub] = None
@@ -281,6 +284,8 @@ class WatchCache:
         self.delivered_revision = revision
         self.flushes += 1
         took = self._clock() - start
+        if self.on_flush is not None:
+            self.on_flush(took)
         self._quiet_until = asyncio.get_running_loop().time() + \
             min(took * self.flush_spacing, self.max_flush_delay)
 
@@ -343,6 +348,7 @@ class WatchCache:
             self.covered_from = self.ring[0].revision
         self.ring.append(ev)
         self.last_revision = ev.revision
+        self.dispatched += 1
         for listener in self.listeners:
             try:
                 listener(ev)

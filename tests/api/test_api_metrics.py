@@ -4,6 +4,7 @@ and code."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from apitest import PODS, pod
@@ -16,6 +17,31 @@ async def test_requests_are_counted_by_verb_resource_and_code(api):
     assert 'apiserver_request_total{code="201",resource="pods",verb="POST"} 1.0' in text
     assert 'apiserver_request_total{code="404",resource="pods",verb="GET"} 1.0' in text
     assert "apiserver_registered_watchers 0.0" in text
+
+
+async def test_watch_fanout_is_counted_and_timed(api):
+    """Each event the watch cache dispatches is counted, and each fan-out pass that
+    wrote it to a watcher is counted and its duration observed."""
+    _, listed = await api.get(PODS)
+    headers = {"Authorization": f"Bearer {api.token}"}
+    async with api.session.get(
+            api.server.url + PODS, headers=headers,
+            params={"watch": "true", "resourceVersion": listed["metadata"]["resourceVersion"]},
+    ) as resp:
+        assert resp.status == 200
+        for name in ("w1", "w2"):
+            assert (await api.post(PODS, pod(name)))[0] == 201
+        async with asyncio.timeout(30):
+            names = [json.loads(await resp.content.readline())["object"]["metadata"]["name"]
+                     for _ in range(2)]
+    assert names == ["w1", "w2"]
+    _, text = await api.get("/metrics")
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples["apiserver_watch_cache_events_dispatched_total"] >= 2
+    passes = samples["apiserver_watch_fanout_passes_total"]
+    assert passes >= 1
+    assert samples["apiserver_watch_fanout_duration_seconds_count"] == passes
 
 
 async def test_metric_labels_stay_bounded_for_unknown_paths(api):
