@@ -37,6 +37,7 @@ from meshproxy.resilience.snapshot import plain
 
 if TYPE_CHECKING:
     from meshproxy.config.clusters import ClusterConfig
+    from meshproxy.http.upstream import UpstreamConnection
     from meshproxy.metrics import Stats, Tally
     from meshproxy.resilience.concurrency import Limiter
     from meshproxy.resilience.runtime import ClusterResilience
@@ -55,6 +56,7 @@ class Cluster:
         self.pools: dict[tuple[str, int], Pool] = {}
         self._pool_of: dict[Endpoint, Pool] = {}  # same pools by identity: no key tuple
         self.balancer: Balancer = self._make_balancer(config, [])
+        self._learns = getattr(self.balancer, "learns", True)
         #: The consistent-hash key source (ring_hash, maglev), else None.
         self.hash_on = config.load_balancer.hash_on
         self._tallies: dict[Endpoint, Tally] = {}
@@ -72,6 +74,7 @@ class Cluster:
         if config.load_balancer != self.config.load_balancer:
             self._count_panic()
             self.balancer = self._make_balancer(config, self.endpoints)
+            self._learns = getattr(self.balancer, "learns", True)
             self._panic_seen = 0
             self.hash_on = config.load_balancer.hash_on
         old_check = self.config.health_check
@@ -177,6 +180,18 @@ class Cluster:
             raise NoHealthyUpstream(f"cluster {self.name} has no endpoint")
         return ep
 
+    def take_idle(self, ep: Endpoint) -> UpstreamConnection | None:
+        """An idle pooled connection to ``ep``, or None (the plain lane's one call for
+        ``pool(ep).take_idle()``; an endpoint just removed has none)."""
+        pool = self._pool_of.get(ep)
+        if pool is not None:
+            idle = pool.idle
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn
+        return None
+
     def pool(self, ep: Endpoint) -> Pool:
         pool = self._pool_of.get(ep)
         if pool is None:  # picked just before a removal: give it a short-lived pool
@@ -190,7 +205,8 @@ class Cluster:
         metrics."""
         ep.active_requests -= 1
         latency = self.loop.time() - started
-        self.balancer.observe(ep, latency, ok and status < 500)
+        if self._learns:
+            self.balancer.observe(ep, latency, ok and status < 500)
         if ok:
             tally = self._tallies.get(ep)
             if tally is None:

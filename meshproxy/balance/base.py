@@ -51,6 +51,10 @@ class PickContext:
 
 
 class Balancer(Protocol):
+    #: Whether :meth:`observe` uses outcomes (False: the cluster skips the call, one
+    #: Python call fewer per attempt for the policies that ignore them).
+    learns: bool
+
     @property
     def panic_total(self) -> int:
         """Picks made in panic mode since the balancer was built (a counter)."""
@@ -109,10 +113,16 @@ class EndpointPool:
         callers must not modify it, and may use ``is self.endpoints`` as a fast path.
         Counts one panic pick when in panic."""
         every = self.endpoints
+        for e in every:
+            if not e.healthy or e.ejected_until > now:
+                break
+        else:  # all available (the usual case, checked without a new list)
+            if not exclude:
+                return every  # the stable list (policies cache on it)
+            kept = [e for e in every if e not in exclude]
+            return kept or every
         pool = [e for e in every if e.healthy and e.ejected_until <= now]
-        if len(pool) == len(every):
-            pool = every  # all available: hand out the stable list (policies cache on it)
-        elif len(pool) < self.panic_threshold * len(every):
+        if len(pool) < self.panic_threshold * len(every):
             pool = every
             self.panic_total += 1
         if not exclude:

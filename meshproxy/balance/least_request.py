@@ -29,6 +29,9 @@ from meshproxy.endpoint import Endpoint
 class LeastRequest:
     """Least active requests: P2C with equal weights, load-scaled weights otherwise."""
 
+    #: ``observe`` does nothing: the cluster need not call it after every attempt.
+    learns = False
+
     def __init__(self, endpoints: Sequence[Endpoint] = (), *,
                  panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
                  choice_count: int = 2, active_request_bias: float = 1.0,

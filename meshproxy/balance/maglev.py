@@ -42,6 +42,9 @@ def is_prime(n: int) -> bool:
 class Maglev:
     """Maglev lookup-table consistent hashing."""
 
+    #: ``observe`` does nothing: the cluster need not call it after every attempt.
+    learns = False
+
     def __init__(self, endpoints: Sequence[Endpoint] = (), *,
                  panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
                  table_size: int = DEFAULT_TABLE_SIZE,

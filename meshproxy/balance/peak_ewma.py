@@ -44,6 +44,9 @@ class _Estimate:
 class PeakEwma:
     """Latency-aware P2C: cost = decayed peak-EWMA latency * (active + 1) / weight."""
 
+    #: ``observe`` feeds the latency estimates: the cluster calls it after every attempt.
+    learns = True
+
     def __init__(self, endpoints: Sequence[Endpoint] = (), *,
                  panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
                  decay_s: float = 10.0, default_rtt_s: float = 0.030,

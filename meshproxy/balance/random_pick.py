@@ -24,6 +24,9 @@ from meshproxy.endpoint import Endpoint
 class Random:
     """Uniform random choice among the candidates; weights are ignored by design."""
 
+    #: ``observe`` does nothing: the cluster need not call it after every attempt.
+    learns = False
+
     def __init__(self, endpoints: Sequence[Endpoint] = (), *,
                  panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
                  rng: _random.Random | None = None) -> None:
@@ -52,6 +55,9 @@ class Random:
 
 class WeightedRandom:
     """Random choice with probability proportional to each candidate's weight."""
+
+    #: ``observe`` does nothing: the cluster need not call it after every attempt.
+    learns = False
 
     def __init__(self, endpoints: Sequence[Endpoint] = (), *,
                  panic_threshold: float = DEFAULT_PANIC_THRESHOLD,

@@ -35,6 +35,9 @@ from meshproxy.endpoint import Endpoint
 class RingHash:
     """Ketama consistent hashing over the endpoints' virtual nodes."""
 
+    #: ``observe`` does nothing: the cluster need not call it after every attempt.
+    learns = False
+
     def __init__(self, endpoints: Sequence[Endpoint] = (), *,
                  panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
                  virtual_nodes: int = 200, max_ring_size: int = 8 * 1024 * 1024,

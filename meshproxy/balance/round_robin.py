@@ -19,6 +19,9 @@ from meshproxy.endpoint import Endpoint
 class RoundRobin:
     """Smooth weighted round robin over the candidate endpoints."""
 
+    #: ``observe`` does nothing: the cluster need not call it after every attempt.
+    learns = False
+
     def __init__(self, endpoints: Sequence[Endpoint] = (), *,
                  panic_threshold: float = DEFAULT_PANIC_THRESHOLD) -> None:
         self._pool = EndpointPool(endpoints, panic_threshold=panic_threshold)
@@ -35,8 +38,10 @@ class RoundRobin:
 
     def pick(self, ctx: PickContext, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         candidates = self._pool.candidates(ctx.now, exclude)
-        if not candidates:
-            return None
+        if len(candidates) < 2:
+            # nothing to rotate (one candidate's score would go up by its weight and
+            # down by the same total)
+            return candidates[0] if candidates else None
         total = 0
         best: Endpoint | None = None
         best_score = 0

@@ -55,16 +55,17 @@ if TYPE_CHECKING:
 #: unknown) length is streamed by the fused path with backpressure.
 LANE_MAX_BODY = 32 * 1024
 
-_STATUS_LINES: dict[int, bytes] = {}
+#: Status lines by code, filled by :func:`status_line` (read directly on the hot path).
+STATUS_LINES: dict[int, bytes] = {}
 
 
 def status_line(status: int) -> bytes:
     """``HTTP/1.1 <code> <phrase>``, the same line ``_send_response`` writes (cached)."""
-    line = _STATUS_LINES.get(status)
+    line = STATUS_LINES.get(status)
     if line is None:
         line = b"HTTP/1.1 %d %b" % (status, STATUS_PHRASES.get(status, b"-"))
-        if len(_STATUS_LINES) < 128:
-            _STATUS_LINES[status] = line
+        if len(STATUS_LINES) < 128:
+            STATUS_LINES[status] = line
     return line
 
 

@@ -40,7 +40,7 @@ import httptools
 from meshproxy.errors import DownstreamError, ProxyError
 from meshproxy.http.flow import FlowControl
 from meshproxy.http.headers import HOP_BY_HOP, connection_tokens, serialize
-from meshproxy.http.lane import IN_LANE, status_line
+from meshproxy.http.lane import IN_LANE, STATUS_LINES, status_line
 from meshproxy.http.message import Exchange, RequestBody, Response
 from meshproxy.http.reply import local_reply
 from meshproxy.http.request import (
@@ -183,7 +183,11 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         if len(head.headers) >= self.limits.max_headers:
             raise DownstreamError(431, "too_many_headers")
         low = name.lower()
-        if low in SPECIAL_HEADERS and self._special(head, low, value):
+        if low == b"host":  # in every request: handled here, without _special's call
+            if head.host is not None:
+                raise DownstreamError(400, "duplicate_host")
+            head.host = value
+        elif low in SPECIAL_HEADERS and self._special(head, low, value):
             return
         head.headers.append((name, value))
         head.lowered.append(low)
@@ -389,7 +393,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         ctx = lane.ctx
         ctx.now = now = self.loop.time()
         ep = cluster.balancer.pick(ctx, ())
-        conn = cluster.pool(ep).take_idle() if ep is not None else None
+        conn = cluster.take_idle(ep) if ep is not None else None
         if conn is None:
             ex = self._lane_exchange(ep, attempted=False)
             self._task = self.loop.create_task(self._run(ex, route.handler))
@@ -461,7 +465,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             self._close_after = True
         elif parts[4] == "1.0":
             extra.append(b"connection: keep-alive")
-        data = serialize(status_line(status), headers, extra) + body
+        data = serialize(STATUS_LINES.get(status) or status_line(status), headers, extra) + body
         self._tx += len(data)
         transport.write(data)
         self._active = None

@@ -253,6 +253,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._informational = False
         self._close_after = False
         self._body = None
+        self._headers = []
+        self._cl = None
+        self._chunked_in = False
+        self._conn_tokens = None
         self.transport.write(head)
         if body is None or not (body.length or body.chunked):  # RequestBody.empty, inlined
             self._req_done = True
@@ -283,6 +287,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_after = False
         self._req_done = True
         self.peer_flow = None
+        self._headers = []
+        self._cl = None
+        self._chunked_in = False
+        self._conn_tokens = None
         self.transport.write(head)  # type: ignore[union-attr]
 
     def write_body(self, data: bytes) -> None:
@@ -302,12 +310,8 @@ class UpstreamConnection(asyncio.Protocol):
             body.detach()
 
     # --- parser callbacks: they only move bytes and flip flags ------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._cl = None
-        self._chunked_in = False
-        self._conn_tokens = None
-
+    # No on_message_begin (one fewer call per response): the per-message state is reset
+    # by send/send_lane and after an informational (1xx) head.
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._body is not None:
             return  # a trailer after a chunked body: not relayed (the head is gone)
@@ -327,6 +331,10 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             self._informational = True  # 100 Continue / 103 Early Hints: not forwarded
+            self._headers = []  # the final head's fields start afresh
+            self._cl = None
+            self._chunked_in = False
+            self._conn_tokens = None
             return
         self._status = status
         headers = self._headers
@@ -373,6 +381,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._status == 101:
             return  # llhttp ends the 101 "message" before the upgrade: the tunnel follows
+        down = self._down
+        if down is not None:
+            self._lane_complete(down, self.parser.should_keep_alive())
+            return
         self._message_complete(reuse=self.parser.should_keep_alive())
 
     def _until_eof(self) -> bool:
@@ -415,7 +427,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.release(self)
         else:
             self.abort()
-        self._done(True, status, "")
+        ep, self._ep = self._ep, None
+        self._cluster.attempt_done(ep, self._started, True, status)  # type: ignore[union-attr]
         down.lane_answer(status, self._headers, chunks or (), self._cl)
 
     def _fail(self, exc: ProxyError) -> None:

@@ -338,3 +338,61 @@ async def test_drain_lets_a_lane_request_finish_then_closes(upstream, proxy_fact
     finally:
         await conn.close()
     assert lane_answers == [200]
+
+
+async def test_informational_head_fields_do_not_reach_the_final_response(
+        proxy_factory, lane_answers) -> None:
+    """An upstream that sends 103 Early Hints (with a Link field) before its 200: the
+    client gets the 200 with only the final head's fields (the upstream connection
+    keeps no per-message callback, so the 1xx head's fields must be dropped)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\nx-final: yes\r\nContent-Length: 3\r\n\r\nok\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        p = await proxy_factory(http_config([f"127.0.0.1:{port}"]))
+        conn = await RawConn.open(p.listeners["web"].port)
+        try:
+            for _ in range(2):  # the first opens the pooled connection, the second is lane
+                await conn.send(build("GET", "/"))
+                r = await conn.read_reply()
+                assert (r.status, r.body) == (200, b"ok\n")
+                assert r.headers["x-final"] == "yes"
+                assert "link" not in r.headers
+        finally:
+            await conn.close()
+        assert lane_answers == [200]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_latency_aware_balancer_still_observes_lane_attempts(
+        upstream, proxy_factory, lane_answers) -> None:
+    """A peak-EWMA cluster learns from every attempt, the lane's included (balancers
+    that ignore outcomes are not called: ``learns`` is False for them)."""
+    p = await proxy_factory(http_config(
+        [upstream.address], cluster_extra=", load_balancer: {policy: peak_ewma}"))
+    cluster = p.clusters["c"]
+    assert cluster.balancer.learns
+    ep = cluster.endpoints[0]
+    default = cluster.balancer.estimate(ep)
+    port = p.listeners["web"].port
+    conn = await RawConn.open(port)
+    try:
+        for _ in range(3):
+            await conn.send(build("GET", "/echo"))
+            assert (await conn.read_reply()).status == 200
+    finally:
+        await conn.close()
+    assert lane_answers == [200, 200]
+    assert cluster.balancer.estimate(ep) != default  # loopback answers in far under 30 ms
