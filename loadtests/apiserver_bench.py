@@ -463,6 +463,24 @@ def machine() -> dict[str, Any]:
             "commit": commit}
 
 
+async def fanout_totals(conn: Conn) -> tuple[float, float]:
+    """The server's watch fan-out passes so far and the seconds they took (its
+    ``/metrics``): a pass writes to every watcher in turn, so its length is part of the
+    delay of the events in it."""
+    async with aiohttp.ClientSession(headers=conn.headers,
+                                     connector=aiohttp.TCPConnector(ssl=conn.ssl)) as s, \
+            s.get(conn.url + "/metrics") as r:
+        text = await r.text()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("apiserver_watch_fanout_duration_seconds_count",
+                    "apiserver_watch_fanout_duration_seconds_sum"):
+            values[name] = float(value)
+    return (values["apiserver_watch_fanout_duration_seconds_count"],
+            values["apiserver_watch_fanout_duration_seconds_sum"])
+
+
 def commit_times(store_file: Path, sent: dict[int, float]) -> dict[int, float]:
     """resourceVersion -> when the store committed it, on ``time.monotonic()``'s clock.
 
@@ -574,9 +592,14 @@ async def bench(args: argparse.Namespace) -> Result:
             print(f"watch fan-out: {args.watchers} watchers, {args.updates} updates at "
                   f"{rate or 'max'}/s...", flush=True)
             cpu_w = group_usage(server.pgid).cpu_seconds
+            fanout_w = await fanout_totals(conn)
             phase = await watch_phase(conn, args, tmp, rv, names, rate, "127.0.0.1", port,
                                       ca, phase=phase_no, store_file=tmp / "data" / "store.db")
             phase["server_cpu_s"] = group_usage(server.pgid).cpu_seconds - cpu_w
+            passes, seconds = (b - a for a, b in zip(fanout_w, await fanout_totals(conn),
+                                                      strict=True))
+            phase["fanout_passes"] = passes
+            phase["fanout_mean_ms"] = seconds / max(1, passes) * 1e3
             result.watch.append(phase)
             print(f"  from commit p50 {phase['commit_p50_ms']:.1f} ms, p99 "
                   f"{phase['commit_p99_ms']:.1f} ms; from send p50 {phase['p50_ms']:.1f} ms, "
@@ -630,7 +653,9 @@ def report(r: Result) -> str:
             f"{w['server_cpu_s']:.1f} ({w['server_cpu_s'] / max(1, w['deliveries']) * 1e6:.1f}"
             f" us per delivery), of the watcher process {w['watcher_cpu_s']:.1f}, of the "
             f"updater {w['updater_cpu_s']:.1f} over {w['update_seconds']:.1f} s; "
-            f"{w['events_per_read']:.1f} events per watcher read; PATCH latency p50 "
+            f"{w['events_per_read']:.1f} events per watcher read; "
+            f"{w['fanout_passes']:.0f} fan-out passes of {w['fanout_mean_ms']:.1f} ms on "
+            f"average; PATCH latency p50 "
             f"{w['patch_p50_ms']:.1f} ms, p99 {w['patch_p99_ms']:.1f} ms")
     cpu = r.server_cpu_s
     lines += ["", f"API server CPU time: create {cpu['create']:.1f} s "
