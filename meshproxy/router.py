@@ -102,7 +102,7 @@ class Route:
 class Router:
     """The ordered routes of one HTTP listener."""
 
-    __slots__ = ("listener", "routes", "version")
+    __slots__ = ("_first", "listener", "routes", "version")
 
     def __init__(self, config: HttpListenerConfig, clusters: dict[str, Cluster], *,
                  stats: Stats, version: str = "", ctx: StackContext | None = None) -> None:
@@ -113,6 +113,12 @@ class Router:
         self.routes = tuple(Route(r, clusters[r.cluster], listener=config.name, stats=stats,
                                   ctx=ctx)
                             for r in config.routes)
+        # The first route when its only condition is a path prefix (or none: the usual
+        # sidecar route), checked inline before the general loop.
+        first = self.routes[0] if self.routes else None
+        self._first = (first, first._prefix) if first is not None and not (
+            first._exact_host or first._suffix or first._path or first._regex
+            or first._headers) else None
 
     def match(self, ex: Exchange) -> Route | None:
         return self.match_head(ex.host, ex.path, ex.headers, ex.lowered)
@@ -121,6 +127,9 @@ class Router:
                    lowered: list[bytes]) -> Route | None:
         """The first route whose conditions hold (the parts of a request head: the
         plain lane routes before any Exchange exists)."""
+        first = self._first
+        if first is not None and (first[1] is None or path.startswith(first[1])):
+            return first[0]
         for route in self.routes:
             if route.matches(host, path, headers, lowered):
                 return route

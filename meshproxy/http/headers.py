@@ -34,17 +34,18 @@ STATUS_PHRASES: dict[int, bytes] = {
 }
 
 
-_TOKENS_SEEN: dict[bytes, frozenset[bytes]] = {}
+#: Connection header values already parsed (bounded; read directly on hot paths).
+TOKENS_SEEN: dict[bytes, frozenset[bytes]] = {}
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     """The lower-cased tokens of a ``Connection`` header value (the few values real
     peers send, ``keep-alive``, ``close``, ``Upgrade``, are parsed once and cached)."""
-    tokens = _TOKENS_SEEN.get(value)
+    tokens = TOKENS_SEEN.get(value)
     if tokens is None:
         tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
-        if len(_TOKENS_SEEN) < 64:
-            _TOKENS_SEEN[value] = tokens
+        if len(TOKENS_SEEN) < 64:
+            TOKENS_SEEN[value] = tokens
     return tokens
 
 

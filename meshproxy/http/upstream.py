@@ -27,7 +27,7 @@ import httptools
 
 from meshproxy.errors import ProxyError, UpstreamProtocolError, UpstreamReset, UpstreamTimeout
 from meshproxy.http.flow import FlowControl
-from meshproxy.http.headers import HOP_BY_HOP, STATUS_PHRASES, connection_tokens
+from meshproxy.http.headers import HOP_BY_HOP, STATUS_PHRASES, TOKENS_SEEN, connection_tokens
 from meshproxy.http.lane import LANE_MAX_BODY
 from meshproxy.http.message import BODY_HIGH_WATER, RequestBody, Response
 
@@ -323,7 +323,9 @@ class UpstreamConnection(asyncio.Protocol):
             elif low == b"transfer-encoding":
                 self._chunked_in = True
             elif low == b"connection":
-                self._conn_tokens = connection_tokens(value)
+                # the usual values are parsed once (connection_tokens' cache, read here
+                # without its call)
+                self._conn_tokens = TOKENS_SEEN.get(value) or connection_tokens(value)
             return
         self._headers.append((name, value))
 

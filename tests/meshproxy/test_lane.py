@@ -396,3 +396,30 @@ async def test_latency_aware_balancer_still_observes_lane_attempts(
         await conn.close()
     assert lane_answers == [200, 200]
     assert cluster.balancer.estimate(ep) != default  # loopback answers in far under 30 ms
+
+
+async def test_a_leading_prefix_route_is_matched_inline_in_route_order(
+        upstreams, proxy_factory) -> None:
+    """The router checks a first route whose only condition is a prefix inline (the
+    usual sidecar route); a path it does not match still goes to the next routes in
+    order, and ``OPTIONS *`` matches no prefix route."""
+    up1, up2 = await upstreams(2)
+    text = f"""
+admin: {{enabled: false}}
+listeners:
+  - protocol: http
+    name: web
+    port: 0
+    routes:
+      - {{name: a, match: {{prefix: /a}}, cluster: one}}
+      - {{name: rest, match: {{prefix: /}}, cluster: two}}
+clusters:
+  - {{name: one, endpoints: ["{up1.address}"]}}
+  - {{name: two, endpoints: ["{up2.address}"]}}
+"""
+    p = await proxy_factory(text)
+    port = p.listeners["web"].port
+    assert (await request(port, "GET", "/a/x")).headers["x-upstream"] == "up1"
+    assert (await request(port, "GET", "/b")).headers["x-upstream"] == "up2"
+    r = await request(port, "OPTIONS", "*")
+    assert (r.status, r.reason) == (404, "no_route")
