@@ -10,8 +10,9 @@ downstream connection and one pooled upstream connection whose transports are in
 memory. Each request is fed to the downstream protocol as bytes, the request head the
 proxy writes upstream is checked, a canned nginx response is fed to the upstream
 protocol, and the response the proxy writes to the client is checked. Everything
-between (httptools parsing both ways, routing, the fused fast path, admissions,
-metrics) is the production code, synchronously.
+between (httptools parsing both ways, routing, the plain lane for the plain route, the
+fused path with its admissions for the guarded one, metrics) is the production code,
+synchronously.
 
 It reports microseconds of CPU per request (best of several repeats: the least
 disturbed run, since other load only ever adds time) for a plain route and for the

@@ -5,9 +5,15 @@ httptools request parser. Parser callbacks only collect bytes, enforce limits an
 flags; a complete request head becomes an :class:`~meshproxy.http.message.Exchange`
 and is dispatched to its route's handler stack (one task per request: the layers
 await; routes with only the default layers run "fused", without a task). The response
-is written by exactly one method, ``_send_response`` (in :mod:`meshproxy.http.respond`),
-which frames it for this client and then streams the upstream body with backpressure
-both ways.
+is written by ``_send_response`` (in :mod:`meshproxy.http.respond`), which frames it
+for this client and then streams the upstream body with backpressure both ways.
+
+A bodiless request on a route without policies takes the plain lane
+(:mod:`meshproxy.http.lane`) instead: no Exchange is built, the head goes straight to
+an idle pooled connection, and a small complete response is framed by
+:meth:`HttpServerProtocol.lane_answer` exactly as ``_send_response`` would; anything
+else (a failure, a large or unframed response, no idle connection) makes the Exchange
+then and continues on the fused path's code.
 
 Defences against hostile input, each a local reply and a closed connection: malformed
 request line or headers (400 ``bad_request``), Content-Length with Transfer-Encoding
