@@ -184,12 +184,19 @@ class Agent:
             worker = PodWorker(pod, runtime=self.runtime, ports=self.ports, node=self.node,
                                node_ip=self.node_ip, clock=self.clock, backoff=self.backoff,
                                state_dir=self.state_dir)
+            # registered like any other termination's, so a later delete asking for a
+            # shorter grace (``--now``) shortens this one too (``_shorten_graces``)
+            grace = self._graces[pod.uid] = Grace(_deletion_grace(obj, [obj]),
+                                                  clock=self.clock)
             try:
-                await worker.terminate(_deletion_grace(obj, [obj]))
+                await worker.terminate(grace)
             except ContainerRuntimeError as e:
                 log.error("pod %s: terminating failed: %s", pod.key, e)
                 self._finalized.discard(pod.uid)  # containers may be left: retry later
                 return
+            finally:
+                if self._graces.get(pod.uid) is grace:
+                    del self._graces[pod.uid]
         await self._finalize(obj)
 
     def _start(self, obj: Obj, pod: Pod) -> None:

@@ -253,3 +253,50 @@ async def test_deleting_again_with_a_shorter_grace_shortens_the_termination(
         assert await runtime.list() == []
     finally:
         await agent.close(stop_pods=True)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES[:1], indirect=True)
+async def test_a_shorter_grace_also_shortens_a_termination_resumed_after_a_restart(
+        runtime, host_ports, tmp_path):
+    """The agent stops while a Pod with 600 s of grace and a 600 s preStop sleep is
+    running; the Pod is marked for deletion (600 s) before a new agent starts, which
+    stops what is left of it. A later delete with 1 s of grace shortens that
+    termination too: the Pod is stopped and finalized within seconds."""
+    finals: list[str] = []
+
+    async def finalize(obj: dict) -> bool:
+        finals.append(obj["metadata"]["name"])
+        return True
+
+    def make_agent() -> Agent:
+        rec = Recorder()
+        return Agent(node=runtime.node, node_ip="127.0.0.1", runtime=runtime,
+                     ports=host_ports, clock=SystemClock(), state_dir=tmp_path / "agent",
+                     status_sink=rec.status, event_sink=rec.event, finalize_sink=finalize)
+
+    web = pod("web", container("app", HTTPD, ports=[{"containerPort": 8080}],
+                               lifecycle={"preStop": {"sleep": {"seconds": 600}}}),
+              grace=600)
+    first = make_agent()
+    second = None
+    try:
+        await first.set_pods([web])
+        await wait_until(lambda: _running(runtime), what="web running")
+        await first.close()  # the containers keep running
+        host_ports.release(web["metadata"]["uid"])  # a new agent process starts with none
+
+        def marked(seconds: int) -> dict:
+            return {**web, "metadata": {**web["metadata"],
+                                        "deletionTimestamp": "2026-01-01T00:10:00Z",
+                                        "deletionGracePeriodSeconds": seconds}}
+
+        second = make_agent()
+        await second.set_pods([marked(600)])
+        await asyncio.sleep(1.0)  # inside the preStop sleep
+        assert finals == []
+        assert await runtime.list() != []
+        await second.set_pods([marked(1)])
+        await wait_until(lambda: finals == ["web"], timeout=30, what="the finalize")
+        assert await runtime.list() == []
+    finally:
+        await (second or first).close(stop_pods=True)
