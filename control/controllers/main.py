@@ -68,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pods bound to a deleted node are deleted after this (default 10)")
     p.add_argument("--bind-concurrency", type=int, default=32,
                    help="bindings in flight at once (default 32)")
+    p.add_argument("--percentage-of-nodes-to-score", type=int, default=None,
+                   metavar="PERCENT",
+                   help="feasible nodes to find before scoring, as a share of all nodes "
+                        "(Kubernetes' percentageOfNodesToScore; 100: every node; default "
+                        "adaptive: every node up to 100, then max(5, 50 - nodes/125)%%)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(handler=_run_manager)
 
@@ -104,6 +109,7 @@ def _manager_config(args: argparse.Namespace) -> ManagerConfig:
         node_monitor_period=args.node_monitor_period,
         orphan_grace=args.orphan_grace,
         bind_concurrency=args.bind_concurrency,
+        percentage_of_nodes_to_score=args.percentage_of_nodes_to_score,
         controllers=names,  # type: ignore[arg-type]  # checked by ManagerConfig
         **kw)
 

@@ -3,6 +3,9 @@ through the real API server on SQLite. The test plays the nodes (Node objects on
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from controller_kit import Cluster, deployment, fast_config, running, wait_for
 
 
@@ -142,3 +145,35 @@ async def test_replicas_spread_across_zones_before_nodes(cluster: Cluster) -> No
         await cluster.client.scale("deployments", "web", 4, namespace="default")
         pods = await _bound(cluster, 4)
         assert sorted(p["spec"]["nodeName"] for p in pods) == ["a1", "a2", "a3", "b1"]
+
+
+async def test_percentage_of_nodes_to_score_reaches_the_scheduler(cluster: Cluster) -> None:
+    """With 150 nodes the adaptive default stops looking after 100 feasible ones;
+    ``percentage_of_nodes_to_score=100`` (``--percentage-of-nodes-to-score 100``) set
+    on the manager makes its scheduler examine every node."""
+    await asyncio.gather(*(cluster.add_node(f"n{i:03d}") for i in range(150)))
+    async with running(cluster, fast_config(percentage_of_nodes_to_score=100)) as manager:
+        assert manager.scheduler is not None
+        await cluster.client.create("pods", _pod("one"))
+        await _bound(cluster, 1)
+        stats = manager.scheduler.framework.stats
+        assert stats.decisions == 1
+        assert stats.nodes_examined == 150
+        assert stats.searches_cut_short == 0
+
+
+def test_manager_flags_set_the_percentage_and_refuse_a_bad_one() -> None:
+    """``meshctl controller-manager --percentage-of-nodes-to-score`` becomes the
+    manager's setting; a value outside 0..100 is refused naming the setting."""
+    from control.cli.main import build_parser
+    from control.controllers.main import _manager_config
+
+    args = build_parser().parse_args(
+        ["controller-manager", "--percentage-of-nodes-to-score", "30"])
+    assert _manager_config(args).percentage_of_nodes_to_score == 30
+    default = build_parser().parse_args(["controller-manager"])
+    assert _manager_config(default).percentage_of_nodes_to_score is None
+    bad = build_parser().parse_args(
+        ["controller-manager", "--percentage-of-nodes-to-score", "150"])
+    with pytest.raises(ValueError, match=r"percentage_of_nodes_to_score must be 0\.\.100"):
+        _manager_config(bad)
