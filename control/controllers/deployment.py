@@ -50,6 +50,7 @@ from control.controllers.events import EventRecorder
 from control.controllers.podutil import (
     is_active,
     is_available,
+    is_draining,
     is_finished,
     is_ready,
     parse_time,
@@ -355,6 +356,10 @@ class DeploymentController:
             "readyReplicas": sum(1 for p in all_pods if is_ready(p)),
             "availableReplicas": available,
             "unavailableReplicas": max(0, replicas - available),
+            "terminatingReplicas": sum(
+                1 for rs in ([new] if new is not None else []) + olds
+                for p in self.pods.store.by_index(OWNER_INDEX, rs["metadata"]["uid"])
+                if owned_by(p, rs) and is_draining(p)),
         }
         conds = copy.deepcopy(old.get("conditions") or [])
         stamp = _stamp()

@@ -49,6 +49,12 @@ def is_terminating(pod: Obj) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
+def is_draining(pod: Obj) -> bool:
+    """Terminating but not finished: what ``status.terminatingReplicas`` counts
+    (Kubernetes' definition: a deletionTimestamp, phase neither Succeeded nor Failed)."""
+    return is_terminating(pod) and not is_finished(pod)
+
+
 def is_active(pod: Obj) -> bool:
     """Counts towards replicas: not finished and not being deleted (a Terminating Pod is
     replaced at once, as Kubernetes' controllers do, and never deleted again)."""

@@ -41,6 +41,7 @@ from control.controllers.podutil import (
     deletion_rank,
     is_active,
     is_available,
+    is_draining,
     is_ready,
     parse_time,
 )
@@ -125,8 +126,11 @@ def pod_from_template(rs: Obj) -> Obj:
             "spec": template.get("spec") or {}}
 
 
-def replica_status(owner: Obj, pods: list[Obj], now: datetime) -> Obj:
-    """``status`` of a ReplicaSet from the active Pods it controls."""
+def replica_status(owner: Obj, pods: list[Obj], now: datetime, *, terminating: int = 0
+                   ) -> Obj:
+    """``status`` of a ReplicaSet from the active Pods it controls, and the number of
+    its Pods still terminating (``terminatingReplicas``: graceful deletions in progress,
+    not counted in ``replicas``; Kubernetes 1.33's field)."""
     spec = owner.get("spec") or {}
     min_ready = int(spec.get("minReadySeconds") or 0)
     tlabels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
@@ -137,6 +141,7 @@ def replica_status(owner: Obj, pods: list[Obj], now: datetime) -> Obj:
             if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in tlabels.items())),
         "readyReplicas": sum(1 for p in pods if is_ready(p)),
         "availableReplicas": sum(1 for p in pods if is_available(p, min_ready, now)),
+        "terminatingReplicas": terminating,
         "observedGeneration": owner["metadata"].get("generation", 1),
     }
 
@@ -225,6 +230,11 @@ class ReplicaSetController:
         return [p for p in self.pods.store.by_index(OWNER_INDEX, rs["metadata"]["uid"])
                 if owned_by(p, rs) and is_active(p)]
 
+    def draining_pods(self, rs: Obj) -> int:
+        """Pods this ReplicaSet controls that are terminating, from the cache."""
+        return sum(1 for p in self.pods.store.by_index(OWNER_INDEX, rs["metadata"]["uid"])
+                   if owned_by(p, rs) and is_draining(p))
+
     async def reconcile(self, key: str) -> float | None:
         ns, name = split_key(key)
         rs = self.replicasets.get(ns, name)
@@ -245,7 +255,7 @@ class ReplicaSetController:
                 await self._delete(key, rs, sorted(pods, key=deletion_rank)[:min(-diff, BURST)])
         now = datetime.now(UTC)
         pods = self.owned_pods(rs)
-        status = replica_status(rs, pods, now)
+        status = replica_status(rs, pods, now, terminating=self.draining_pods(rs))
         if {k: (rs.get("status") or {}).get(k) for k in status} != status:
             try:
                 await self.api.patch("replicasets", name, {"status": status}, namespace=ns,

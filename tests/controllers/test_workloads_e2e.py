@@ -85,6 +85,32 @@ async def test_scale_up_then_down_deletes_not_ready_pods_first(cluster: Cluster)
         assert d["status"]["observedGeneration"] == d["metadata"]["generation"]
 
 
+async def test_terminating_pods_are_counted_until_they_are_gone(cluster: Cluster) -> None:
+    """Scaled from 3 to 1 with no agent to finish the graceful deletions, the two
+    Terminating Pods are reported as ``terminatingReplicas`` by the ReplicaSet and the
+    Deployment (not in ``replicas``); once they are deleted for good the count is 0."""
+    await _nodes(cluster)
+    async with running(cluster, CONTROLLERS):
+        await cluster.client.create("deployments", deployment("web", 3))
+        async with auto_ready(cluster, finalize=False):
+            await _ready_pods(cluster, 3)
+            await cluster.client.scale("deployments", "web", 1, namespace="default")
+
+            async def counted(n: int, replicas: int) -> dict | None:
+                d = await cluster.client.get("deployments", "web", namespace="default")
+                [rs] = (await cluster.client.list("replicasets", namespace="default"))["items"]
+                got = [(o.get("status") or {}).get(k) for o in (d, rs)
+                       for k in ("terminatingReplicas", "replicas")]
+                return d if got == [n, replicas, n, replicas] else None
+
+            await wait_for(lambda: counted(2, 1), what="2 terminating, 1 replica")
+            for p in await cluster.pods("app=web"):
+                if p["metadata"].get("deletionTimestamp"):
+                    await cluster.client.delete("pods", p["metadata"]["name"],
+                                                namespace="default", grace_period_seconds=0)
+            await wait_for(lambda: counted(0, 1), what="none terminating")
+
+
 async def test_rolling_update_keeps_ready_floor_and_surge_ceiling(cluster: Cluster) -> None:
     """replicas=4, maxSurge=1, maxUnavailable=1: from the moment the template changes
     until the rollout completes, every Pod event leaves at least 3 ready Pods and at
