@@ -247,7 +247,8 @@ class SqliteStore:
         self._writer = _Writer(path, clock, self._publish_threadsafe)
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
-        #: the event loop's own connection for point reads (see the module docstring)
+        #: the event loop's own connection for point reads (see the module docstring;
+        #: set by :meth:`open`, without a busy timeout)
         self._inline_conn: sqlite3.Connection | None = None
         self._readers = concurrent.futures.ThreadPoolExecutor(
             options.readers, thread_name_prefix="store-read")
@@ -266,7 +267,7 @@ class SqliteStore:
             raise ValueError("sqlite store path must not be empty")
         options = options or SqliteOptions()
 
-        def prepare() -> tuple[str, int]:
+        def prepare() -> tuple[str, int, sqlite3.Connection]:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise ValueError(f"sqlite store directory does not exist: {parent}")
@@ -275,19 +276,24 @@ class SqliteStore:
                 conn = schema.connect(path)
                 try:
                     schema.create_schema(conn)
-                    return owner, schema.meta(conn, "revision")
-                finally:
+                    revision = schema.meta(conn, "revision")
+                    # from now on the loop's connection for point reads: never waits
+                    conn.execute("PRAGMA busy_timeout = 0")
+                except BaseException:
                     conn.close()
+                    raise
+                return owner, revision, conn
             except BaseException:
                 sqlite_owner.release(owner)
                 raise
 
         try:
-            owner, revision = await asyncio.to_thread(prepare)
+            owner, revision, inline_conn = await asyncio.to_thread(prepare)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open sqlite store {path}: {exc}") from exc
         store = cls(path, options=options, clock=clock, loop=asyncio.get_running_loop())
         store._owner = owner
+        store._inline_conn = inline_conn
         store._hub.last_revision = store._hub.last_position = revision
         store._writer.start()
         if options.maintenance_interval > 0:
@@ -346,9 +352,8 @@ class SqliteStore:
         if self._closed:
             raise StoreError("store is closed")
         conn = self._inline_conn
+        assert conn is not None  # opened by open(), closed with the store
         try:
-            if conn is None:
-                conn = self._inline_conn = schema.connect(self.path, busy_timeout_ms=0)
             return fn(conn)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
