@@ -238,21 +238,27 @@ async def test_deleting_again_with_a_shorter_grace_shortens_the_termination(
                   grace=600)
         await agent.set_pods([web])
         await wait_until(lambda: _ready(rec, "web"), what="web Ready")
-
-        def marked(seconds: int) -> dict:
-            return {**web, "metadata": {**web["metadata"],
-                                        "deletionTimestamp": "2026-01-01T00:10:00Z",
-                                        "deletionGracePeriodSeconds": seconds}}
-
-        await agent.set_pods([marked(600)])
-        await asyncio.sleep(1.0)  # inside the preStop sleep
-        assert finals == []
-        assert await runtime.list() != []
-        await agent.set_pods([marked(1)])
-        await wait_until(lambda: finals == ["web"], timeout=30, what="the finalize")
-        assert await runtime.list() == []
+        await _delete_then_shorten(agent, web, runtime, finals)
     finally:
         await agent.close(stop_pods=True)
+
+
+async def _delete_then_shorten(agent: Agent, web: dict, runtime, finals: list[str]) -> None:
+    """Mark ``web`` deleted with 600 s of grace (its 600 s preStop sleep holds the
+    termination), then again with 1 s: it must be stopped and finalized within seconds."""
+
+    def marked(seconds: int) -> dict:
+        return {**web, "metadata": {**web["metadata"],
+                                    "deletionTimestamp": "2026-01-01T00:10:00Z",
+                                    "deletionGracePeriodSeconds": seconds}}
+
+    await agent.set_pods([marked(600)])
+    await asyncio.sleep(1.0)  # inside the preStop sleep
+    assert finals == []
+    assert await runtime.list() != []
+    await agent.set_pods([marked(1)])
+    await wait_until(lambda: finals == ["web"], timeout=30, what="the finalize")
+    assert await runtime.list() == []
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES[:1], indirect=True)
@@ -284,19 +290,7 @@ async def test_a_shorter_grace_also_shortens_a_termination_resumed_after_a_resta
         await wait_until(lambda: _running(runtime), what="web running")
         await first.close()  # the containers keep running
         host_ports.release(web["metadata"]["uid"])  # a new agent process starts with none
-
-        def marked(seconds: int) -> dict:
-            return {**web, "metadata": {**web["metadata"],
-                                        "deletionTimestamp": "2026-01-01T00:10:00Z",
-                                        "deletionGracePeriodSeconds": seconds}}
-
         second = make_agent()
-        await second.set_pods([marked(600)])
-        await asyncio.sleep(1.0)  # inside the preStop sleep
-        assert finals == []
-        assert await runtime.list() != []
-        await second.set_pods([marked(1)])
-        await wait_until(lambda: finals == ["web"], timeout=30, what="the finalize")
-        assert await runtime.list() == []
+        await _delete_then_shorten(second, web, runtime, finals)
     finally:
         await (second or first).close(stop_pods=True)
