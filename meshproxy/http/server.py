@@ -443,7 +443,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
 
     def _direct_ep(self) -> object:
         conn = self._direct
-        return conn._ep if conn is not None else None  # the attempt's endpoint
+        return conn.lane_endpoint if conn is not None else None
 
     def lane_answer(self, status: int, headers: list[tuple[bytes, bytes]],
                     chunks: list[bytes] | tuple[()], length: int | None) -> None:

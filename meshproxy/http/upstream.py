@@ -293,6 +293,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._conn_tokens = None
         self.transport.write(head)  # type: ignore[union-attr]
 
+    @property
+    def lane_endpoint(self) -> Endpoint | None:
+        """The endpoint of the lane exchange in progress (None once it is accounted)."""
+        return self._ep
+
     def write_body(self, data: bytes) -> None:
         if self.transport is None or self.closed:
             return
