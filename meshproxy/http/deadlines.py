@@ -12,6 +12,12 @@ held. A timeout fires at its deadline or up to :data:`SLACK` later (deadlines th
 close together are handled in one run of the timer, and a request dispatched after
 a later one of the same length may wait for it).
 
+The queues are live dicts that stay once made (one per timeout length in use), so the
+hottest caller, the plain lane (:mod:`meshproxy.http.lane`), keeps its route's queue
+and files without a call: ``queue[item] = when``, then ``arm(when)`` only when
+``when < timer_at``; it removes with ``queue.pop(item, None)``. :meth:`add` returns the
+queue it filed into for the same kind of removal.
+
 What is filed is anything with a ``cancel()`` method (the fused path files the
 :class:`~meshproxy.http.upstream.UpstreamConnection` carrying the request; its
 ``cancel`` fails the exchange with ``route_timeout``). Neighbours: the downstream
@@ -36,26 +42,37 @@ class Cancellable(Protocol):
 class TimeoutWheel:
     """Deadlines (loop-clock seconds) of many things, each cancelled when it passes."""
 
-    __slots__ = ("_loop", "_queues", "_timer", "_timer_at")
+    __slots__ = ("_loop", "_queues", "_timer", "timer_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         # timeout length -> {item: deadline}, in filing order
         self._queues: dict[float, dict[Cancellable, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        #: When the timer fires (inf: no timer). Read-only outside this class.
+        self.timer_at = math.inf
 
-    def add(self, when: float, item: Cancellable, *, length: float) -> None:
+    def queue(self, length: float) -> dict[Cancellable, float]:
+        """The live queue of ``length`` (made on first use, kept after)."""
+        queue = self._queues.get(length)
+        if queue is None:
+            queue = self._queues[length] = {}
+        return queue
+
+    def add(self, when: float, item: Cancellable, *,
+            length: float) -> dict[Cancellable, float] | None:
         """File ``item`` to be cancelled at ``when`` (``length``: the timeout it comes
-        from, the queue it joins). An infinite deadline files nothing."""
+        from, the queue it joins); the queue filed into, for ``queue.pop(item, None)``.
+        An infinite deadline files nothing (None)."""
         if when == math.inf:
-            return
+            return None
         queue = self._queues.get(length)
         if queue is None:
             queue = self._queues[length] = {}
         queue[item] = when
-        if when < self._timer_at:
-            self._arm(when)
+        if when < self.timer_at:
+            self.arm(when)
+        return queue
 
     def discard(self, item: Cancellable, *, length: float) -> None:
         """Remove ``item`` (nothing happens if it is not filed)."""
@@ -71,22 +88,25 @@ class TimeoutWheel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_at = math.inf
+        self.timer_at = math.inf
+        for queue in self._queues.values():
+            queue.clear()  # a queue still held by a lane files into nothing that fires
         self._queues.clear()
 
-    def _arm(self, when: float) -> None:
+    def arm(self, when: float) -> None:
+        """Make the timer fire at ``when`` (call only when ``when < timer_at``)."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = when
+        self.timer_at = when
         self._timer = self._loop.call_at(when, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        self._timer_at = math.inf
+        self.timer_at = math.inf
         due_by = self._loop.time() + SLACK
         due: list[Cancellable] = []
         nxt = math.inf
-        for length, queue in list(self._queues.items()):
+        for queue in self._queues.values():
             while queue:
                 item = next(iter(queue))
                 when = queue[item]
@@ -95,9 +115,7 @@ class TimeoutWheel:
                     break
                 del queue[item]
                 due.append(item)
-            if not queue:
-                del self._queues[length]  # a route that went quiet keeps no queue
         if nxt != math.inf:
-            self._arm(nxt)
+            self.arm(nxt)
         for item in due:
             item.cancel()

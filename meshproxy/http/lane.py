@@ -73,13 +73,16 @@ class Lane:
     """The lane of one route: its cluster, timeout and tally, and a reusable pick
     context (balancers read it during ``pick`` and keep no reference)."""
 
-    __slots__ = ("cluster", "ctx", "tally", "timeout")
+    __slots__ = ("cluster", "ctx", "deadlines", "tally", "timeout")
 
     def __init__(self, cluster: Cluster, *, timeout: float, tally: Tally) -> None:
         self.cluster = cluster
         self.timeout = timeout
         self.tally = tally
         self.ctx = PickContext(0.0)
+        #: The listener's TimeoutWheel queue for this timeout, taken on first use (a
+        #: route belongs to one listener, whose wheel lives as long as it does).
+        self.deadlines: dict | None = None
 
     def __repr__(self) -> str:
         return f"<Lane to {self.cluster.name} timeout={self.timeout}s>"

@@ -83,7 +83,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._queue: deque[Exchange] = deque()    # pipelined requests waiting their turn
         self._task: asyncio.Task[None] | None = None
         self._direct: UpstreamConnection | None = None  # fused path in progress
-        self._direct_len = 0.0                          # its route timeout (TimeoutWheel)
+        self._direct_q: dict | None = None              # its route timeout's queue (TimeoutWheel)
         self._streaming: UpstreamBody | None = None
         self._head_sent = False
         self._chunked = False
@@ -380,9 +380,8 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 return
             if conn is not None:
                 self._direct = conn
-                self._direct_len = route.timeout
-                self.listener.timeouts.add(min(ex.start + route.timeout, ex.deadline), conn,
-                                           length=route.timeout)
+                self._direct_q = self.listener.timeouts.add(
+                    min(ex.start + route.timeout, ex.deadline), conn, length=route.timeout)
                 return
         self._task = self.loop.create_task(self._run(ex, route.handler))
 
@@ -408,8 +407,17 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         conn.send_lane(serialize(parts[0] + b" " + parts[1] + b" HTTP/1.1", parts[5], ()),
                        self, cluster, ep, now)
         self._direct = conn
-        self._direct_len = timeout = lane.timeout
-        self.listener.timeouts.add(parts[9] + timeout, conn, length=timeout)
+        # The route timeout, filed in the listener's wheel without a call (its queue for
+        # this timeout is kept by the lane; see meshproxy.http.deadlines).
+        queue = lane.deadlines
+        if queue is None:
+            queue = lane.deadlines = self.listener.timeouts.queue(lane.timeout)
+        when = parts[9] + lane.timeout
+        queue[conn] = when
+        wheel = self.listener.timeouts
+        if when < wheel.timer_at:
+            wheel.arm(when)
+        self._direct_q = queue
 
     def _lane_exchange(self, ep: object, *, attempted: bool) -> Exchange:
         """The lane request as an Exchange, from here on the active one (it leaves the
@@ -451,7 +459,9 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         upstream response with a known length, written in one go, and recorded."""
         conn, self._direct = self._direct, None
         if conn is not None:
-            self.listener.timeouts.discard(conn, length=self._direct_len)
+            queue = self._direct_q
+            if queue is not None:
+                queue.pop(conn, None)
         parts, self._lane_parts = self._lane_parts, None
         transport = self.transport
         if self._active is not IN_LANE or parts is None or self.closed or transport is None:
@@ -483,7 +493,9 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         """The fused path's answer (see meshproxy.stack.direct_forward)."""
         conn, self._direct = self._direct, None
         if conn is not None:
-            self.listener.timeouts.discard(conn, length=self._direct_len)
+            queue = self._direct_q
+            if queue is not None:
+                queue.pop(conn, None)
         ex = self._active
         if ex is None or self.closed:
             if resp is not None:
@@ -525,7 +537,9 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 self._task = None
             if self._direct is not None:
                 conn, self._direct = self._direct, None
-                self.listener.timeouts.discard(conn, length=self._direct_len)
+                queue = self._direct_q
+                if queue is not None:
+                    queue.pop(conn, None)
                 self._active = None  # so the cancelled attempt's callback answers nothing
                 conn.cancel()
             self._reply_and_close(err)

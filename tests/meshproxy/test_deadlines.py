@@ -176,3 +176,29 @@ async def test_fused_requests_leave_nothing_filed_and_a_timeout_does_not_leak(
     finally:
         await conn.close()
     await asyncio.sleep(0)
+
+
+def test_items_filed_inline_in_a_live_queue_fire_and_can_be_removed() -> None:
+    """The plain lane's way of filing: ``queue(length)`` is a live queue kept after it
+    empties; an item put there (arming only when earlier than ``timer_at``) is
+    cancelled at its deadline, one removed with ``pop`` is not; ``add`` returns the
+    same queue."""
+    loop = ManualLoop()
+    wheel = TimeoutWheel(loop)  # type: ignore[arg-type]
+    queue = wheel.queue(0.1)
+    hit, done = Thing(), Thing()
+    for t in (hit, done):
+        when = loop.now + 0.1
+        queue[t] = when
+        if when < wheel.timer_at:
+            wheel.arm(when)
+    assert loop.live_timers() == 1
+    queue.pop(done, None)
+    loop.advance(0.2)
+    assert (hit.cancelled, done.cancelled) == (1, 0)
+    assert wheel.queue(0.1) is queue  # kept, empty, for the next request
+    assert wheel.add(loop.now + 0.1, done, length=0.1) is queue
+    assert wheel.add(float("inf"), done, length=0.1) is None
+    wheel.close()
+    assert len(queue) == 0
+    assert loop.live_timers() == 0
