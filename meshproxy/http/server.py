@@ -485,8 +485,12 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._tx += len(data)
         transport.write(data)
         self._active = None
-        parts[10].tally.record(status, self.loop.time() - parts[9])
-        self._after_response()
+        now = self.loop.time()
+        parts[10].tally.record(status, now - parts[9])
+        if self._close_after or self._queue or self._pending_error is not None:
+            self._after_response()
+        else:
+            self._since = now  # idle from now: _after_response's usual case, inline
 
     def _direct_head(self, resp: Response | None, exc: ProxyError | None, *,
                      retry: bool = True) -> None:
