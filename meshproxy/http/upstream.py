@@ -59,6 +59,12 @@ class _HeadResponseDone(Exception):
     """Raised from the parser callback to stop after the head of a HEAD response."""
 
 
+class _Unsolicited(Exception):
+    """Raised from the parser callback when a response begins that no request asked
+    for (bytes after a complete response: an upstream out of step, or one trying to
+    smuggle a response to the next request on the connection)."""
+
+
 class UpstreamBody:
     """The body of one upstream response, from the connection to the downstream sink."""
 
@@ -176,6 +182,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._ep: Endpoint | None = None
         self._started = 0.0
         self._lane_chunks: list[bytes] | None = None
+        # A response completed inside a read goes back to the pool only once the whole
+        # read is parsed (see data_received): bytes after it mean no reuse.
+        self._feeding = False
+        self._release_pending = False
+        self._out_of_step = False
 
     # --- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -192,6 +203,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.busy:
             self.abort()  # bytes nobody asked for: the connection is out of step
             return
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -199,10 +211,29 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadResponseDone):
                 self._message_complete(reuse=False)
-            else:
+            elif self.busy:
                 self._fail(UpstreamProtocolError(f"bad response: {e}"))
+            else:
+                self._out_of_step = True  # _Unsolicited: a response nobody asked for
         except httptools.HttpParserError as e:
-            self._fail(UpstreamProtocolError(f"bad response: {e}"))
+            if self.busy:
+                self._fail(UpstreamProtocolError(f"bad response: {e}"))
+            else:
+                self._out_of_step = True  # garbage after a complete response
+        finally:
+            self._feeding = False
+        if self._release_pending:
+            # The response completed in this read and nothing followed it: only now may
+            # the connection serve another request (released earlier, a request started
+            # from the completion's callbacks could have taken it, and the bytes after
+            # the response would then have been parsed as that request's answer).
+            self._release_pending = False
+            if self._out_of_step:
+                self.abort()
+            else:
+                self.pool.release(self)
+        elif self._out_of_step:
+            self.abort()
         if self._deliver is not None:
             (callback, resp), self._deliver = self._deliver, None
             callback(resp, None)
@@ -315,8 +346,12 @@ class UpstreamConnection(asyncio.Protocol):
             body.detach()
 
     # --- parser callbacks: they only move bytes and flip flags ------------------------
-    # No on_message_begin (one fewer call per response): the per-message state is reset
-    # by send/send_lane and after an informational (1xx) head.
+    # The per-message state is reset by send/send_lane and after an informational (1xx)
+    # head; on_message_begin only refuses a response no request is waiting for.
+    def on_message_begin(self) -> None:
+        if not self.busy:
+            raise _Unsolicited
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._body is not None:
             return  # a trailer after a chunked body: not relayed (the head is gone)
@@ -415,7 +450,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.end_body()
         self.reused += 1
         if reuse and not self._close_after:
-            self.pool.release(self)
+            self._release()
         else:
             self.abort()
         self._done(True, status, "")
@@ -431,12 +466,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.busy = False
         self.reused += 1
         if reuse and not self._close_after:
-            self.pool.release(self)
+            self._release()
         else:
             self.abort()
         ep, self._ep = self._ep, None
         self._cluster.attempt_done(ep, self._started, True, status)  # type: ignore[union-attr]
         down.lane_answer(status, self._headers, chunks or (), self._cl)
+
+    def _release(self) -> None:
+        """Back to the pool for the next request: after the read being parsed, if this
+        runs inside one (see data_received)."""
+        if self._feeding:
+            self._release_pending = True
+        else:
+            self.pool.release(self)
 
     def _fail(self, exc: ProxyError) -> None:
         if not self.busy:

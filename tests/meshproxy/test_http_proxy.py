@@ -290,6 +290,60 @@ clusters:
         assert samples[(reason, str(status))] == 1
 
 
+@pytest.mark.parametrize("path", ["lane", "fused", "stack"],
+                         ids=["plain-lane", "fused-path", "layer-stack"])
+async def test_a_response_nobody_asked_for_is_never_handed_to_the_next_request(
+        proxy_factory, path: str) -> None:
+    """An upstream answers one request with two responses in one write (out of step,
+    or smuggling an answer to whoever is next on the connection). The client gets the
+    first; the connection is not reused, so the next request gets its own answer over
+    a new connection, never the injected one. The same on all three paths."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        me = connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = head.split(b" ", 2)[1]
+                if target == b"/two":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+                else:
+                    body = b"fresh-%d" % me
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        up = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        p = await proxy_factory(http_config([up]))
+        port = p.listeners["web"].port
+        [route] = p.listeners["web"].router.routes
+        assert route.lane is not None
+        if path != "lane":
+            route.lane = None
+        if path == "stack":
+            route.direct = None
+        warm = await request(port, "GET", "/warm")
+        assert (warm.status, warm.body) == (200, b"fresh-1")  # now idle in the pool
+        two = await request(port, "GET", "/two")
+        assert (two.status, two.body) == (200, b"first")
+        after = await request(port, "GET", "/after")
+        assert (after.status, after.body) == (200, b"fresh-2")
+        assert connections == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_answer_before_request_body_closes_client_connection(upstream,
                                                                    proxy_factory) -> None:
     """An upstream that answers before the request body is fully sent: the client gets
