@@ -505,32 +505,40 @@ def commit_times(store_file: Path, sent: dict[int, float]) -> dict[int, float]:
 async def watch_phase(conn: Conn, args: argparse.Namespace, tmp: Path, rv: str,
                       names: list[str], rate: float, host: str, port: int,
                       ca: str | None, *, phase: int, store_file: Path) -> dict[str, Any]:
-    out = tmp / f"watch-{rate:g}.json"
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtests.apiserver_bench", "--watcher-child",
-        "--host", host, "--port", str(port), "--token", conn.token, "--rv", rv,
-        "--ca", ca or "", "--watchers", str(args.watchers), "--expect", str(len(names)),
-        "--limit", str(args.phase_limit), "--out", str(out),
-        stdout=asyncio.subprocess.PIPE, start_new_session=True)
+    shares = [args.watchers // args.watcher_procs + (i < args.watchers % args.watcher_procs)
+              for i in range(args.watcher_procs)]
+    outs = [tmp / f"watch-{rate:g}-{i}.json" for i in range(len(shares))]
+    children = []
     try:
-        assert child.stdout is not None
-        async with asyncio.timeout(args.phase_limit):
-            line = await child.stdout.readline()
-        if line.strip() != b"READY":
-            raise RuntimeError(f"watcher process did not get ready: {line!r}")
+        for share, out in zip(shares, outs, strict=True):
+            children.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "loadtests.apiserver_bench", "--watcher-child",
+                "--host", host, "--port", str(port), "--token", conn.token, "--rv", rv,
+                "--ca", ca or "", "--watchers", str(share), "--expect", str(len(names)),
+                "--limit", str(args.phase_limit), "--out", str(out),
+                stdout=asyncio.subprocess.PIPE, start_new_session=True))
+        for child in children:
+            assert child.stdout is not None
+            async with asyncio.timeout(args.phase_limit):
+                line = await child.stdout.readline()
+            if line.strip() != b"READY":
+                raise RuntimeError(f"watcher process did not get ready: {line!r}")
         cpu0 = time.process_time()
         sent, elapsed, patch_latencies = await run_updates(conn, names, rate, args.update_clients,
                                           phase=phase)
         updater_cpu = time.process_time() - cpu0
         async with asyncio.timeout(args.phase_limit + 30):
-            await child.wait()
+            await asyncio.gather(*(child.wait() for child in children))
     finally:
-        if child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, 9)
-            await child.wait()
-    watcher = json.loads(out.read_text())
-    received = watcher["got"]
+        for child in children:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, 9)
+                await child.wait()
+    results = [json.loads(out.read_text()) for out in outs]
+    watcher = {"cpu_s": sum(r["cpu_s"] for r in results),
+               "reads": sum(r["reads"] for r in results)}
+    received = [got for r in results for got in r["got"]]
     committed = commit_times(store_file, sent)
     delays: list[float] = []
     from_commit: list[float] = []
@@ -674,6 +682,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="processes the creating clients are spread over")
     p.add_argument("--list-rounds", type=int, default=3)
     p.add_argument("--watchers", type=int, default=500)
+    p.add_argument("--watcher-procs", type=int, default=1,
+                   help="processes the watch streams are spread over")
     p.add_argument("--updates", type=int, default=1000)
     p.add_argument("--update-rates", type=lambda s: [float(x) for x in s.split(",")],
                    default=[100.0, 0.0],
@@ -701,6 +711,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pods, args.watchers, args.updates = 1000, 50, 100
     if not (args.watcher_child or args.create_child) and args.updates > args.pods:
         p.error("--updates must not exceed --pods (each update patches a distinct pod)")
+    if not 1 <= args.watcher_procs <= max(1, args.watchers):
+        p.error(f"--watcher-procs must be between 1 and --watchers ({args.watchers}), got "
+                f"{args.watcher_procs}")
     return args
 
 
