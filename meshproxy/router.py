@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from meshproxy.config.listeners import HeaderMatch, HttpListenerConfig, RouteConfig
 from meshproxy.http.lane import Lane
 from meshproxy.layers.forward import Forward
+from meshproxy.layers.guard import GuardedDirect
 from meshproxy.stack import StackContext, build_handler, direct_forward
 
 if TYPE_CHECKING:
@@ -77,10 +78,14 @@ class Route:
         self._regex = re.compile(m.regex.encode()) if m.regex else None
         self._headers = tuple(_HeaderRule(h) for h in m.headers)
         self.tally = stats.route_tally(listener, self.name)
-        # The plain lane: only for a route whose whole stack is the defaults (its fused
-        # path is a bare Forward) and whose balancer needs nothing from the request.
-        self.lane = (Lane(cluster, timeout=self.timeout, tally=self.tally)
-                     if type(self.direct) is Forward and cluster.hash_on is None else None)
+        # The plain lane: for a route whose stack is the defaults (its fused path is a
+        # bare Forward), or the defaults and admission guards the lane can run without
+        # an Exchange, and whose balancer needs nothing from the request.
+        direct = self.direct
+        guard = direct if isinstance(direct, GuardedDirect) and direct.lane_ready else None
+        self.lane = (Lane(cluster, timeout=self.timeout, tally=self.tally, guard=guard)
+                     if (type(direct) is Forward or guard is not None)
+                     and cluster.hash_on is None else None)
 
     def matches(self, host: bytes, path: bytes, headers: Headers,
                 lowered: list[bytes]) -> bool:

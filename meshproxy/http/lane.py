@@ -35,8 +35,19 @@ What the lane keeps, and how (each pinned by ``tests/meshproxy/test_lane.py``):
   bodies with backpressure; without an idle pooled connection the request goes to the
   route's stack with the endpoint already picked, as on the fused path.
 
-A route with any policy (deadline propagation, retries, hedging, endpoint guards,
-admission guards, a hash-based balancer) has no lane: its requests take the fused or
+A route whose only policies are admission guards that can run without an Exchange
+(the fused path's :class:`~meshproxy.layers.guard.GuardedDirect`: a rate limit with no
+key, switches without a cluster fallback, shedding, the cluster's request limit and
+breaker) takes the lane too: the admissions run right before the idle connection is
+taken, as on the fused path (a refusal becomes an Exchange answered with its local
+reply or static fallback), and the outcome is fed back to them when the lane's request
+ends, however it ends (answered on the lane, left for the fused path after the head,
+failed; a keep-alive race retried by the stack gives its admission back instead).
+Without this, a route with a breaker would pay its guards and the whole per-request
+machinery the lane saves.
+
+A route with any other policy (deadline propagation, retries, hedging, endpoint guards,
+a keyed rate limit, a hash-based balancer) has no lane: its requests take the fused or
 the full path, as before.
 """
 
@@ -49,6 +60,7 @@ from meshproxy.http.headers import STATUS_PHRASES
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
+    from meshproxy.layers.guard import GuardedDirect
     from meshproxy.metrics import Tally
 
 #: The largest response body the lane buffers whole before answering; a larger (or
@@ -73,12 +85,16 @@ class Lane:
     """The lane of one route: its cluster, timeout and tally, and a reusable pick
     context (balancers read it during ``pick`` and keep no reference)."""
 
-    __slots__ = ("cluster", "ctx", "deadlines", "tally", "timeout")
+    __slots__ = ("cluster", "ctx", "deadlines", "guard", "tally", "timeout")
 
-    def __init__(self, cluster: Cluster, *, timeout: float, tally: Tally) -> None:
+    def __init__(self, cluster: Cluster, *, timeout: float, tally: Tally,
+                 guard: GuardedDirect | None = None) -> None:
         self.cluster = cluster
         self.timeout = timeout
         self.tally = tally
+        #: the route's admission layers run synchronously (rate limit, switches,
+        #: shedding, the cluster's limit and breaker), or None on a route without them
+        self.guard = guard
         self.ctx = PickContext(0.0)
         #: The listener's TimeoutWheel queue for this timeout, taken on first use (a
         #: route belongs to one listener, whose wheel lives as long as it does).

@@ -101,6 +101,9 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         # The plain lane's request in progress (meshproxy.http.lane): its parts, from
         # which an Exchange is made only when it leaves the lane.
         self._lane_parts: tuple | None = None
+        #: a guarded lane request's admission: (guard, switch verdicts, breaker token,
+        #: start), fed back once when it ends (see meshproxy.http.lane)
+        self._lane_admitted: tuple | None = None
 
     # --- connection lifecycle -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -398,7 +401,27 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         ctx = lane.ctx
         ctx.now = now = self.loop.time()
         ep = cluster.balancer.pick(ctx, ())
-        conn = cluster.take_idle(ep) if ep is not None else None
+        guard = lane.guard
+        if guard is None:
+            conn = cluster.take_idle(ep) if ep is not None else None
+        elif ep is not None and cluster.pool(ep).idle:
+            # Admitted only with an idle connection there, as on the fused path, so a
+            # request that falls back to the stack is admitted once, by the stack.
+            refusal, switches, token = guard.admit_lane(now)
+            if refusal is not None:
+                self._lane_exchange(ep, attempted=False)
+                if isinstance(refusal, Response):
+                    self._direct_head(refusal, None)
+                else:
+                    self._direct_head(None, refusal)
+                return
+            conn = cluster.take_idle(ep)
+            if conn is None:
+                guard.undo(token)
+            else:
+                self._lane_admitted = (guard, switches, token, now)
+        else:
+            conn = None
         if conn is None:
             ex = self._lane_exchange(ep, attempted=False)
             self._task = self.loop.create_task(self._run(ex, route.handler))
@@ -440,6 +463,8 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         a 101): it continues as the fused path's response."""
         if self._lane_parts is not None:
             self._lane_exchange(self._direct_ep(), attempted=True)
+        if self._lane_admitted is not None:
+            self._lane_outcome(resp, exc, retry=True)
         self._direct_head(resp, exc)
 
     def lane_failed(self, exc: ProxyError, *, after_head: bool) -> None:
@@ -447,7 +472,23 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         (the keep-alive race retried through the stack, unless a response had begun)."""
         if self._lane_parts is not None:
             self._lane_exchange(self._direct_ep(), attempted=True)
+        if self._lane_admitted is not None:
+            self._lane_outcome(None, exc, retry=not after_head)
         self._direct_head(None, exc, retry=not after_head)
+
+    def _lane_outcome(self, resp: Response | None, exc: ProxyError | None, *,
+                      retry: bool) -> None:
+        """A guarded lane request left the lane: its outcome to the admissions, or,
+        for the keep-alive race the stack retries (and admits again), their grant
+        back; the same decision as ``_direct_head`` takes next."""
+        guard, switches, token, started = self._lane_admitted  # type: ignore[misc]
+        self._lane_admitted = None
+        conn, ex = self._direct, self._active
+        if (resp is None and retry and conn is not None and isinstance(ex, Exchange)
+                and stale_retry_ok(ex, conn, exc)):  # type: ignore[arg-type]
+            guard.undo(token)
+        else:
+            guard.finish(switches, token, resp is not None and resp.status < 500, started)
 
     def _direct_ep(self) -> object:
         conn = self._direct
@@ -462,6 +503,10 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             queue = self._direct_q
             if queue is not None:
                 queue.pop(conn, None)
+        admitted = self._lane_admitted
+        if admitted is not None:  # a guarded lane: the outcome to its admissions
+            self._lane_admitted = None
+            admitted[0].finish(admitted[1], admitted[2], status < 500, admitted[3])
         parts, self._lane_parts = self._lane_parts, None
         transport = self.transport
         if self._active is not IN_LANE or parts is None or self.closed or transport is None:

@@ -341,17 +341,7 @@ class GuardedDirect(Forward):
             if exc is not None and stale_retry_ok(ex, conn, exc):
                 self._undo(token)  # the stack retries it and decides again
             else:
-                end = loop.time()
-                ok = resp is not None and resp.status < 500
-                if self.limit is not None:
-                    self.limit.release()
-                breaker = self.breaker
-                if breaker is not None and not (ok and token == _PASS and breaker.quiet):
-                    breaker.record(token, ok, end)
-                if self.shedder is not None:
-                    self.shedder.done(end - now if ok else None, end)
-                for sw, v in switches:
-                    sw.observe(v, ok, end - now, end)
+                self.finish(switches, token, resp is not None and resp.status < 500, now)
             on_head(resp, exc)
 
         try:
@@ -361,12 +351,48 @@ class GuardedDirect(Forward):
             return None
         return conn
 
-    def _admit(self, ex: Exchange, now: float) -> ProxyError | Response | None:
+    def finish(self, switches: Sequence[tuple[Switch, Verdict]], token: int, ok: bool,
+               started: float) -> None:
+        """Feed an admitted request's outcome to the admissions that asked for it (what
+        the layers do after their ``await``): the limit's slot back, the breaker's
+        record, the shedder's latency, each switch's observation."""
+        end = self.loop.time()
+        if self.limit is not None:
+            self.limit.release()
+        breaker = self.breaker
+        if breaker is not None and not (ok and token == _PASS and breaker.quiet):
+            breaker.record(token, ok, end)
+        if self.shedder is not None:
+            self.shedder.done(end - started if ok else None, end)
+        for sw, v in switches:
+            sw.observe(v, ok, end - started, end)
+
+    @property
+    def lane_ready(self) -> bool:
+        """Whether the plain lane can run these admissions: it has no Exchange, so a
+        rate limit keyed by the client or a header keeps the route off it."""
+        return self.limiter is None or self.limiter.config.key == "none"
+
+    def admit_lane(self, now: float) -> tuple[ProxyError | Response | None,
+                                              Sequence[tuple[Switch, Verdict]], int]:
+        """The admissions of a plain-lane request (see :attr:`lane_ready`): the
+        refusal, or None with the switch verdicts and breaker token to pass to
+        :meth:`finish` (or :meth:`undo`) when it is over."""
+        refusal = self._admit(None, now)
+        return refusal, self._checked, self._token
+
+    def undo(self, token: int) -> None:
+        """Give back what an admitted request held, without an outcome (it goes to the
+        stack, which admits it again)."""
+        self._undo(token)
+
+    def _admit(self, ex: Exchange | None, now: float) -> ProxyError | Response | None:
         limiter = self.limiter
         if limiter is not None:
             if limiter.config.key == "none":
                 d = limiter.refusal(now)
             else:
+                assert ex is not None  # keyed limits keep a route off the lane
                 hv = ex.header(limiter.header_name.encode()) if limiter.header_name else None
                 d = limiter.refusal(now, client_address=ex.client, header_value=hv)
             if d is not None:

@@ -233,12 +233,13 @@ async def test_pipelined_requests_keep_their_order_around_the_lane(
 
 @pytest.mark.parametrize("policy", [
     "retry: {attempts: 2}",
-    "rate_limit: {rate: 1000}",
+    "rate_limit: {rate: 1000, key: client_address}",
     "deadline: {}",
-], ids=["retry", "rate-limit", "deadline"])
+], ids=["retry", "keyed-rate-limit", "deadline"])
 async def test_routes_with_a_policy_do_not_take_the_lane(upstream, proxy_factory,
                                                          lane_answers, policy: str) -> None:
-    """A route with any policy has no lane, and its requests never go through it."""
+    """A route with a policy the lane cannot run (retries, a rate limit keyed by the
+    client, deadline propagation) has no lane, and its requests never go through it."""
     p = await proxy_factory(http_config(
         [upstream.address], routes=f"[{{name: all, cluster: c, {policy}}}]"))
     port = p.listeners["web"].port
@@ -250,19 +251,56 @@ async def test_routes_with_a_policy_do_not_take_the_lane(upstream, proxy_factory
 
 @pytest.mark.parametrize("cluster_extra", [
     ", load_balancer: {policy: ring_hash, hash_on: {source: header, name: x-user}}",
-    ", breaker: {consecutive_failures: 3}",
     ", outlier: {}",
-], ids=["hash-balancer", "breaker", "outlier"])
+], ids=["hash-balancer", "outlier"])
 async def test_clusters_with_a_policy_keep_their_routes_off_the_lane(
         upstream, proxy_factory, lane_answers, cluster_extra: str) -> None:
-    """A hash-based balancer (it reads the request), a breaker or outlier detection on
-    the cluster: the route has no lane."""
+    """A hash-based balancer (it reads the request) or outlier detection on the
+    cluster: the route has no lane."""
     p = await proxy_factory(http_config([upstream.address], cluster_extra=cluster_extra))
     port = p.listeners["web"].port
     assert p.listeners["web"].router.routes[0].lane is None
     for _ in range(3):
         assert (await request(port, headers={"x-user": "u"})).status == 200
     assert lane_answers == []
+
+
+async def test_a_breaker_guarded_route_takes_the_lane_and_its_breaker_sees_outcomes(
+        upstream, proxy_factory, lane_answers) -> None:
+    """A cluster breaker is run by the lane (admission before the idle connection is
+    taken, outcome when the answer is complete): two 500s answered on the lane open it
+    (consecutive_failures 2), and the next request is refused with 503 circuit_open
+    without reaching the upstream."""
+    p = await proxy_factory(http_config(
+        [upstream.address],
+        cluster_extra=", breaker: {consecutive_failures: 2, reset_timeout: 60}"))
+    port = p.listeners["web"].port
+    [route] = p.listeners["web"].router.routes
+    assert route.lane is not None
+    assert route.lane.guard is not None
+    await warm(port)
+    for _ in range(2):
+        assert (await request(port, "GET", "/status/500")).status == 500
+    assert lane_answers == [500, 500]  # the warm-up found no idle connection: the stack
+    r = await request(port, "GET", "/status/200")
+    assert (r.status, r.reason) == (503, "circuit_open")
+    assert lane_answers == [500, 500]  # refused before any upstream exchange
+
+
+async def test_a_keyless_rate_limit_is_applied_on_the_lane(
+        upstream, proxy_factory, lane_answers) -> None:
+    """A route rate limit without a key is run by the lane: within the burst requests
+    are answered on the lane, beyond it they get 429 rate_limited."""
+    p = await proxy_factory(http_config(
+        [upstream.address],
+        routes="[{name: all, cluster: c, rate_limit: {rate: 0.001, burst: 3}}]"))
+    port = p.listeners["web"].port
+    assert p.listeners["web"].router.routes[0].lane is not None
+    statuses = [(await request(port)).status for _ in range(5)]
+    # the first request finds no idle connection (the stack admits it), then two on
+    # the lane use up the burst; the rest are refused
+    assert statuses == [200, 200, 200, 429, 429]
+    assert lane_answers == [200, 200]
 
 
 async def test_request_bodies_and_head_requests_leave_the_lane(
