@@ -407,7 +407,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         elif ep is not None and cluster.pool(ep).idle:
             # Admitted only with an idle connection there, as on the fused path, so a
             # request that falls back to the stack is admitted once, by the stack.
-            refusal, switches, token = guard.admit_lane(now)
+            refusal = guard.admit(None, now)
             if refusal is not None:
                 self._lane_exchange(ep, attempted=False)
                 if isinstance(refusal, Response):
@@ -417,9 +417,9 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 return
             conn = cluster.take_idle(ep)
             if conn is None:
-                guard.undo(token)
+                guard.undo(guard.token)
             else:
-                self._lane_admitted = (guard, switches, token, now)
+                self._lane_admitted = (guard, guard.checked, guard.token, now)
         else:
             conn = None
         if conn is None:
@@ -488,7 +488,8 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 and stale_retry_ok(ex, conn, exc)):  # type: ignore[arg-type]
             guard.undo(token)
         else:
-            guard.finish(switches, token, resp is not None and resp.status < 500, started)
+            guard.finish(switches, token, resp is not None and resp.status < 500, started,
+                         self.loop.time())
 
     def _direct_ep(self) -> object:
         conn = self._direct
@@ -503,10 +504,11 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             queue = self._direct_q
             if queue is not None:
                 queue.pop(conn, None)
+        now = self.loop.time()
         admitted = self._lane_admitted
         if admitted is not None:  # a guarded lane: the outcome to its admissions
             self._lane_admitted = None
-            admitted[0].finish(admitted[1], admitted[2], status < 500, admitted[3])
+            admitted[0].finish(admitted[1], admitted[2], status < 500, admitted[3], now)
         parts, self._lane_parts = self._lane_parts, None
         transport = self.transport
         if self._active is not IN_LANE or parts is None or self.closed or transport is None:
@@ -530,7 +532,6 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._tx += len(data)
         transport.write(data)
         self._active = None
-        now = self.loop.time()
         parts[10].tally.record(status, now - parts[9])
         if self._close_after or self._queue or self._pending_error is not None:
             self._after_response()

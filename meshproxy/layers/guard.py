@@ -291,8 +291,8 @@ class GuardedDirect(Forward):
     again, spending a second rate-limit token.)
     """
 
-    __slots__ = ("_checked", "_passing", "_token", "breaker", "limit", "limiter", "rank",
-                 "shedder", "switches")
+    __slots__ = ("_passing", "breaker", "checked", "limit", "limiter", "rank", "shedder",
+                 "switches", "token")
 
     def __init__(self, cluster: Cluster, *, limiter: RateLimiter | None,
                  switches: Sequence[Switch], shedder: LoadShedder | None, rank: int,
@@ -306,10 +306,11 @@ class GuardedDirect(Forward):
         self.breaker = breaker
         # every switch passive (the usual case): the verdicts, not rebuilt per request
         self._passing = tuple((sw, Verdict.PASS) for sw in self.switches)
-        # the admissions' results for the request being dispatched (single-threaded:
-        # read right after _admit, before anything else can run)
-        self._checked: Sequence[tuple[Switch, Verdict]] = self._passing
-        self._token = 0
+        #: the admissions' results for the request just admitted (single-threaded: read
+        #: right after admit, before anything else can run): the switch verdicts and the
+        #: breaker's token, for finish or undo
+        self.checked: Sequence[tuple[Switch, Verdict]] = self._passing
+        self.token = 0
 
     def try_direct(self, ex: Exchange, on_head: HeadCallback) -> object:  # type: ignore[override]
         cluster = self.cluster
@@ -323,14 +324,14 @@ class GuardedDirect(Forward):
         pool = cluster.pool(ep)
         if not pool.idle:
             return None
-        refusal = self._admit(ex, now)
+        refusal = self.admit(ex, now)
         if refusal is not None:
             if isinstance(refusal, Response):
                 on_head(refusal, None)
             else:
                 on_head(None, refusal)
             return ANSWERED
-        switches, token = self._checked, self._token
+        switches, token = self.checked, self.token
         conn = pool.take_idle()
         if conn is None:
             self._undo(token)
@@ -341,7 +342,8 @@ class GuardedDirect(Forward):
             if exc is not None and stale_retry_ok(ex, conn, exc):
                 self._undo(token)  # the stack retries it and decides again
             else:
-                self.finish(switches, token, resp is not None and resp.status < 500, now)
+                self.finish(switches, token, resp is not None and resp.status < 500, now,
+                            loop.time())
             on_head(resp, exc)
 
         try:
@@ -352,11 +354,10 @@ class GuardedDirect(Forward):
         return conn
 
     def finish(self, switches: Sequence[tuple[Switch, Verdict]], token: int, ok: bool,
-               started: float) -> None:
-        """Feed an admitted request's outcome to the admissions that asked for it (what
-        the layers do after their ``await``): the limit's slot back, the breaker's
-        record, the shedder's latency, each switch's observation."""
-        end = self.loop.time()
+               started: float, end: float) -> None:
+        """Feed an admitted request's outcome (at loop time ``end``) to the admissions
+        that asked for it (what the layers do after their ``await``): the limit's slot
+        back, the breaker's record, the shedder's latency, each switch's observation."""
         if self.limit is not None:
             self.limit.release()
         breaker = self.breaker
@@ -373,20 +374,16 @@ class GuardedDirect(Forward):
         rate limit keyed by the client or a header keeps the route off it."""
         return self.limiter is None or self.limiter.config.key == "none"
 
-    def admit_lane(self, now: float) -> tuple[ProxyError | Response | None,
-                                              Sequence[tuple[Switch, Verdict]], int]:
-        """The admissions of a plain-lane request (see :attr:`lane_ready`): the
-        refusal, or None with the switch verdicts and breaker token to pass to
-        :meth:`finish` (or :meth:`undo`) when it is over."""
-        refusal = self._admit(None, now)
-        return refusal, self._checked, self._token
-
     def undo(self, token: int) -> None:
         """Give back what an admitted request held, without an outcome (it goes to the
         stack, which admits it again)."""
         self._undo(token)
 
-    def _admit(self, ex: Exchange | None, now: float) -> ProxyError | Response | None:
+    def admit(self, ex: Exchange | None, now: float) -> ProxyError | Response | None:
+        """Run the admissions in the stack's order: the refusal (a local reply's error or
+        a static fallback), or None with :attr:`checked` and :attr:`token` set for
+        :meth:`finish` or :meth:`undo`. ``ex`` may be None on the plain lane (see
+        :attr:`lane_ready`)."""
         limiter = self.limiter
         if limiter is not None:
             if limiter.config.key == "none":
@@ -398,7 +395,7 @@ class GuardedDirect(Forward):
             if d is not None:
                 return Refused(d.status, "rate_limited", headers=[
                     (k.encode(), v.encode()) for k, v in d.headers()])
-        self._checked = self._passing
+        self.checked = self._passing
         for sw in self.switches:
             if not sw.passive:
                 refusal = self._check_switches(now)
@@ -423,7 +420,7 @@ class GuardedDirect(Forward):
                 if self.shedder is not None:
                     self.shedder.done(None, now)
                 return Refused(503, CIRCUIT_OPEN)
-        self._token = token
+        self.token = token
         return None
 
     def _check_switches(self, now: float) -> ProxyError | Response | None:
@@ -438,7 +435,7 @@ class GuardedDirect(Forward):
                 assert isinstance(action, StaticResponse)  # cluster fallbacks are not fused
                 return _static(sw, action)
             checked.append((sw, v))
-        self._checked = checked
+        self.checked = checked
         return None
 
     def _undo(self, token: int) -> None:
