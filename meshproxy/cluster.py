@@ -181,16 +181,10 @@ class Cluster:
         return ep
 
     def take_idle(self, ep: Endpoint) -> UpstreamConnection | None:
-        """An idle pooled connection to ``ep``, or None (the plain lane's one call for
-        ``pool(ep).take_idle()``; an endpoint just removed has none)."""
+        """An idle pooled connection to ``ep``, or None (an endpoint just removed has
+        no pool, and :meth:`pool` would make it a short-lived one for nothing)."""
         pool = self._pool_of.get(ep)
-        if pool is not None:
-            idle = pool.idle
-            while idle:
-                conn = idle.pop()
-                if not conn.closed:
-                    return conn
-        return None
+        return pool.take_idle() if pool is not None else None
 
     def pool(self, ep: Endpoint) -> Pool:
         pool = self._pool_of.get(ep)

@@ -334,13 +334,13 @@ class GuardedDirect(Forward):
         switches, token = self.checked, self.token
         conn = pool.take_idle()
         if conn is None:
-            self._undo(token)
+            self.undo(token)
             return None
 
         # A closure over only what differs per request (the rest is read from self).
         def head(resp: Response | None, exc: ProxyError | None) -> None:
             if exc is not None and stale_retry_ok(ex, conn, exc):
-                self._undo(token)  # the stack retries it and decides again
+                self.undo(token)  # the stack retries it and decides again
             else:
                 self.finish(switches, token, resp is not None and resp.status < 500, now,
                             loop.time())
@@ -349,7 +349,7 @@ class GuardedDirect(Forward):
         try:
             self._send(ex, ep, conn, head)
         except UpstreamReset:
-            self._undo(token)
+            self.undo(token)
             return None
         return conn
 
@@ -373,11 +373,6 @@ class GuardedDirect(Forward):
         """Whether the plain lane can run these admissions: it has no Exchange, so a
         rate limit keyed by the client or a header keeps the route off it."""
         return self.limiter is None or self.limiter.config.key == "none"
-
-    def undo(self, token: int) -> None:
-        """Give back what an admitted request held, without an outcome (it goes to the
-        stack, which admits it again)."""
-        self._undo(token)
 
     def admit(self, ex: Exchange | None, now: float) -> ProxyError | Response | None:
         """Run the admissions in the stack's order: the refusal (a local reply's error or
@@ -438,7 +433,9 @@ class GuardedDirect(Forward):
         self.checked = checked
         return None
 
-    def _undo(self, token: int) -> None:
+    def undo(self, token: int) -> None:
+        """Give back what an admitted request held, without an outcome (it goes to the
+        stack, which admits it again)."""
         if self.breaker is not None:
             self.breaker.cancel(token)
         if self.limit is not None:

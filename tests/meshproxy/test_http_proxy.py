@@ -12,6 +12,7 @@ import hashlib
 import pytest
 from proxy_kit import http_config
 from rawclient import RawConn, build, request
+from upstreams import Scripted
 
 from meshproxy.http.message import BODY_HIGH_WATER
 
@@ -298,33 +299,15 @@ async def test_a_response_nobody_asked_for_is_never_handed_to_the_next_request(
     or smuggling an answer to whoever is next on the connection). The client gets the
     first; the connection is not reused, so the next request gets its own answer over
     a new connection, never the injected one. The same on all three paths."""
-    connections = 0
+    def answer(target: bytes, connection: int) -> bytes:
+        if target == b"/two":
+            return (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+        body = b"fresh-%d" % connection
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        me = connections
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                target = head.split(b" ", 2)[1]
-                if target == b"/two":
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
-                                 b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
-                else:
-                    body = b"fresh-%d" % me
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                 % (len(body), body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        up = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        p = await proxy_factory(http_config([up]))
+    async with Scripted(answer) as up:
+        p = await proxy_factory(http_config([up.address]))
         port = p.listeners["web"].port
         [route] = p.listeners["web"].router.routes
         assert route.lane is not None
@@ -338,10 +321,7 @@ async def test_a_response_nobody_asked_for_is_never_handed_to_the_next_request(
         assert (two.status, two.body) == (200, b"first")
         after = await request(port, "GET", "/after")
         assert (after.status, after.body) == (200, b"fresh-2")
-        assert connections == 2
-    finally:
-        server.close()
-        await server.wait_closed()
+        assert up.connections == 2
 
 
 async def test_answer_before_request_body_closes_client_connection(upstream,

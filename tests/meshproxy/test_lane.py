@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from proxy_kit import http_config
 from rawclient import RawConn, build, request
+from upstreams import Scripted
 
 from meshproxy.config import load_config
 from meshproxy.http.lane import LANE_MAX_BODY
@@ -383,21 +384,12 @@ async def test_informational_head_fields_do_not_reach_the_final_response(
     """An upstream that sends 103 Early Hints (with a Link field) before its 200: the
     client gets the 200 with only the final head's fields (the upstream connection
     keeps no per-message callback, so the 1xx head's fields must be dropped)."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
-                             b"HTTP/1.1 200 OK\r\nx-final: yes\r\nContent-Length: 3\r\n\r\nok\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def answer(_target: bytes, _connection: int) -> bytes:
+        return (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nx-final: yes\r\nContent-Length: 3\r\n\r\nok\n")
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        p = await proxy_factory(http_config([f"127.0.0.1:{port}"]))
+    async with Scripted(answer) as up:
+        p = await proxy_factory(http_config([up.address]))
         conn = await RawConn.open(p.listeners["web"].port)
         try:
             for _ in range(2):  # the first opens the pooled connection, the second is lane
@@ -409,9 +401,6 @@ async def test_informational_head_fields_do_not_reach_the_final_response(
         finally:
             await conn.close()
         assert lane_answers == [200]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_latency_aware_balancer_still_observes_lane_attempts(

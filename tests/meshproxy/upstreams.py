@@ -26,6 +26,10 @@ not below)                  body sha256, connection number and request number on
 
 Every server counts connections and requests, and names itself in ``x-upstream`` so
 tests can see which endpoint answered. Other helpers' tests reuse it.
+
+:class:`Scripted` is rawer still: every bodiless request head it reads is answered with
+whatever bytes a test's function returns (several responses in one write, a 1xx before
+the final head), for the upstream misbehaviours the path table cannot express.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import hashlib
 import json
 import socket
 import struct
+from collections.abc import Callable
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -267,3 +272,41 @@ async def read_request(reader: asyncio.StreamReader) -> dict | None:
         body = await reader.readexactly(int(headers["content-length"]))
     return {"method": method, "target": target, "path": target.split("?")[0],
             "headers": headers, "raw_headers": raw_headers, "body": body}
+
+
+class Scripted:
+    """A raw HTTP/1.1 upstream on 127.0.0.1 answering each request head (bodiless
+    requests only) with ``answer(target, connection_number)``, written as one send.
+    Use as ``async with Scripted(answer) as up: ... up.address``."""
+
+    def __init__(self, answer: Callable[[bytes, int], bytes]) -> None:
+        self.answer = answer
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> Scripted:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(self.answer(head.split(b" ", 2)[1], number))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
