@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from meshproxy.config.listeners import HeaderMatch, HttpListenerConfig, RouteConfig
+from meshproxy.http.headers import first_value
 from meshproxy.http.lane import Lane
 from meshproxy.layers.forward import Forward
 from meshproxy.layers.guard import GuardedDirect
@@ -38,12 +39,7 @@ class _HeaderRule:
         self.invert = m.invert
 
     def holds(self, headers: Headers, lowered: list[bytes]) -> bool:
-        v = None
-        name = self.name
-        for i, low in enumerate(lowered):
-            if low == name:
-                v = headers[i][1]
-                break
+        v = first_value(headers, lowered, self.name)
         if self.present is not None:
             ok = (v is not None) == self.present
         elif v is None:

@@ -49,6 +49,15 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return tokens
 
 
+def first_value(headers: Headers, lowered: list[bytes], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case), or None; ``lowered`` holds the
+    lower-cased names parallel to ``headers``."""
+    for low, (_, value) in zip(lowered, headers, strict=True):
+        if low == name:
+            return value
+    return None
+
+
 def filter_end_to_end(headers: Headers, lowered: list[bytes], extra: set[bytes] | None) -> Headers:
     """The headers to forward: hop-by-hop and those named by ``Connection`` removed.
 

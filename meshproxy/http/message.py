@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from meshproxy.http.headers import Headers, serialize
+from meshproxy.http.headers import Headers, first_value, serialize
 
 if TYPE_CHECKING:
     from meshproxy.http.flow import FlowControl
@@ -210,10 +210,7 @@ class Exchange:
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (``name`` lower-case), or None."""
-        for low, (_, value) in zip(self.lowered, self.headers, strict=True):
-            if low == name:
-                return value
-        return None
+        return first_value(self.headers, self.lowered, name)
 
     def upstream_head(self) -> bytes:
         """The request head to send upstream (computed once, reused by retries)."""
