@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import random
 
-#: Request headers the proxy interprets (the rest pass through untouched).
+#: Request headers the proxy interprets besides Host (which ``on_header`` reads in every
+#: request before consulting this set); the rest pass through untouched.
 SPECIAL_HEADERS = frozenset({
-    b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect",
+    b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"te", b"keep-alive",
     b"proxy-connection", b"trailer", b"proxy-authorization", b"proxy-authenticate",
     b"http2-settings"})

@@ -212,11 +212,6 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             head.cl = n
         elif low == b"transfer-encoding":
             head.chunked = True
-        elif low == b"host":
-            if head.host is not None:
-                raise DownstreamError(400, "duplicate_host")
-            head.host = value
-            return False
         elif low == b"connection":
             tokens = connection_tokens(value)
             head.conn_tokens = tokens if head.conn_tokens is None else head.conn_tokens | tokens
