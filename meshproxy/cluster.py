@@ -56,7 +56,9 @@ class Cluster:
         self.pools: dict[tuple[str, int], Pool] = {}
         self._pool_of: dict[Endpoint, Pool] = {}  # same pools by identity: no key tuple
         self.balancer: Balancer = self._make_balancer(config, [])
-        self._learns = getattr(self.balancer, "learns", True)
+        #: Whether the balancer uses attempts' outcomes (``observe``); callers skip the
+        #: call when it does not.
+        self.learns = getattr(self.balancer, "learns", True)
         #: The consistent-hash key source (ring_hash, maglev), else None.
         self.hash_on = config.load_balancer.hash_on
         self._tallies: dict[Endpoint, Tally] = {}
@@ -74,7 +76,7 @@ class Cluster:
         if config.load_balancer != self.config.load_balancer:
             self._count_panic()
             self.balancer = self._make_balancer(config, self.endpoints)
-            self._learns = getattr(self.balancer, "learns", True)
+            self.learns = getattr(self.balancer, "learns", True)
             self._panic_seen = 0
             self.hash_on = config.load_balancer.hash_on
         old_check = self.config.health_check
@@ -199,7 +201,7 @@ class Cluster:
         metrics."""
         ep.active_requests -= 1
         latency = self.loop.time() - started
-        if self._learns:
+        if self.learns:
             self.balancer.observe(ep, latency, ok and status < 500)
         if ok:
             tally = self._tallies.get(ep)

@@ -4,8 +4,8 @@ An :class:`HttpListener` owns an ``asyncio.Server`` (bound with ``SO_REUSEPORT``
 that worker processes can share the port), the set of live
 :class:`~meshproxy.http.server.HttpServerProtocol` connections (for drain), the
 current :class:`~meshproxy.router.Router` (swapped whole on reload) and its bound
-metrics. TCP listeners live in :mod:`meshproxy.tcp`; :mod:`meshproxy.proxy` creates,
-updates and retires both.
+metrics. TCP listeners live in :mod:`meshproxy.tcp` (raw sockets in an epoll of their
+own, not an ``asyncio.Server``); :mod:`meshproxy.proxy` creates, updates and retires both.
 """
 
 from __future__ import annotations
@@ -113,6 +113,12 @@ class ListenerBase:
         if self.server is not None:
             self.server.close()
 
+    def abort_connections(self) -> None:
+        """Cut every open connection now, whatever is unsent."""
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+
     async def _wait_empty(self, timeout: float) -> None:
         self._empty = asyncio.Event()
         if self.connections:
@@ -199,9 +205,7 @@ class HttpListener(ListenerBase):
         for conn in list(self.connections):
             conn.drain()
         await self._wait_empty(timeout)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+        self.abort_connections()
         self.sweep()
         self.timeouts.close()
         if self._ticker is not None:

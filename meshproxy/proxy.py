@@ -276,9 +276,7 @@ class Proxy:
             self._sweeper = None
         for lst in self.listeners.values():
             lst.stop_accepting()
-            for conn in list(lst.connections):
-                if conn.transport is not None:
-                    conn.transport.abort()
+            lst.abort_connections()
         for task in list(self._retiring):
             task.cancel()
         if self._retiring:

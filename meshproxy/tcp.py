@@ -2,26 +2,47 @@
 
 Bytes a client sends before the upstream connection is open are buffered, its reading
 paused past 256 KiB (nothing is buffered without bound); then bytes flow both ways with
-backpressure: when one side's write buffer fills, the other side's reading pauses.
-Half-close (EOF) is
-passed through. A connect failure closes the client's connection (at L4 there is no
-status to send) and is counted by outcome. An idle timeout closes both sides after a
-period with no byte in either direction, checked by a periodic tick.
+backpressure: when one side cannot take more, reading from the other pauses until it
+has drained. Half-close (EOF) is passed through, after every byte before it. A connect
+failure closes the client's connection (at L4 there is no status to send) and is counted
+by outcome. An idle timeout closes both sides after a period with no byte in either
+direction.
 
-Each connection has one timer: first it is the cluster's connect timeout, then (once
-connected) the idle tick. A connection-per-request client pays for one timer, not two.
+**Why not asyncio transports.** A connection-per-request client costs an L4 proxy a
+handful of system calls per connection and little else; uvloop's TCP transports added
+about seven more (getsockname and getpeername on both sockets, an ``SO_ERROR`` check,
+io_uring submissions, a ``Server`` and two ``Transport``/``Protocol`` pairs in Python)
+and kept meshproxy at 0.6x haproxy. Here the sockets are plain non-blocking sockets in
+an edge-triggered ``epoll`` of the listener's own, which uvloop polls as one more file
+descriptor (``add_reader`` on the epoll descriptor): per connection accept, socket,
+connect, two registrations, one read and one write each way, the shutdowns and the two
+closes, about what haproxy does. Linux only, as the rest of the data plane.
+
+Edge-triggered means a side is read until the kernel has no more (a short read says so;
+``EPOLLRDHUP`` with a short read says the peer's EOF is in too), and a side whose
+reading paused is read again by whoever unpauses it, since no new edge will come for
+bytes already waiting.
+
+Timeouts cost no timer per connection: the listener's one periodic tick expires the
+connects older than the cluster's connect timeout and closes connections quiet for the
+idle timeout (measured from the first tick after the last byte, so a connection is
+closed after between ``idle_timeout`` and ``idle_timeout`` + two ticks of quiet).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
-from functools import partial
+import os
+import select
+import socket
+from _socket import socket as _CSocket
 from typing import TYPE_CHECKING
 
 from meshproxy.balance import PickContext
 from meshproxy.errors import ProxyError
-from meshproxy.listener import ListenerBase
+from meshproxy.listener import BACKLOG, ListenerBase
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
@@ -31,243 +52,530 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLRDHUP = select.EPOLLRDHUP
+_FAILED = select.EPOLLERR | select.EPOLLHUP
+_READABLE = EPOLLIN | EPOLLRDHUP | _FAILED
+#: The upstream socket is watched for writability from the start (that is how its
+#: connect completes); the client's only once a write to it would block, so that a
+#: short connection has no writability event to dispatch.
+_UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | select.EPOLLET
+_DOWNSTREAM_EVENTS = EPOLLIN | EPOLLRDHUP | select.EPOLLET
 
-class _Upstream(asyncio.Protocol):
-    def __init__(self, down: TcpDownstream) -> None:
-        self.down = down
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        d = self.down
-        d.active = True
-        if d.transport is not None:
-            d.tx += len(data)
-            d.transport.write(data)
-
-    def eof_received(self) -> bool:
-        d = self.down
-        d.eof_up = True
-        if d.transport is not None and d.transport.can_write_eof():
-            d.transport.write_eof()
-        return d.check_both_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.down.upstream_lost()
-        self.down = None  # type: ignore[assignment]  # break the cycle: free by refcount
-
-    def pause_writing(self) -> None:
-        if self.down.transport is not None:
-            self.down.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.down.transport is not None:
-            self.down.transport.resume_reading()
+#: One read's buffer, shared by every connection of the process: a read is written on
+#: at once, and only what the other side does not take is copied out of it.
+_SIZE = 65536
+_BUF = bytearray(_SIZE)
+_VIEW = memoryview(_BUF)
+#: Bytes held for a side that cannot take them before reading from its peer pauses.
+_HOLD_LIMIT = 256 * 1024
+#: ``read`` argument: read until the kernel says "would block" (a short read proves
+#: nothing when the edge that said more might come was seen while paused).
+_DRAIN = -1
+#: Accepts per poll of one listening socket (the rest wait for the next poll).
+_ACCEPT_BATCH = 64
+_SOCK_STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+# Connection sockets are the C type that ``socket.socket`` wraps: the wrapper's
+# Python-level ``__init__``, ``accept`` and ``close`` (reference counting for
+# ``makefile``, unused here) were a tenth of the Python time of a short connection.
 
 
-class TcpDownstream(asyncio.Protocol):
-    """One client connection of a TCP listener."""
+_families: dict[str, int] = {}
 
-    def __init__(self, listener: TcpListener) -> None:
-        self.listener = listener
-        self.loop = listener.loop
-        self.transport: asyncio.Transport | None = None
-        self.upstream: _Upstream | None = None
-        self.endpoint: Endpoint | None = None
-        self.active = False
-        self.eof_down = self.eof_up = False
-        self.rx = self.tx = 0
-        self._pending: list[bytes] = []
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._expired = False   # the connect timeout passed while connecting
-        self._connected_tick = True  # the timer's next firing is the connect timeout's
-        self._closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.listener.connections.add(self)
-        cluster = self.listener.cluster
-        self._task = self.loop.create_task(self._connect(cluster))
-        # The connection's one timer starts as the connect timeout (see _tick).
-        self._timer = self.loop.call_later(cluster.config.connect_timeout, self._tick)
+def _numeric_family(host: str) -> int:
+    """``AF_INET``/``AF_INET6`` for an address literal, 0 for a name to resolve."""
+    family = _families.get(host)
+    if family is None:
+        family = 0
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(fam, host)
+            except OSError:
+                continue
+            family = fam
+            break
+        if len(_families) < 4096:
+            _families[host] = family
+    return family
 
-    async def _connect(self, cluster: Cluster) -> None:
-        started = self.loop.time()
+
+class _Side:
+    """One socket of a connection: the client's (downstream) or the endpoint's."""
+
+    __slots__ = ("conn", "connected", "eof", "fd", "nread", "out", "paused", "peer",
+                 "shut", "sock", "watch_out")
+
+    def __init__(self, sock: _CSocket | None, conn: TcpConnection,
+                 connected: bool) -> None:
+        self.sock: _CSocket = sock  # type: ignore[assignment]  # upstream: set on open
+        self.fd = sock.fileno() if sock is not None else -1
+        self.peer: _Side = self  # set by the connection
+        self.conn = conn
+        self.out: bytes | None = None  # bytes read from the peer, not yet taken by this side
+        self.eof = False        # this side's EOF has been read
+        self.shut = False       # our FIN has been sent to this side
+        self.connected = connected
+        self.paused = False     # reading paused: the peer holds too much unsent
+        self.nread = 0          # bytes read from this side, not yet in the metrics
+        self.watch_out = not connected  # registered for EPOLLOUT (see _UPSTREAM_EVENTS)
+
+    def on_event(self, ev: int) -> None:
+        if not self.connected:
+            if ev & _FAILED and self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self.conn.connect_failed("connect_failure")
+                return
+            if not ev & EPOLLOUT:
+                return
+            self.conn.upstream_connected()
+            if self.conn.closed:
+                return
+        elif ev & EPOLLOUT and self.out is not None:
+            self.flush()
+        if ev & _READABLE and not self.paused and not self.eof:
+            self.read(ev)
+
+    def read(self, ev: int) -> None:
+        sock = self.sock
+        peer = self.peer
+        conn = self.conn
+        conn.active = True
+        while True:
+            try:
+                n = sock.recv_into(_BUF)
+            except BlockingIOError:
+                return
+            except OSError:
+                conn.abort()
+                return
+            if n == 0:
+                self.got_eof()
+                return
+            self.nread += n
+            out = peer.out
+            if out is None and peer.connected:
+                try:
+                    m = peer.sock.send(_VIEW[:n])
+                except BlockingIOError:
+                    m = 0
+                except OSError:
+                    conn.abort()
+                    return
+                if m != n:
+                    peer.out = out = _VIEW[m:n].tobytes()
+                    if not peer.watch_out:
+                        peer.watch_out = True
+                        # Modify re-arms the edge: if the socket is already writable
+                        # again, the event comes at the next poll (no wake-up lost).
+                        self.conn.poller.ep.modify(peer.fd, _DOWNSTREAM_EVENTS | EPOLLOUT)
+            else:
+                peer.out = out = _VIEW[:n].tobytes() if out is None else out + _VIEW[:n]
+            if out is not None and len(out) >= _HOLD_LIMIT:
+                self.paused = True  # the peer's flush resumes reading
+                return
+            if n < _SIZE and ev != _DRAIN:
+                if ev & EPOLLRDHUP:
+                    self.got_eof()
+                return
+
+    def got_eof(self) -> None:
+        self.eof = True
+        peer = self.peer
+        if peer.out is None and peer.connected:
+            if peer.eof and self.out is None:
+                # Both directions have ended and every byte is delivered: the close
+                # sends the FIN itself (a shutdown first would be one more system call).
+                self.conn.abort()
+            else:
+                peer.shutdown()
+
+    def shutdown(self) -> None:
+        """Pass the peer's EOF on (its bytes before it are all sent)."""
+        self.shut = True
         try:
-            ep = cluster.pick(PickContext(started))
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.conn.abort()
+            return
+        if self.peer.shut:
+            self.conn.abort()  # both directions ended, every byte delivered: close
+
+    def flush(self) -> None:
+        out = self.out
+        assert out is not None
+        try:
+            m = self.sock.send(out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.conn.abort()
+            return
+        if m < len(out):
+            self.out = out[m:]
+            return
+        self.out = None
+        peer = self.peer
+        if peer.eof:
+            if self.eof and peer.out is None:
+                self.conn.abort()  # both ended, all delivered (see got_eof)
+            elif not self.shut:
+                self.shutdown()
+        elif peer.paused:
+            peer.paused = False
+            peer.read(_DRAIN)
+
+
+class TcpConnection:
+    """One client connection of a TCP listener and its upstream connection."""
+
+    __slots__ = ("active", "closed", "cluster", "down", "endpoint", "listener", "poller",
+                 "quiet_since", "resolving", "started", "up")
+
+    def __init__(self, listener: TcpListener, sock: _CSocket) -> None:
+        self.listener = listener
+        self.poller = listener.poller
+        self.cluster = listener.cluster
+        self.down = down = _Side(sock, self, True)
+        #: The upstream side exists from the start (bytes for it are held in its
+        #: ``out``); its socket is opened once the endpoint is picked (and resolved).
+        self.up = up = _Side(None, self, False)
+        down.peer = up
+        up.peer = down
+        self.endpoint: Endpoint | None = None
+        self.started = 0.0
+        self.active = False
+        self.quiet_since = 0.0
+        self.closed = False
+        self.resolving: asyncio.Task[None] | None = None
+
+    # --- the connect -------------------------------------------------------------------
+    def connect(self) -> None:
+        listener = self.listener
+        cluster = self.cluster
+        self.started = now = listener.loop.time()
+        self.quiet_since = now
+        try:
+            ep = cluster.pick(PickContext(now))
         except ProxyError:
-            self.listener.count("no_healthy_upstream")
-            self._close()
+            listener.count("no_healthy_upstream")
+            self.abort()
             return
         self.endpoint = ep
         ep.active_requests += 1
-        try:
-            _, up = await self.loop.create_connection(partial(_Upstream, self), ep.host,
-                                                      ep.port)
-        except (OSError, asyncio.CancelledError) as e:
-            expired = self._expired
-            if isinstance(e, asyncio.CancelledError) and not expired:
-                raise  # the client left: connection_lost accounts for the endpoint
-            reason = "connect_timeout" if expired else "connect_failure"
-            if expired:
-                self._task.uncancel()  # type: ignore[union-attr]
-            self.endpoint = None
-            cluster.attempt_done(ep, started, False, 0, reason)
-            self.listener.count(reason)
-            self._close()
-            return
-        finally:
-            self._task = None
-        cluster.balancer.observe(ep, self.loop.time() - started, True)
-        self.upstream = up
-        if self._closed:
-            up.transport.close()  # type: ignore[union-attr]
-            return
-        self.listener.count("connected")
-        if cluster.config.connect_timeout > self.listener.config.idle_timeout / 2:
-            # An idle timeout shorter than the connect timeout: tick from now on.
-            if self._timer is not None:
-                self._timer.cancel()
-            self._connected_tick = False
-            self._arm_tick()
-        if self._pending:
-            up.transport.write(b"".join(self._pending))  # type: ignore[union-attr]
-            self._pending = []
-            if self.transport is not None:
-                self.transport.resume_reading()
-        if self.eof_down and up.transport.can_write_eof():  # type: ignore[union-attr]
-            up.transport.write_eof()  # type: ignore[union-attr]  # the client's EOF came early
-
-    def data_received(self, data: bytes) -> None:
-        self.active = True
-        self.rx += len(data)
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.write(data)
+        listener.connecting[self] = None
+        family = _numeric_family(ep.host)
+        if family:
+            self._open(family, (ep.host, ep.port))
         else:
-            self._pending.append(data)
-            if sum(map(len, self._pending)) > 256 * 1024 and self.transport is not None:
-                self.transport.pause_reading()  # resumed by the upstream's connect
+            self.resolving = listener.loop.create_task(self._resolve(ep))
 
-    def eof_received(self) -> bool:
-        self.eof_down = True
-        up = self.upstream
-        if up is not None and up.transport is not None and up.transport.can_write_eof():
-            up.transport.write_eof()
-        return self.check_both_eof()
+    async def _resolve(self, ep: Endpoint) -> None:
+        try:
+            infos = await self.listener.loop.getaddrinfo(ep.host, ep.port,
+                                                         type=socket.SOCK_STREAM)
+        except OSError:
+            self.resolving = None
+            self.connect_failed("connect_failure")
+            return
+        self.resolving = None
+        if not self.closed:
+            family, _, _, _, sockaddr = infos[0]
+            self._open(family, sockaddr)
 
-    def check_both_eof(self) -> bool:
-        """Half-close passes through; once both directions ended, close both sides.
-        Returns what ``eof_received`` must return (True: keep the transport open)."""
-        if not (self.eof_down and self.eof_up):
-            return True
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.close()
-        if self.transport is not None:
-            self.transport.close()
-        return False
+    def _open(self, family: int, sockaddr: tuple) -> None:
+        sock = _CSocket(family, _SOCK_STREAM_NB)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(sockaddr)
+        except OSError as e:
+            err = e.errno or errno.EIO
+        if err and err != errno.EINPROGRESS:
+            sock.close()
+            self.connect_failed("connect_failure")
+            return
+        up = self.up
+        up.sock = sock
+        up.fd = sock.fileno()
+        self.poller.add(up, _UPSTREAM_EVENTS)
 
-    def pause_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
+    def upstream_connected(self) -> None:
+        up = self.up
+        assert self.endpoint is not None
+        up.connected = True
+        listener = self.listener
+        listener.connecting.pop(self, None)
+        cluster = self.cluster
+        if cluster.learns:
+            cluster.balancer.observe(self.endpoint, listener.loop.time() - self.started,
+                                     True)
+        listener.count("connected")
+        if up.out is not None:
+            up.flush()  # what the client sent meanwhile (and, once flushed, its EOF)
+        elif self.down.eof:
+            up.shutdown()  # the client's EOF came early
 
-    def resume_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
+    def connect_failed(self, reason: str) -> None:
+        if self.closed:
+            return
+        ep, self.endpoint = self.endpoint, None
+        if ep is not None:
+            self.cluster.attempt_done(ep, self.started, False, 0, reason)
+        self.listener.count(reason)
+        self.abort()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self.transport = None
-        if self._task is not None:
-            self._task.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.close()
-        self._finish()
-        self.listener.connection_closed(self)
-
-    def upstream_lost(self) -> None:
-        self._finish()
-        self.upstream = None
-        if self.transport is not None:
-            self.transport.close()
-
-    def _finish(self) -> None:
+    # --- the end -----------------------------------------------------------------------
+    def abort(self) -> None:
+        """Close both sockets now, whatever is unsent, and account for the connection."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.resolving is not None:
+            self.resolving.cancel()
+            self.resolving = None
+        poller = self.poller
+        listener = self.listener
+        down, up = self.down, self.up
+        poller.remove(down)
+        down.sock.close()
+        if up.sock is not None:
+            poller.remove(up)
+            up.sock.close()
         ep, self.endpoint = self.endpoint, None
         if ep is not None:
             ep.active_requests -= 1
-        self.listener.count_bytes(self.rx, self.tx)
-        self.rx = self.tx = 0
-
-    def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def _arm_tick(self) -> None:
-        self._timer = self.loop.call_later(max(self.listener.config.idle_timeout / 2, 0.05),
-                                           self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._closed:
-            return
-        if self.upstream is None:
-            if self._task is not None:
-                # Still connecting after the connect timeout: give up (_connect counts it
-                # and closes).
-                self._expired = True
-                self._task.cancel()
-                return
-            # Not connected and not connecting: _connect failed and is closing us.
-            return
-        if self._connected_tick:
-            # The connect-timeout timer firing after the connect: from now on the idle
-            # tick, which starts counting quiet ticks afresh.
-            self._connected_tick = False
-            self.active = False
-            self._arm_tick()
-            return
-        # Two quiet ticks in a row: idle for at least idle_timeout.
-        if not self.active:
-            self.listener.count("idle_timeout")
-            self._close()
-            return
-        self.active = False
-        self._arm_tick()
+        listener.count_bytes(down.nread, up.nread)
+        down.nread = up.nread = 0
+        listener.connecting.pop(self, None)
+        listener.connection_closed(self)
 
     def drain(self) -> None:
         """TCP has no message boundary to wait for: a draining listener leaves open
         connections alone until the drain timeout."""
 
 
+class _Poller:
+    """A listener's edge-triggered epoll, polled by the event loop as one descriptor."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ep = select.epoll()
+        self.sides: dict[int, _Side] = {}
+        self.acceptors: dict[int, socket.socket] = {}
+        self.on_accept: list = []  # the listener's accept callback (set by it)
+        loop.add_reader(self.ep.fileno(), self._poll)
+
+    def add(self, side: _Side, events: int) -> None:
+        self.sides[side.fd] = side
+        self.ep.register(side.fd, events)
+
+    def remove(self, side: _Side) -> None:
+        # Closing the socket removes it from the epoll (it is never duplicated).
+        self.sides.pop(side.fd, None)
+
+    def listen(self, sock: socket.socket) -> None:
+        self.acceptors[sock.fileno()] = sock
+        self.ep.register(sock.fileno(), EPOLLIN)
+
+    def unlisten(self, sock: socket.socket) -> None:
+        # A listening socket may be a duplicate (shared on a rebind): closing it would
+        # not take it out of the epoll, so unregister it first.
+        if self.acceptors.pop(sock.fileno(), None) is not None:
+            self.ep.unregister(sock.fileno())
+
+    def _poll(self) -> None:
+        sides = self.sides
+        ready = None
+        for fd, ev in self.ep.poll(0, 512):
+            side = sides.get(fd)
+            if side is None:
+                if fd in self.acceptors:
+                    # After this batch: a descriptor closed in it may be reused by an
+                    # accept, and a later event of the batch is still about the old one.
+                    if ready is None:
+                        ready = [fd]
+                    else:
+                        ready.append(fd)
+                continue
+            try:
+                side.on_event(ev)
+            except Exception:  # never lose the rest of the batch (its edges come once)
+                log.exception("tcp connection failed")
+                side.conn.abort()
+        if ready is not None:
+            for fd in ready:
+                sock = self.acceptors.get(fd)
+                if sock is not None:
+                    self.on_accept[0](sock)
+
+    def close(self) -> None:
+        if self.ep.closed:
+            return
+        self.loop.remove_reader(self.ep.fileno())
+        self.ep.close()
+
+
+class _Acceptor:
+    """The listening sockets, in the shape of ``asyncio.Server`` that
+    :class:`~meshproxy.listener.ListenerBase` and the proxy's rebinding use."""
+
+    def __init__(self, poller: _Poller, sockets: list[socket.socket]) -> None:
+        self.poller = poller
+        self._sockets = sockets
+        for sock in sockets:
+            poller.listen(sock)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            self.poller.unlisten(sock)
+            sock.close()
+        self._sockets = []
+
+    async def wait_closed(self) -> None:
+        """Closing is immediate (kept for the ``asyncio.Server`` shape)."""
+
+
+async def _listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                             share: object | None) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host:port`` with SO_REUSEPORT (or a
+    duplicate of ``share``'s, as :func:`meshproxy.listener.bind` does)."""
+    shared = getattr(share, "sockets", None)
+    if shared:
+        sock = socket.socket(fileno=os.dup(shared[0].fileno()))
+        sock.setblocking(False)
+        return [sock]
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    out: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            if sockaddr in seen:
+                continue
+            seen.add(sockaddr)
+            sock = socket.socket(family, type_, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Accepted sockets inherit TCP_NODELAY: no setsockopt per connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as e:
+                raise OSError(e.errno, f"error while attempting to bind on address "
+                                       f"{sockaddr!r}: {e.strerror}") from None
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out
+
+
 class TcpListener(ListenerBase):
     """An L4 listener."""
 
     kind = "tcp"
-    protocol = TcpDownstream
 
     def __init__(self, config: TcpListenerConfig, cluster: Cluster, *,
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
         super().__init__(config, loop=loop, stats=stats)
         self.cluster = cluster
+        self.poller = _Poller(loop)
+        self.poller.on_accept.append(self._accept)
+        #: Connections still connecting upstream (insertion-ordered), for the tick.
+        self.connecting: dict[TcpConnection, None] = {}
         self._outcomes: dict[str, object] = {}  # outcome -> Counter child
         self._outcome_counts: dict[str, int] = {}  # outcome -> not yet in the metric
+        self._ticker: asyncio.TimerHandle | None = None
+        self._next_idle_check = 0.0
+
+    async def start(self, *, share: object | None = None) -> None:
+        try:
+            sockets = await _listening_sockets(self.loop, self.config.address,
+                                               self.config.port, share)
+        except BaseException:
+            self.poller.close()
+            raise
+        self.server = _Acceptor(self.poller, sockets)  # type: ignore[assignment]
+
+    def stop_accepting(self) -> None:
+        super().stop_accepting()
+        if not self.connections:
+            self.poller.close()
 
     def update(self, config: TcpListenerConfig, cluster: Cluster) -> None:
         """New connections go to ``cluster``; open ones keep their upstream."""
         self.config = config
         self.cluster = cluster
 
+    # --- connections -------------------------------------------------------------------
+    def _accept(self, lsock: socket.socket) -> None:
+        poller = self.poller
+        family = lsock.family
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                fd, _ = lsock._accept()  # the C accept, without the wrapper's socket
+            except BlockingIOError:
+                return
+            except OSError as e:
+                # EMFILE and the like: the connection stays queued; say so, try again
+                # at the next poll.
+                log.warning("tcp listener %s: accept failed: %s", self.name, e)
+                return
+            sock = _CSocket(family, socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(False)
+            conn = TcpConnection(self, sock)
+            self.connections.add(conn)
+            poller.add(conn.down, _DOWNSTREAM_EVENTS)
+            if self._ticker is None:
+                self._arm_ticker()
+            conn.connect()
+
+    def connection_closed(self, conn: TcpConnection) -> None:  # type: ignore[override]
+        super().connection_closed(conn)
+        if not self.connections and self.server is not None and not self.server.sockets:
+            self.poller.close()  # no longer accepting and nothing left to serve
+
+    def abort_connections(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+    # --- timeouts ----------------------------------------------------------------------
+    def _arm_ticker(self) -> None:
+        period = max(min(self.cluster.config.connect_timeout,
+                         self.config.idle_timeout) / 4, 0.01)
+        self._ticker = self.loop.call_later(period, self._tick)
+
+    def _tick(self) -> None:
+        self._ticker = None
+        if not self.connections:
+            return  # the next connection starts it again
+        now = self.loop.time()
+        for conn in list(self.connecting):
+            if now - conn.started >= conn.cluster.config.connect_timeout:
+                conn.connect_failed("connect_timeout")
+        if now >= self._next_idle_check:
+            idle = self.config.idle_timeout
+            self._next_idle_check = now + min(idle / 8, 5.0)
+            for conn in list(self.connections):
+                if conn.active:
+                    conn.active = False
+                    conn.quiet_since = now
+                elif now - conn.quiet_since >= idle and conn.up.connected:
+                    self.count("idle_timeout")
+                    conn.abort()
+        if self.connections:
+            self._arm_ticker()
+
+    # --- metrics -----------------------------------------------------------------------
     def count(self, outcome: str) -> None:
         """Count a connection's outcome (in a plain integer until the next sweep)."""
         counts = self._outcome_counts
@@ -277,8 +585,9 @@ class TcpListener(ListenerBase):
         """Periodic (and before a scrape): move the open connections' bytes and the
         counted outcomes into the metrics."""
         for conn in self.connections:
-            self.count_bytes(conn.rx, conn.tx)
-            conn.rx = conn.tx = 0
+            down, up = conn.down, conn.up
+            self.count_bytes(down.nread, up.nread)
+            down.nread = up.nread = 0
         self.flush_counts()
 
     def flush_counts(self) -> None:
@@ -292,19 +601,18 @@ class TcpListener(ListenerBase):
                         self.name, outcome)
                 child.inc(n)  # type: ignore[attr-defined]
 
+    # --- shutdown ----------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:
         """Stop accepting; open connections may run until ``timeout``, then are cut."""
         self.stop_accepting()
         self.draining = True
         await self._wait_empty(timeout)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-            if conn.upstream is not None and conn.upstream.transport is not None:
-                conn.upstream.transport.abort()
+        self.abort_connections()
         self.sweep()  # a retired listener is swept no more
-        if self.server is not None:
-            await self.server.wait_closed()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self.poller.close()
 
     def snapshot(self) -> dict:
         return {"name": self.name, "protocol": "tcp", "address": self.config.address,

@@ -231,3 +231,204 @@ async def test_closed_connections_bytes_and_outcome_reach_the_metrics(
     assert _counter(p, "meshproxy_tcp_connections_total", listener="raw",
                     outcome="connected") == 4
     w.close()
+
+
+def _held(p) -> int:
+    """Bytes the proxy holds for its TCP connections' sides (read, not yet written)."""
+    return max((len(side.out or b"") for conn in p.listeners["raw"].connections
+                for side in (conn.down, conn.up)), default=0)
+
+
+async def test_slow_client_backpressures_the_upstream(proxy_factory) -> None:
+    """An upstream that sends far more than a client reads: the proxy stops reading the
+    upstream (its writes block) instead of buffering, holds at most its limit, and once
+    the client reads, every byte arrives in order."""
+    total = 64 * 1024 * 1024
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    written = 0
+    finished = asyncio.Event()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal written
+        for _ in range(total // len(chunk)):
+            w.write(chunk)
+            await w.drain()
+            written += len(chunk)
+        finished.set()
+        w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+        r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port,
+                                             limit=64 * 1024)
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        got = await r.readexactly(len(chunk))  # flowing, then the client stops reading
+        assert got == chunk
+        await asyncio.sleep(1.0)
+        assert not finished.is_set()
+        # Socket buffers on the way take a few MB; the proxy itself at most its limit.
+        assert written < total // 2
+        assert _held(p) <= 256 * 1024 + 65536
+        received = len(got)
+        pattern = bytes(range(256)) * 4097  # any read of up to 1 MiB, at any offset
+        while True:
+            data = await asyncio.wait_for(r.read(1 << 20), 20)
+            if not data:
+                break
+            offset = received % 256
+            assert data == pattern[offset:offset + len(data)]  # every byte, in order
+            received += len(data)
+            assert _held(p) <= 256 * 1024 + 65536
+        assert received == total
+        assert finished.is_set()
+        w.close()
+        await w.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_slow_upstream_backpressures_the_client(proxy_factory) -> None:
+    """A client that sends far more than its upstream reads: the client's writes block
+    instead of the proxy buffering, and the upstream, once it reads, gets every byte."""
+    total = 64 * 1024 * 1024
+    reading = asyncio.Event()
+    got = bytearray()
+    done = asyncio.Event()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await reading.wait()
+        while data := await r.read(1 << 20):
+            got.extend(data)
+        w.write(b"%d" % len(got))
+        await w.drain()
+        w.close()
+        done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+        r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        sent = 0
+
+        async def send_all() -> None:
+            nonlocal sent
+            for _ in range(total // len(payload)):
+                w.write(payload)
+                await w.drain()
+                sent += len(payload)
+            w.write_eof()
+
+        sender = asyncio.create_task(send_all())
+        await asyncio.sleep(1.0)
+        assert sent < total // 2  # the client is held back, not the proxy's memory
+        assert _held(p) <= 256 * 1024 + 65536
+        reading.set()
+        await asyncio.wait_for(sender, 30)
+        assert await asyncio.wait_for(r.read(), 30) == b"%d" % total
+        await done.wait()
+        assert len(got) == total
+        assert bytes(got[:len(payload)]) == payload
+        w.close()
+        await w.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_upstream_reset_cuts_the_client_and_frees_the_endpoint(proxy_factory) -> None:
+    """An upstream that resets its connection mid-stream: the client's connection ends
+    (no hang), the endpoint's active count returns to zero, the listener forgets it."""
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"partial")
+        await w.drain()
+        await r.readexactly(3)
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+        ep = p.clusters["c"].endpoints[0]
+        r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+        assert await asyncio.wait_for(r.readexactly(7), 10) == b"partial"
+        w.write(b"go!")
+        try:
+            assert await asyncio.wait_for(r.read(), 10) == b""
+        except ConnectionResetError:
+            pass  # a reset passed on as a reset is as good as an EOF here
+        for _ in range(100):
+            if not p.listeners["raw"].connections:
+                break
+            await asyncio.sleep(0.01)
+        assert not p.listeners["raw"].connections
+        assert ep.active_requests == 0
+        w.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_endpoint_by_name_is_resolved(echo_server, proxy_factory) -> None:
+    """An endpoint given by host name (not an address) is resolved, then connected."""
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"localhost:{port}"]))
+    r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
+    w.write(b"named")
+    w.write_eof()
+    assert await asyncio.wait_for(r.read(), 10) == b"namedbye"
+    w.close()
+    await w.wait_closed()
+
+
+async def test_a_burst_of_connections_is_served(echo_server, proxy_factory) -> None:
+    """Three hundred clients connecting at once (more than one poll accepts) are all
+    served, and all closed connections leave the listener."""
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+    lport = p.listeners["raw"].port
+
+    async def one(i: int) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", lport)
+        w.write(b"%d" % i)
+        w.write_eof()
+        data = await asyncio.wait_for(r.read(), 20)
+        w.close()
+        await w.wait_closed()
+        return data
+
+    results = await asyncio.gather(*(one(i) for i in range(300)))
+    assert results == [b"%dbye" % i for i in range(300)]
+    for _ in range(200):
+        if not p.listeners["raw"].connections:
+            break
+        await asyncio.sleep(0.01)
+    assert not p.listeners["raw"].connections
+
+
+async def test_ipv6_listener_and_endpoint(proxy_factory) -> None:
+    """A listener on ``::1`` proxying to an endpoint at ``[::1]:port``."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        server = await asyncio.start_server(
+            lambda r, w: (w.write(b"six"), w.close()), "::1", 0)
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        port = server.sockets[0].getsockname()[1]
+        p = await proxy_factory(tcp_config([f"[::1]:{port}"]).replace(
+            "port: 0,", 'address: "::1", port: 0,'))
+        r, w = await asyncio.open_connection("::1", p.listeners["raw"].port)
+        assert await asyncio.wait_for(r.read(), 10) == b"six"
+        w.close()
+        await w.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
