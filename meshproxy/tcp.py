@@ -57,11 +57,11 @@ EPOLLOUT = select.EPOLLOUT
 EPOLLRDHUP = select.EPOLLRDHUP
 _FAILED = select.EPOLLERR | select.EPOLLHUP
 _READABLE = EPOLLIN | EPOLLRDHUP | _FAILED
-#: The upstream socket is watched for writability from the start (that is how its
-#: connect completes); the client's only once a write to it would block, so that a
+#: A socket is watched for writability only while that is news: a connecting upstream
+#: (that is how its connect completes) and a side that has refused a write; so that a
 #: short connection has no writability event to dispatch.
-_UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | select.EPOLLET
-_DOWNSTREAM_EVENTS = EPOLLIN | EPOLLRDHUP | select.EPOLLET
+_READ_EVENTS = EPOLLIN | EPOLLRDHUP | select.EPOLLET
+_READ_WRITE_EVENTS = _READ_EVENTS | EPOLLOUT
 
 #: One read's buffer, shared by every connection of the process: a read is written on
 #: at once, and only what the other side does not take is copied out of it.
@@ -119,7 +119,7 @@ class _Side:
         self.connected = connected
         self.paused = False     # reading paused: the peer holds too much unsent
         self.nread = 0          # bytes read from this side, not yet in the metrics
-        self.watch_out = not connected  # registered for EPOLLOUT (see _UPSTREAM_EVENTS)
+        self.watch_out = not connected  # registered for EPOLLOUT (see _READ_EVENTS)
 
     def on_event(self, ev: int) -> None:
         if not self.connected:
@@ -168,7 +168,7 @@ class _Side:
                         peer.watch_out = True
                         # Modify re-arms the edge: if the socket is already writable
                         # again, the event comes at the next poll (no wake-up lost).
-                        self.conn.poller.ep.modify(peer.fd, _DOWNSTREAM_EVENTS | EPOLLOUT)
+                        self.conn.poller.ep.modify(peer.fd, _READ_WRITE_EVENTS)
             else:
                 peer.out = out = _VIEW[:n].tobytes() if out is None else out + _VIEW[:n]
             if out is not None and len(out) >= _HOLD_LIMIT:
@@ -266,8 +266,9 @@ class TcpConnection:
         listener.connecting[self] = None
         family = _numeric_family(ep.host)
         if family:
-            self._open(family, (ep.host, ep.port))
+            self._open(family, (ep.host, ep.port), first=True)
         else:
+            self.poller.add(self.down, _READ_EVENTS)
             self.resolving = listener.loop.create_task(self._resolve(ep))
 
     async def _resolve(self, ep: Endpoint) -> None:
@@ -281,9 +282,11 @@ class TcpConnection:
         self.resolving = None
         if not self.closed:
             family, _, _, _, sockaddr = infos[0]
-            self._open(family, sockaddr)
+            self._open(family, sockaddr, first=False)
 
-    def _open(self, family: int, sockaddr: tuple) -> None:
+    def _open(self, family: int, sockaddr: tuple, *, first: bool) -> None:
+        """Connect to the endpoint. ``first``: the client's socket is not registered
+        yet, and what it already sent is read and sent on at once."""
         sock = _CSocket(family, _SOCK_STREAM_NB)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -297,7 +300,46 @@ class TcpConnection:
         up = self.up
         up.sock = sock
         up.fd = sock.fileno()
-        self.poller.add(up, _UPSTREAM_EVENTS)
+        if first:
+            # A client that speaks first has usually sent its bytes by the time it is
+            # accepted, and a connect to a near endpoint (loopback, a fast LAN) has
+            # usually completed inside connect(): read and write now, and when the write
+            # is taken the connection is up with no writability event to wait for (the
+            # upstream is then registered for reading only). Otherwise, as below.
+            down = self.down
+            try:
+                n = down.sock.recv_into(_BUF)
+            except BlockingIOError:
+                n = -1
+            except OSError:
+                self.abort()  # the client is gone already (a reset)
+                return
+            if n > 0:
+                down.nread += n
+                self.active = True
+                try:
+                    m = sock.send(_VIEW[:n])
+                except BlockingIOError:
+                    m = 0  # still connecting
+                except OSError:
+                    self.connect_failed("connect_failure")  # refused at once
+                    return
+                if m:
+                    up.connected = True
+                    up.watch_out = m < n
+                    if m < n:
+                        up.out = _VIEW[m:n].tobytes()
+                    self.poller.add(down, _READ_EVENTS)
+                    self.poller.add(up, _READ_WRITE_EVENTS if m < n else _READ_EVENTS)
+                    self.upstream_connected()
+                    return
+                up.out = _VIEW[:n].tobytes()
+            elif n == 0:
+                down.eof = True  # connected and closed (or half-closed) at once
+            # Registered after the read: an edge for bytes already read would be a
+            # wasted wake-up; bytes arriving since are reported by the registration.
+            self.poller.add(down, _READ_EVENTS)
+        self.poller.add(up, _READ_WRITE_EVENTS)
 
     def upstream_connected(self) -> None:
         up = self.up
@@ -518,7 +560,6 @@ class TcpListener(ListenerBase):
 
     # --- connections -------------------------------------------------------------------
     def _accept(self, lsock: socket.socket) -> None:
-        poller = self.poller
         family = lsock.family
         for _ in range(_ACCEPT_BATCH):
             try:
@@ -534,7 +575,6 @@ class TcpListener(ListenerBase):
             sock.setblocking(False)
             conn = TcpConnection(self, sock)
             self.connections.add(conn)
-            poller.add(conn.down, _DOWNSTREAM_EVENTS)
             if self._ticker is None:
                 self._arm_ticker()
             conn.connect()
