@@ -432,3 +432,30 @@ async def test_ipv6_listener_and_endpoint(proxy_factory) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_drain_keeps_open_connections_until_the_timeout(echo_server,
+                                                              proxy_factory) -> None:
+    """A draining TCP listener refuses new connections at once, lets an open one keep
+    flowing both ways, and cuts it when the drain timeout ends."""
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+    lst = p.listeners["raw"]
+    lport = lst.port
+    r, w = await asyncio.open_connection("127.0.0.1", lport)
+    w.write(b"before")
+    assert await asyncio.wait_for(r.readexactly(6), 10) == b"before"
+    drain = asyncio.create_task(lst.drain(1.0))
+    await asyncio.sleep(0.1)
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", lport)
+    w.write(b"during")
+    assert await asyncio.wait_for(r.readexactly(6), 10) == b"during"
+    assert not drain.done()
+    await asyncio.wait_for(drain, 10)
+    try:
+        assert await asyncio.wait_for(r.read(), 10) == b""
+    except ConnectionResetError:
+        pass  # cut: a reset is as good as an EOF here
+    assert not lst.connections
+    w.close()
