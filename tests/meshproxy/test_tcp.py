@@ -459,3 +459,51 @@ async def test_drain_keeps_open_connections_until_the_timeout(echo_server,
         pass  # cut: a reset is as good as an EOF here
     assert not lst.connections
     w.close()
+
+
+async def test_many_connections_with_random_chunks_and_slow_readers(
+        echo_server, proxy_factory) -> None:
+    """Sixty concurrent connections, each writing a random amount (up to 3 MiB) in
+    random chunk sizes, some reading slowly: every echo comes back whole and in order,
+    then the server's last word after the client's EOF, and every connection leaves
+    the listener. (The pause-and-resume paths are pinned by the two backpressure tests
+    above; this one mixes many connections, chunkings and EOFs in one poller.)"""
+    import random
+
+    port = echo_server.sockets[0].getsockname()[1]
+    p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+    lport = p.listeners["raw"].port
+    rng = random.Random(20261127)
+    plans = [(rng.randbytes(rng.randint(1, 3 << 20)), rng.randint(1, 200_000),
+              rng.random() < 0.3) for _ in range(60)]
+
+    async def one(payload: bytes, chunk: int, slow: bool) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", lport)
+
+        async def send() -> None:
+            for i in range(0, len(payload), chunk):
+                w.write(payload[i:i + chunk])
+                await w.drain()
+            w.write_eof()
+
+        sender = asyncio.create_task(send())
+        got = bytearray()
+        while len(got) < len(payload) + 3:
+            data = await r.read(4096 if slow else 1 << 20)
+            if not data:
+                break
+            got += data
+            if slow:
+                await asyncio.sleep(0)
+        await sender
+        assert bytes(got) == payload + b"bye"
+        assert await r.read() == b""
+        w.close()
+        await w.wait_closed()
+
+    await asyncio.wait_for(asyncio.gather(*(one(*plan) for plan in plans)), 120)
+    for _ in range(200):
+        if not p.listeners["raw"].connections:
+            break
+        await asyncio.sleep(0.01)
+    assert not p.listeners["raw"].connections
