@@ -38,10 +38,10 @@ import os
 import select
 import socket
 from _socket import socket as _CSocket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshproxy.balance import PickContext
-from meshproxy.errors import ProxyError
 from meshproxy.listener import BACKLOG, ListenerBase
 
 if TYPE_CHECKING:
@@ -255,16 +255,17 @@ class TcpConnection:
         cluster = self.cluster
         self.started = now = listener.loop.time()
         self.quiet_since = now
-        try:
-            ep = cluster.pick(PickContext(now))
-        except ProxyError:
+        ep = cluster.balancer.pick(PickContext(now), ())
+        if ep is None:
             listener.count("no_healthy_upstream")
             self.abort()
             return
         self.endpoint = ep
         ep.active_requests += 1
         listener.connecting[self] = None
-        family = _numeric_family(ep.host)
+        family = _families.get(ep.host)
+        if family is None:
+            family = _numeric_family(ep.host)
         if family:
             self._open(family, (ep.host, ep.port), first=True)
         else:
@@ -329,8 +330,12 @@ class TcpConnection:
                     up.watch_out = m < n
                     if m < n:
                         up.out = _VIEW[m:n].tobytes()
-                    self.poller.add(down, _READ_EVENTS)
-                    self.poller.add(up, _READ_WRITE_EVENTS if m < n else _READ_EVENTS)
+                    # (Poller.add, inline: this runs once per connection.)
+                    poller = self.poller
+                    poller.sides[down.fd] = down
+                    poller.ep.register(down.fd, _READ_EVENTS)
+                    poller.sides[up.fd] = up
+                    poller.ep.register(up.fd, _READ_WRITE_EVENTS if m < n else _READ_EVENTS)
                     self.upstream_connected()
                     return
                 up.out = _VIEW[:n].tobytes()
@@ -375,21 +380,20 @@ class TcpConnection:
         if self.resolving is not None:
             self.resolving.cancel()
             self.resolving = None
-        poller = self.poller
-        listener = self.listener
+        # Closing a socket takes it out of the epoll (it is never duplicated).
+        sides = self.poller.sides
         down, up = self.down, self.up
-        poller.remove(down)
+        sides.pop(down.fd, None)
         down.sock.close()
         if up.sock is not None:
-            poller.remove(up)
+            sides.pop(up.fd, None)
             up.sock.close()
         ep, self.endpoint = self.endpoint, None
         if ep is not None:
             ep.active_requests -= 1
-        listener.count_bytes(down.nread, up.nread)
+        rx, tx = down.nread, up.nread
         down.nread = up.nread = 0
-        listener.connecting.pop(self, None)
-        listener.connection_closed(self)
+        self.listener.connection_closed(self, rx, tx)
 
     def drain(self) -> None:
         """TCP has no message boundary to wait for: a draining listener leaves open
@@ -399,21 +403,18 @@ class TcpConnection:
 class _Poller:
     """A listener's edge-triggered epoll, polled by the event loop as one descriptor."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_accept: Callable[[socket.socket], None]) -> None:
         self.loop = loop
         self.ep = select.epoll()
         self.sides: dict[int, _Side] = {}
         self.acceptors: dict[int, socket.socket] = {}
-        self.on_accept: list = []  # the listener's accept callback (set by it)
+        self.on_accept = on_accept  # called with a listening socket that has a client
         loop.add_reader(self.ep.fileno(), self._poll)
 
     def add(self, side: _Side, events: int) -> None:
         self.sides[side.fd] = side
         self.ep.register(side.fd, events)
-
-    def remove(self, side: _Side) -> None:
-        # Closing the socket removes it from the epoll (it is never duplicated).
-        self.sides.pop(side.fd, None)
 
     def listen(self, sock: socket.socket) -> None:
         self.acceptors[sock.fileno()] = sock
@@ -448,7 +449,7 @@ class _Poller:
             for fd in ready:
                 sock = self.acceptors.get(fd)
                 if sock is not None:
-                    self.on_accept[0](sock)
+                    self.on_accept(sock)
 
     def close(self) -> None:
         if self.ep.closed:
@@ -530,8 +531,7 @@ class TcpListener(ListenerBase):
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
         super().__init__(config, loop=loop, stats=stats)
         self.cluster = cluster
-        self.poller = _Poller(loop)
-        self.poller.on_accept.append(self._accept)
+        self.poller = _Poller(loop, self._accept)
         #: Connections still connecting upstream (insertion-ordered), for the tick.
         self.connecting: dict[TcpConnection, None] = {}
         self._outcomes: dict[str, object] = {}  # outcome -> Counter child
@@ -579,10 +579,22 @@ class TcpListener(ListenerBase):
                 self._arm_ticker()
             conn.connect()
 
-    def connection_closed(self, conn: TcpConnection) -> None:  # type: ignore[override]
-        super().connection_closed(conn)
-        if not self.connections and self.server is not None and not self.server.sockets:
-            self.poller.close()  # no longer accepting and nothing left to serve
+    def connection_closed(self, conn: TcpConnection, rx: int = 0,  # type: ignore[override]
+                          tx: int = 0) -> None:
+        """A connection has ended, with its bytes not yet counted (what
+        ``ListenerBase.connection_closed`` and ``count_bytes`` do, in one call)."""
+        self._rx_pending += rx
+        self._tx_pending += tx
+        self.connecting.pop(conn, None)
+        connections = self.connections
+        connections.discard(conn)
+        if self.draining:
+            self.flush_counts()  # a retired listener may see no more sweeps
+        if not connections:
+            if self._empty is not None:
+                self._empty.set()
+            if self.server is not None and not self.server.sockets:
+                self.poller.close()  # no longer accepting and nothing left to serve
 
     def abort_connections(self) -> None:
         for conn in list(self.connections):
