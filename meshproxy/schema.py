@@ -247,6 +247,10 @@ def collect(data: Any, tp: Any, path: Path,
             elif k != tag_field:
                 inner.append(Problem((*path, k), "unknown field (not in the schema; a typo?)",
                                      v))
+        if inner:  # a missing field beside bad ones: report it too (pydantic did)
+            inner += [Problem((*path, f.encode_name), "required field is missing", None)
+                      for f in msgspec.structs.fields(base)
+                      if f.required and f.encode_name not in data]
     return inner or [_translate(error, path, data, base)]
 
 
