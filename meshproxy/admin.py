@@ -42,6 +42,7 @@ from meshproxy.metrics import collect_registry
 from meshproxy.proxy import Proxy
 from meshproxy.resilience.degrade import Mode
 from meshproxy.resilience.snapshot import plain
+from meshproxy.schema import to_builtins
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def read_token(cfg: AdminConfig) -> str | None:
 
 
 def redacted(loaded: Loaded) -> dict:
-    data = loaded.config.model_dump(mode="json")
+    data = to_builtins(loaded.config)
     if data.get("admin", {}).get("token"):
         data["admin"]["token"] = "<redacted>"
     return data

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
+
+from meshproxy.schema import Frozen
 
 DEFAULT_HEADER = "x-mesh-timeout-ms"
 MAX_DIGITS = 8
@@ -37,20 +40,19 @@ class DeadlineHeaderError(ValueError):
     """The deadline header is malformed; the message says how."""
 
 
-class DeadlineConfig(BaseModel):
+class DeadlineConfig(Frozen, kw_only=True):
     """A listener's deadline propagation settings."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Read the budget from incoming requests (an inbound sidecar does; an edge proxy
     # facing untrusted clients may prefer not to let them shorten its timeouts).
     accept: bool = True
     # Send the remaining budget upstream.
     propagate: bool = True
-    header: str = Field(DEFAULT_HEADER, pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)
+    header: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)] = \
+        DEFAULT_HEADER
     # Below this many seconds left, fail fast with 504 instead of trying: 1 ms is less
     # than any upstream round trip, so an attempt could not succeed in time anyway.
-    fail_fast_below_s: float = Field(0.001, ge=0.0, le=10.0)
+    fail_fast_below_s: Annotated[float, Meta(ge=0.0, le=10.0)] = 0.001
 
 
 def parse_timeout_ms(values: Sequence[bytes | str], *,

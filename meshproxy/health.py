@@ -32,22 +32,21 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import httptools
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from msgspec import Meta
 
 from meshproxy.endpoint import Endpoint
+from meshproxy.schema import Frozen, field_error
 
 log = logging.getLogger(__name__)
 
 MAX_STATUS_HEAD = 64 * 1024  # bytes read at most while looking for the status line
 
 
-class HealthCheckConfig(BaseModel):
+class HealthCheckConfig(Frozen, kw_only=True):
     """A cluster's active health check."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["http", "tcp"] = "http"
     # Request path of the HTTP check; a cheap endpoint of the service's own.
@@ -58,54 +57,41 @@ class HealthCheckConfig(BaseModel):
     # 204 from a health path usually means it is not the health path.
     expected_statuses: frozenset[int] = frozenset({200})
     # Seconds between probes of one endpoint; Envoy's examples use 5 s.
-    interval_s: float = Field(5.0, gt=0.0, le=3600.0)
+    interval_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 5.0
     # Up to this many extra seconds at random per interval, so probes spread out.
-    interval_jitter_s: float = Field(0.5, ge=0.0, le=3600.0)
+    interval_jitter_s: Annotated[float, Meta(ge=0.0, le=3600.0)] = 0.5
     # First probe after a random delay of up to this many seconds (Envoy's
     # initial_jitter); None spreads first probes over one whole interval.
-    initial_jitter_s: float | None = Field(None, ge=0.0, le=3600.0)
+    initial_jitter_s: Annotated[float, Meta(ge=0.0, le=3600.0)] | None = None
     # Seconds a probe may take (connect plus status line) before it counts as failed.
-    timeout_s: float = Field(1.0, gt=0.0, le=600.0)
+    timeout_s: Annotated[float, Meta(gt=0.0, le=600.0)] = 1.0
     # Consecutive failures before a healthy endpoint is marked unhealthy: 3 rides out
     # a single lost packet or GC pause (Envoy's examples use 2-3).
-    unhealthy_threshold: int = Field(3, ge=1, le=100)
+    unhealthy_threshold: Annotated[int, Meta(ge=1, le=100)] = 3
     # Consecutive successes before an unhealthy endpoint is healthy again: 2 avoids
     # flapping on one lucky probe of a crash-looping process.
-    healthy_threshold: int = Field(2, ge=1, le=100)
+    healthy_threshold: Annotated[int, Meta(ge=1, le=100)] = 2
 
-    @field_validator("path")
-    @classmethod
-    def _path_is_origin_form(cls, path: str) -> str:
+    def __post_init__(self) -> None:
+        path, host, statuses = self.path, self.host, self.expected_statuses
         if not path.startswith("/") or not path.isascii() or any(
                 c <= " " or c == "\x7f" for c in path):
-            raise ValueError(f"path must start with '/' and hold no spaces or control "
-                             f"characters, got {path!r}")
-        return path
-
-    @field_validator("host")
-    @classmethod
-    def _host_is_plain(cls, host: str | None) -> str | None:
+            raise field_error("path", f"path must start with '/' and hold no spaces or "
+                              f"control characters, got {path!r}")
         if host is not None and (not host or not host.isascii()
                                  or any(c <= " " or c == "\x7f" for c in host)):
-            raise ValueError(f"host must be non-empty ASCII without spaces, got {host!r}")
-        return host
-
-    @field_validator("expected_statuses")
-    @classmethod
-    def _statuses_valid(cls, statuses: frozenset[int]) -> frozenset[int]:
+            raise field_error("host",
+                              f"host must be non-empty ASCII without spaces, got {host!r}")
         if not statuses:
-            raise ValueError("expected_statuses must name at least one status")
+            raise field_error("expected_statuses",
+                              "expected_statuses must name at least one status")
         bad = sorted(s for s in statuses if not 100 <= s <= 599)
         if bad:
-            raise ValueError(f"expected statuses must be 100-599, got {bad}")
-        return statuses
-
-    @model_validator(mode="after")
-    def _timeout_within_interval(self) -> HealthCheckConfig:
+            raise field_error("expected_statuses",
+                              f"expected statuses must be 100-599, got {bad}")
         if self.timeout_s > self.interval_s:
             raise ValueError(f"timeout_s ({self.timeout_s}) must not exceed interval_s "
                              f"({self.interval_s}): probes of one endpoint would overlap")
-        return self
 
 
 @dataclass(slots=True)

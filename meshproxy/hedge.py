@@ -29,37 +29,36 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
 
 from meshproxy.endpoint import Endpoint
 from meshproxy.retry import RetryBudget, is_idempotent
+from meshproxy.schema import Frozen
 
 T = TypeVar("T")
 
 
-class HedgeConfig(BaseModel):
+class HedgeConfig(Frozen, kw_only=True):
     """A route's hedging settings (present only on routes that ask for hedging)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # "fixed": hedge after delay_s; "p95": after the first endpoint's observed p95.
     delay: Literal["fixed", "p95"] = "p95"
     # Seconds: the fixed delay, and the p95 mode's delay until min_samples are known.
     # 50 ms is above a healthy in-cluster p95 and well under any human-visible wait.
-    delay_s: float = Field(0.050, gt=0.0, le=60.0)
+    delay_s: Annotated[float, Meta(gt=0.0, le=60.0)] = 0.050
     # Seconds: never hedge sooner, whatever the p95 says; bounds the extra load when
     # the p95 is tiny or biased low.
-    min_delay_s: float = Field(0.005, ge=0.0, le=60.0)
+    min_delay_s: Annotated[float, Meta(ge=0.0, le=60.0)] = 0.005
     # Extra attempts per request; 1 gets most of the tail benefit (Dean and Barroso).
-    max_hedges: int = Field(1, ge=1, le=3)
+    max_hedges: Annotated[int, Meta(ge=1, le=3)] = 1
     # Samples needed before the p95 is trusted: 20 gives a p95 from at least one sample
     # above it.
-    min_samples: int = Field(20, ge=1, le=100_000)
+    min_samples: Annotated[int, Meta(ge=1, le=100_000)] = 20
     # Latency window: the last window_samples observations no older than window_s.
-    window_s: float = Field(30.0, gt=0.0, le=3600.0)
-    window_samples: int = Field(500, ge=1, le=100_000)
+    window_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 30.0
+    window_samples: Annotated[int, Meta(ge=1, le=100_000)] = 500
 
 
 class LatencyWindow:

@@ -43,12 +43,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from msgspec import Meta
 
 from meshproxy.deadline import Deadline
 from meshproxy.endpoint import Endpoint
+from meshproxy.schema import Frozen, field_error
 
 T = TypeVar("T")
 
@@ -66,43 +67,37 @@ def is_idempotent(method: str | bytes) -> bool:
     return method.upper() in IDEMPOTENT_METHODS
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BackoffConfig(_Frozen):
+class BackoffConfig(Frozen, kw_only=True):
     # First retry waits up to 25 ms (Envoy's default base): long enough for a restarting
     # endpoint's listener to come back, short next to typical route timeouts.
-    base_s: float = Field(0.025, gt=0.0, le=60.0)
+    base_s: Annotated[float, Meta(gt=0.0, le=60.0)] = 0.025
     # Cap on the wait; 10x the base is Envoy's default and keeps tail latency bounded.
-    max_s: float = Field(0.250, gt=0.0, le=300.0)
+    max_s: Annotated[float, Meta(gt=0.0, le=300.0)] = 0.250
 
-    @model_validator(mode="after")
-    def _max_not_below_base(self) -> BackoffConfig:
+    def __post_init__(self) -> None:
         if self.max_s < self.base_s:
             raise ValueError(f"max_s ({self.max_s}) must be >= base_s ({self.base_s})")
-        return self
 
 
-class RetryBudgetConfig(_Frozen):
+class RetryBudgetConfig(Frozen, kw_only=True):
     # Retries (and hedges) may add at most this share on top of the route's requests;
     # 20% is Linkerd's and Envoy's default: enough to hide sporadic failures, too
     # little to double the load on a struggling upstream.
-    budget_percent: float = Field(20.0, ge=0.0, le=100.0)
+    budget_percent: Annotated[float, Meta(ge=0.0, le=100.0)] = 20.0
     # Rate floor so a quiet route can still retry (Linkerd's default 10/s).
-    min_retries_per_second: float = Field(10.0, ge=0.0, le=10_000.0)
+    min_retries_per_second: Annotated[float, Meta(ge=0.0, le=10_000.0)] = 10.0
     # Concurrency floor, Envoy's default 3 retries in flight.
-    min_retry_concurrency: int = Field(3, ge=0, le=10_000)
+    min_retry_concurrency: Annotated[int, Meta(ge=0, le=10_000)] = 3
     # Seconds over which requests and retries are counted for the rate limit (Linkerd's
     # 10 s TTL): long enough to smooth bursts, short enough to follow load changes.
-    window_s: float = Field(10.0, gt=0.0, le=600.0)
+    window_s: Annotated[float, Meta(gt=0.0, le=600.0)] = 10.0
 
 
-class RetryConfig(_Frozen):
+class RetryConfig(Frozen, kw_only=True):
     """A route's retry settings."""
 
     # Total tries including the first; 2 = one retry, Envoy's default num_retries: 1.
-    attempts: int = Field(2, ge=1, le=10)
+    attempts: Annotated[int, Meta(ge=1, le=10)] = 2
     # Failures that retry. The default covers failures where another endpoint is likely
     # to succeed; per-try-timeout is opt-in since the first try may still be working.
     retry_on: frozenset[Condition] = frozenset(
@@ -113,19 +108,17 @@ class RetryConfig(_Frozen):
     # upstream acted on the request, and replaying it would act twice.
     retry_non_idempotent: bool = False
     # Seconds per try; None lets each try run until the route deadline.
-    per_try_timeout_s: float | None = Field(None, gt=0.0, le=3600.0)
+    per_try_timeout_s: Annotated[float, Meta(gt=0.0, le=3600.0)] | None = None
     # Bytes of request body kept for replay (Linkerd's 64 KiB); larger bodies stream
     # through unbuffered and their requests are not retried.
-    max_replay_body_bytes: int = Field(64 * 1024, ge=0, le=64 * 1024 * 1024)
+    max_replay_body_bytes: Annotated[int, Meta(ge=0, le=64 * 1024 * 1024)] = 64 * 1024
     backoff: BackoffConfig = BackoffConfig()
 
-    @field_validator("retriable_status_codes")
-    @classmethod
-    def _error_codes(cls, codes: frozenset[int]) -> frozenset[int]:
-        bad = sorted(c for c in codes if not 400 <= c <= 599)
+    def __post_init__(self) -> None:
+        bad = sorted(c for c in self.retriable_status_codes if not 400 <= c <= 599)
         if bad:
-            raise ValueError(f"retriable status codes must be 400-599, got {bad}")
-        return codes
+            raise field_error("retriable_status_codes",
+                              f"retriable status codes must be 400-599, got {bad}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ async def serve(loaded: Loaded, path: str | Path, *, worker_of: int | None = Non
         log.error("cannot start listeners: %s", e)
         await proxy.close()
         return 1
-    # Everything allocated so far (modules, config, pydantic schemas) lives as long as
+    # Everything allocated so far (modules, config objects) lives as long as
     # the process: move it out of the collector's sight, so a full collection walks
     # only what requests create and cannot stall the loop for tens of milliseconds.
     gc.collect()

@@ -1,4 +1,5 @@
-"""The proxy's config schema: pydantic v2 models, one module per concern.
+"""The proxy's config schema: frozen msgspec Structs (:mod:`meshproxy.schema`), one
+module per concern.
 
 - ``base``: the frozen ``Settings`` base and value types (names, seconds, bytes)
 - ``listeners``: HTTP/TCP listeners, routes and their matches, HTTP limits

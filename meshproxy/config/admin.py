@@ -8,12 +8,10 @@ the operator says so. Served by :mod:`meshproxy.admin`.
 
 from __future__ import annotations
 
-from pydantic import model_validator
-
 from meshproxy.config.base import Port, Settings
 
 
-class AdminConfig(Settings):
+class AdminConfig(Settings, kw_only=True):
     """The admin port."""
 
     enabled: bool = True
@@ -27,10 +25,8 @@ class AdminConfig(Settings):
     #: Read the token from this file instead (keeps secrets out of the config file).
     token_file: str | None = None
 
-    @model_validator(mode="after")
-    def _one_token_source(self) -> AdminConfig:
+    def __post_init__(self) -> None:
         if self.token is not None and self.token_file is not None:
             raise ValueError("set at most one of token and token_file")
         if self.token is not None and len(self.token) < 16:
             raise ValueError("token must be at least 16 characters")
-        return self

@@ -9,24 +9,27 @@ outlier detection, limits) come from :class:`~meshproxy.config.policy.ClusterPol
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated, Any
+
+from msgspec import Meta
 
 from meshproxy.config.base import Name, Seconds, Settings, split_host_port
 from meshproxy.config.policy import ClusterPolicy
+from meshproxy.schema import field_error
 
 
-class EndpointConfig(Settings):
+class EndpointConfig(Settings, kw_only=True):
     """One upstream ``host:port`` with its weight."""
 
     address: str
     #: Relative share of traffic under weighted policies; 1 = an equal share.
-    weight: int = Field(default=1, ge=1, le=10000)
+    weight: Annotated[int, Meta(ge=1, le=10000)] = 1
 
-    @field_validator("address")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        split_host_port(v)
-        return v
+    def __post_init__(self) -> None:
+        try:
+            split_host_port(self.address)
+        except ValueError as e:
+            raise field_error("address", str(e)) from None
 
     @property
     def host(self) -> str:
@@ -37,24 +40,24 @@ class EndpointConfig(Settings):
         return split_host_port(self.address)[1]
 
 
-class PoolConfig(Settings):
+class PoolConfig(Settings, kw_only=True):
     """Per-endpoint upstream keep-alive pool."""
 
     #: Connections (busy + idle) to one endpoint. 1024: far above what one sidecar
     #: needs, low enough that a stuck upstream cannot exhaust file descriptors.
-    max_connections: int = Field(default=1024, ge=1, le=65536)
+    max_connections: Annotated[int, Meta(ge=1, le=65536)] = 1024
     #: Requests that may wait for a free connection when the pool is full; beyond
     #: this they are refused at once with 503 ``pool_overflow`` instead of queueing.
-    max_pending: int = Field(default=1024, ge=0, le=65536)
+    max_pending: Annotated[int, Meta(ge=0, le=65536)] = 1024
     #: Seconds an idle pooled connection is kept. 30 s stays below common upstream
     #: keep-alive timeouts (nginx 75 s, Node 5 s is the exception) to avoid racing
     #: the upstream's own close.
     idle_timeout: Seconds = 30.0
     #: Idle connections kept per endpoint (the rest are closed when released).
-    max_idle: int = Field(default=128, ge=0, le=65536)
+    max_idle: Annotated[int, Meta(ge=0, le=65536)] = 128
 
 
-class ClusterConfig(ClusterPolicy):
+class ClusterConfig(ClusterPolicy, kw_only=True):
     """A named set of endpoints, with its policy (see ClusterPolicy)."""
 
     name: Name
@@ -69,19 +72,19 @@ class ClusterConfig(ClusterPolicy):
     stream_idle_timeout: Seconds = 60.0
     pool: PoolConfig = PoolConfig()
 
-    @field_validator("endpoints", mode="before")
     @classmethod
-    def _strings_are_addresses(cls, v: object) -> object:
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data = super()._prepare(data)
+        v = data.get("endpoints")
         # "host:port" is accepted as shorthand for {address: "host:port"}.
         if isinstance(v, list | tuple):
-            return [{"address": e} if isinstance(e, str) else e for e in v]
-        return v
+            data = {**data, "endpoints": [{"address": e} if isinstance(e, str) else e
+                                          for e in v]}
+        return data
 
-    @model_validator(mode="after")
-    def _unique_endpoints(self) -> ClusterConfig:
+    def __post_init__(self) -> None:
         seen: set[str] = set()
         for e in self.endpoints:
             if e.address in seen:
                 raise ValueError(f"endpoint {e.address} is listed twice")
             seen.add(e.address)
-        return self

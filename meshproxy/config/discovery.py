@@ -17,21 +17,23 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from msgspec import Meta
+from msgspec.structs import force_setattr
 
 from meshproxy.config.base import Name, Seconds, Settings
+from meshproxy.schema import field_error
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def _dns_label(v: str, what: str) -> str:
+def _dns_label(v: str, what: str, field: str) -> str:
     if len(v) > 63 or not DNS_LABEL.match(v):
-        raise ValueError(f"{what} {v!r} is not a DNS-1123 label (lower-case letters, "
-                         "digits and '-', at most 63)")
+        raise field_error(field, f"{what} {v!r} is not a DNS-1123 label (lower-case "
+                          "letters, digits and '-', at most 63)")
     return v
 
 
-class FollowConfig(Settings):
+class FollowConfig(Settings, kw_only=True):
     """One cluster that follows one port of one Service."""
 
     #: The cluster (defined under ``clusters``) whose endpoints this sets.
@@ -40,20 +42,17 @@ class FollowConfig(Settings):
     service: str
     #: The Service port: its name, or its ``port`` number. None: the Service's only
     #: port (or, with several, its first as listed in the Service).
-    port: Annotated[str, Field(min_length=1)] | Annotated[int, Field(ge=1, le=65535)] | None \
+    port: Annotated[str, Meta(min_length=1)] | Annotated[int, Meta(ge=1, le=65535)] | None \
         = None
 
-    @field_validator("service")
-    @classmethod
-    def _service(cls, v: str) -> str:
-        ns, sep, name = v.rpartition("/")
+    def __post_init__(self) -> None:
+        ns, sep, name = self.service.rpartition("/")
         if sep:
-            _dns_label(ns, "namespace")
-        _dns_label(name, "service name")
-        return v
+            _dns_label(ns, "namespace", "service")
+        _dns_label(name, "service name", "service")
 
 
-class BackoffConfig(Settings):
+class BackoffConfig(Settings, kw_only=True):
     """Reconnect back-off after a failed list or watch: exponential with full jitter
     (each wait is uniform in [0, min(max, initial * 2**attempt)]), reset once a watch
     is open again."""
@@ -64,14 +63,12 @@ class BackoffConfig(Settings):
     #: retrying at most every 30 s (spread by jitter) do not stampede the server.
     max: Seconds = 30.0
 
-    @model_validator(mode="after")
-    def _order(self) -> BackoffConfig:
+    def __post_init__(self) -> None:
         if self.initial > self.max:
             raise ValueError(f"initial ({self.initial}) must not exceed max ({self.max})")
-        return self
 
 
-class DiscoveryConfig(Settings):
+class DiscoveryConfig(Settings, kw_only=True):
     """Where the control plane is, and which clusters follow which Services."""
 
     #: The API server's URL, ``https://host:port`` (or ``http://`` for tests).
@@ -85,7 +82,7 @@ class DiscoveryConfig(Settings):
     tls_verify: bool = True
     #: Namespace of services named without one.
     namespace: str = "default"
-    clusters: tuple[FollowConfig, ...] = Field(min_length=1, max_length=4096)
+    clusters: Annotated[tuple[FollowConfig, ...], Meta(min_length=1, max_length=4096)]
     #: Seconds between full relists (the level-triggered safety net against a missed
     #: event); each watch also ends after this long and resumes. 300 s, as client-go's
     #: default watch timeout range.
@@ -105,27 +102,19 @@ class DiscoveryConfig(Settings):
     #: from them. None: no cache.
     cache_file: str | None = None
 
-    @field_validator("server")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+/?$", v):
-            raise ValueError(f"{v!r} is not an API server URL (http[s]://host:port)")
-        return v.rstrip("/")
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, v: str) -> str:
-        return _dns_label(v, "namespace")
-
-    @field_validator("clusters")
-    @classmethod
-    def _unique_clusters(cls, v: tuple[FollowConfig, ...]) -> tuple[FollowConfig, ...]:
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+/?$", self.server):
+            raise field_error("server",
+                              f"{self.server!r} is not an API server URL (http[s]://host:port)")
+        if self.server.endswith("/"):
+            force_setattr(self, "server", self.server.rstrip("/"))
+        _dns_label(self.namespace, "namespace", "namespace")
         seen: set[str] = set()
-        for f in v:
+        for f in self.clusters:
             if f.cluster in seen:
-                raise ValueError(f"cluster {f.cluster!r} follows more than one service")
+                raise field_error("clusters",
+                                  f"cluster {f.cluster!r} follows more than one service")
             seen.add(f.cluster)
-        return v
 
     def service_key(self, follow: FollowConfig) -> tuple[str, str]:
         """(namespace, name) of a followed service."""

@@ -10,26 +10,28 @@ The runtime objects are built in :mod:`meshproxy.router` (routes),
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from msgspec import Meta
 
 from meshproxy.config.base import Bytes, Name, Port, Seconds, Settings
 from meshproxy.config.policy import RoutePolicy
+from meshproxy.schema import field_error
 
 
-def _regex(v: str) -> str:
+def _check_regex(field: str, v: str | None) -> None:
+    if v is None:
+        return
     try:
         re.compile(v)
     except re.error as e:
-        raise ValueError(f"invalid regular expression {v!r}: {e}") from None
-    return v
+        raise field_error(field, f"invalid regular expression {v!r}: {e}") from None
 
 
-class HeaderMatch(Settings):
+class HeaderMatch(Settings, kw_only=True):
     """A condition on one request header: exact value, regex, or mere presence."""
 
-    name: str = Field(min_length=1, max_length=256)
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
     #: Exact value (case-sensitive).
     value: str | None = None
     #: Full-match regular expression on the value.
@@ -39,20 +41,14 @@ class HeaderMatch(Settings):
     #: Invert the whole condition.
     invert: bool = False
 
-    @field_validator("regex")
-    @classmethod
-    def _valid_regex(cls, v: str | None) -> str | None:
-        return None if v is None else _regex(v)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> HeaderMatch:
+    def __post_init__(self) -> None:
+        _check_regex("regex", self.regex)
         given = [k for k in ("value", "regex", "present") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("set exactly one of value, regex, present")
-        return self
 
 
-class RouteMatch(Settings):
+class RouteMatch(Settings, kw_only=True):
     """All given conditions must hold. No condition at all matches every request."""
 
     #: Host header (port stripped, case-insensitive): exact ``api.example.com`` or a
@@ -66,26 +62,17 @@ class RouteMatch(Settings):
     regex: str | None = None
     headers: tuple[HeaderMatch, ...] = ()
 
-    @field_validator("regex")
-    @classmethod
-    def _valid_regex(cls, v: str | None) -> str | None:
-        return None if v is None else _regex(v)
-
-    @field_validator("prefix", "path")
-    @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
-            raise ValueError(f"{v!r} must start with '/'")
-        return v
-
-    @model_validator(mode="after")
-    def _one_path_rule(self) -> RouteMatch:
+    def __post_init__(self) -> None:
+        _check_regex("regex", self.regex)
+        for field in ("prefix", "path"):
+            v = getattr(self, field)
+            if v is not None and not v.startswith("/"):
+                raise field_error(field, f"{v!r} must start with '/'")
         if sum(x is not None for x in (self.prefix, self.path, self.regex)) > 1:
             raise ValueError("set at most one of prefix, path, regex")
-        return self
 
 
-class RouteConfig(RoutePolicy):
+class RouteConfig(RoutePolicy, kw_only=True):
     """Requests matching ``match`` go to ``cluster``. Routes are tried in order. The
     policy sections (retry, hedge, deadline, rate limit, priority) are RoutePolicy's."""
 
@@ -97,7 +84,7 @@ class RouteConfig(RoutePolicy):
     timeout: Seconds = 15.0
 
 
-class HttpLimits(Settings):
+class HttpLimits(Settings, kw_only=True):
     """Limits on what a downstream client may send. Each breach is a local reply."""
 
     #: Bytes of the whole request head (request line + headers); 431 over it.
@@ -107,7 +94,7 @@ class HttpLimits(Settings):
     #: large_client_header_buffers.
     max_request_line_bytes: Bytes = 8 * 1024
     #: Header fields per request; 431 over it. 100, as Envoy's default.
-    max_headers: int = Field(default=100, ge=1, le=10000)
+    max_headers: Annotated[int, Meta(ge=1, le=10000)] = 100
     #: Bytes of a request body; 413 over it. 10 MiB: an API proxy, not a file host.
     max_body_bytes: Bytes = 10 * 1024 * 1024
     #: Seconds a client has to send a complete request head once it started one;
@@ -117,38 +104,37 @@ class HttpLimits(Settings):
     #: enough for client pools to reuse it, short enough to shed abandoned ones.
     idle_timeout: Seconds = 60.0
     #: Pipelined requests buffered behind the one in progress before reading pauses.
-    max_pipelined: int = Field(default=16, ge=1, le=1024)
+    max_pipelined: Annotated[int, Meta(ge=1, le=1024)] = 16
 
 
-class HttpListenerConfig(Settings):
-    """An L7 HTTP/1.1 listener."""
+class HttpListenerConfig(Settings, tag_field="protocol", tag="http", kw_only=True):
+    """An L7 HTTP/1.1 listener (``protocol: http`` in the file: the union's tag)."""
 
-    protocol: Literal["http"]
+    protocol: ClassVar[Literal["http"]] = "http"
     name: Name
     #: Address to bind. Loopback by default: a sidecar's inbound side is usually
     #: reached through the node; set 0.0.0.0 to expose it.
     address: str = "127.0.0.1"
     port: Port
-    routes: tuple[RouteConfig, ...] = Field(min_length=1)
+    routes: Annotated[tuple[RouteConfig, ...], Meta(min_length=1)]
     limits: HttpLimits = HttpLimits()
     #: Append the client address to X-Forwarded-For and set X-Forwarded-Proto.
     forwarded_headers: bool = True
     #: Add X-Request-Id (a UUID4) to requests that arrive without one.
     request_id: bool = True
 
-    @model_validator(mode="after")
-    def _unique_routes(self) -> HttpListenerConfig:
+    def __post_init__(self) -> None:
         names = [r.name for r in self.routes]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"route names must be unique, repeated: {sorted(dup)}")
-        return self
 
 
-class TcpListenerConfig(Settings):
-    """An L4 listener: each accepted connection is piped to an endpoint of ``cluster``."""
+class TcpListenerConfig(Settings, tag_field="protocol", tag="tcp", kw_only=True):
+    """An L4 listener: each accepted connection is piped to an endpoint of ``cluster``
+    (``protocol: tcp`` in the file: the union's tag)."""
 
-    protocol: Literal["tcp"]
+    protocol: ClassVar[Literal["tcp"]] = "tcp"
     name: Name
     address: str = "127.0.0.1"
     port: Port
@@ -158,6 +144,5 @@ class TcpListenerConfig(Settings):
     idle_timeout: Seconds = 3600.0
 
 
-ListenerConfig = Annotated[
-    HttpListenerConfig | TcpListenerConfig, Field(discriminator="protocol")
-]
+#: A listener, told apart by its ``protocol`` key (a tagged union).
+ListenerConfig = HttpListenerConfig | TcpListenerConfig

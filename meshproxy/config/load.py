@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
 
 from meshproxy.config.root import ProxyConfig, cross_check
+from meshproxy.schema import SchemaError, format_path, parse
 
 
 class ConfigError(ValueError):
@@ -38,18 +38,6 @@ class Loaded:
     source: str
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("http", "tcp") and out.endswith("]"):
-            continue  # the discriminator tag pydantic inserts for listener unions
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(root)"
-
-
 def parse_config(text: str | bytes, *, source: str = "config") -> Loaded:
     """Validate YAML text; raise :class:`ConfigError` naming every problem."""
     raw = text.encode() if isinstance(text, str) else text
@@ -65,15 +53,10 @@ def parse_config(text: str | bytes, *, source: str = "config") -> Loaded:
     if not isinstance(data, dict):
         raise ConfigError([("(root)", "the file must hold a mapping")], source=source)
     try:
-        cfg = ProxyConfig.model_validate(data)
-    except ValidationError as e:
-        errors = e.errors()
-        # A list whose item failed also reports "too short" for itself: noise.
-        failed = [err["loc"] for err in errors if err["type"] != "too_short"]
-        problems = [(_path(err["loc"]), err["msg"]) for err in errors
-                    if not (err["type"] == "too_short"
-                            and any(f[:len(err["loc"])] == err["loc"] for f in failed))]
-        raise ConfigError(problems, source=source) from None
+        cfg = parse(data, ProxyConfig)
+    except SchemaError as e:
+        raise ConfigError([(format_path(p.path), p.message) for p in e.problems],
+                          source=source) from None
     problems = cross_check(cfg)
     if problems:
         raise ConfigError(problems, source=source)

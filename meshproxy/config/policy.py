@@ -30,9 +30,9 @@ is merged under the file: :mod:`meshproxy.discovery.policy`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from msgspec import Meta
 
 from meshproxy.balance.config import LoadBalancerConfig
 from meshproxy.config.base import Settings
@@ -46,9 +46,10 @@ from meshproxy.resilience.outlier import OutlierConfig
 from meshproxy.resilience.ratelimit import RateLimitConfig
 from meshproxy.resilience.shedding import RANK, Priority
 from meshproxy.retry import RetryBudgetConfig, RetryConfig
+from meshproxy.schema import format_path
 
 
-class ClusterPolicy(Settings):
+class ClusterPolicy(Settings, kw_only=True):
     """The policy of one upstream cluster (every section optional)."""
 
     #: Balancing algorithm and its settings; smooth weighted round robin by default.
@@ -67,11 +68,11 @@ class ClusterPolicy(Settings):
     #: cluster's allowance.
     endpoint_limits: ConcurrencyConfig | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _lb_policy_shorthand(cls, data: object) -> object:
-        # ``lb_policy: least_request`` is shorthand for ``load_balancer: {policy: ...}``.
-        if isinstance(data, dict) and "lb_policy" in data:
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        # ``lb_policy: least_request`` is shorthand for ``load_balancer: {policy: ...}``
+        # (applied by meshproxy.schema.parse before validation).
+        if "lb_policy" in data:
             data = dict(data)
             policy = data.pop("lb_policy")
             if "load_balancer" in data:
@@ -86,7 +87,7 @@ class ClusterPolicy(Settings):
                                            self.limits, self.endpoint_limits))
 
 
-class RoutePolicy(Settings):
+class RoutePolicy(Settings, kw_only=True):
     """The policy of one route (every section optional)."""
 
     #: Retry failed attempts (on other endpoints), within ``retry_budget``.
@@ -103,7 +104,7 @@ class RoutePolicy(Settings):
     #: Shed order under overload: best_effort first, critical last.
     priority: Priority = "normal"
     #: The route group ("function") that degradation switches of level function target.
-    function: str | None = Field(None, min_length=1, max_length=63)
+    function: Annotated[str, Meta(min_length=1, max_length=63)] | None = None
 
     @property
     def rank(self) -> int:
@@ -111,7 +112,7 @@ class RoutePolicy(Settings):
         return RANK[self.priority]
 
 
-class ServicePolicy(Settings):
+class ServicePolicy(Settings, kw_only=True):
     """What the control plane's TrafficPolicy carries for one service: the cluster
     policy of the service and the default policy of routes to it."""
 
@@ -122,26 +123,12 @@ class ServicePolicy(Settings):
     degrade: SwitchBehaviour | None = None
 
 
-def error_path(loc: tuple[int | str, ...], data: Any) -> str:
-    """A pydantic error's ``loc`` in a policy as a field path (``.cluster.breaker``,
-    ``.route.retry.retry_on[0]``), walking ``data`` (the validated input). A tagged union
-    (a switch's ``action``) puts its tag in ``loc`` (``action.static.status``); the tag
-    names no field of the input, so it is left out (``.degrade.action.status``)."""
-    out = ""
-    for part in loc:
-        if part == "__root__":
-            continue
-        if isinstance(data, dict) and isinstance(part, str) and part not in data \
-                and data.get("kind") == part:
-            continue
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
-            data = data[part]
-        else:
-            data = None
-    return out
+def error_path(loc: tuple[int | str, ...]) -> str:
+    """A problem's path (:class:`meshproxy.schema.Problem`) in a policy as a suffix
+    of the policy's own path: ``.cluster.breaker``, ``.route.retry.retry_on[0]``,
+    ``.degrade.action.status`` (a tagged union's tag is a key of the input, not a level
+    of the path)."""
+    return format_path(loc, dotted=True)
 
 
 #: Switch names are at most 63 characters (see :class:`~meshproxy.resilience.degrade.

@@ -2,12 +2,14 @@
 
 Field checks live with each concern's model; the checks that span concerns (a route
 names a cluster that exists, names and ports are unique) live here, in
-:func:`cross_check`, and report the offending field's path like pydantic does.
+:func:`cross_check`, and report the offending field's path as :func:`meshproxy.schema.parse` does.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from msgspec import Meta
 
 from meshproxy.config.admin import AdminConfig
 from meshproxy.config.base import Settings
@@ -18,11 +20,11 @@ from meshproxy.config.runtime import DrainConfig, ProcessConfig, ReloadConfig
 from meshproxy.resilience.runtime import ProxyResilienceConfig
 
 
-class ProxyConfig(Settings):
+class ProxyConfig(Settings, kw_only=True):
     """One meshproxy's configuration, as loaded from its YAML file."""
 
-    listeners: tuple[ListenerConfig, ...] = Field(default=(), max_length=256)
-    clusters: tuple[ClusterConfig, ...] = Field(default=(), max_length=4096)
+    listeners: Annotated[tuple[ListenerConfig, ...], Meta(max_length=256)] = ()
+    clusters: Annotated[tuple[ClusterConfig, ...], Meta(max_length=4096)] = ()
     admin: AdminConfig = AdminConfig()
     reload: ReloadConfig = ReloadConfig()
     drain: DrainConfig = DrainConfig()

@@ -6,12 +6,14 @@ Used by :mod:`meshproxy.server` (reload and drain) and :mod:`meshproxy.workers`
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from msgspec import Meta
 
 from meshproxy.config.base import Seconds, Settings
 
 
-class ReloadConfig(Settings):
+class ReloadConfig(Settings, kw_only=True):
     """How the config file is watched. SIGHUP always triggers a reload as well."""
 
     #: Watch the file for changes; off means only SIGHUP reloads it.
@@ -21,7 +23,7 @@ class ReloadConfig(Settings):
     poll_interval: Seconds = 1.0
 
 
-class DrainConfig(Settings):
+class DrainConfig(Settings, kw_only=True):
     """What SIGTERM does: stop accepting, let requests in flight finish, exit 0."""
 
     #: Seconds requests in flight get to finish before connections are cut. 15 s is
@@ -29,10 +31,10 @@ class DrainConfig(Settings):
     timeout: Seconds = 15.0
 
 
-class ProcessConfig(Settings):
+class ProcessConfig(Settings, kw_only=True):
     """Worker processes."""
 
     #: Processes sharing every listener port through SO_REUSEPORT. The command line's
     #: ``--workers`` wins over this. 1 keeps a sidecar to one core, as Envoy's
     #: ``--concurrency`` is usually set for sidecars.
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1

@@ -40,17 +40,18 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+import msgspec
 
 from meshproxy.config.listeners import HttpListenerConfig
 from meshproxy.config.policy import ServicePolicy, error_path, service_switch_name
 from meshproxy.config.root import ProxyConfig, cross_check
 from meshproxy.resilience.degrade import SwitchBehaviour, SwitchConfig
+from meshproxy.schema import SchemaError, fields_set, parse, replace, to_builtins
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=msgspec.Struct)
 
 
 class PolicyRefused(ValueError):
@@ -82,25 +83,24 @@ def parse_policy(obj: Obj) -> ServicePolicy:
         raise PolicyRefused([(where, "must be an object")])
     sections = {k: v for k, v in spec.items() if k != "service"}
     try:
-        return ServicePolicy.model_validate(sections)
-    except ValidationError as e:
-        raise PolicyRefused([(f"{where}{error_path(err['loc'], sections)}", err["msg"])
-                             for err in e.errors(include_url=False)]) from None
+        return parse(sections, ServicePolicy)
+    except SchemaError as e:
+        raise PolicyRefused([(f"{where}{error_path(p.path)}", p.message)
+                             for p in e.problems]) from None
 
 
-def _under(base: M, section: BaseModel, where: str,
+def _under(base: M, section: msgspec.Struct, where: str,
            problems: list[tuple[str, str]]) -> M:
     """``base`` with each field ``section`` set that ``base`` (the file) did not,
     validated again as ``base``'s model; when that fails, the problems (located under
     ``where``) are added and ``base`` is returned unchanged."""
-    taken = {f: getattr(section, f) for f in section.model_fields_set
-             if f not in base.model_fields_set}
-    data = {**base.model_dump(exclude_unset=True), **taken}
+    own = fields_set(base)
+    taken = {f: getattr(section, f) for f in fields_set(section) if f not in own}
+    data = to_builtins({**{f: getattr(base, f) for f in own}, **taken})
     try:
-        return type(base).model_validate(data)
-    except ValidationError as e:
-        problems += [(f"{where}{error_path(err['loc'], data)}", err["msg"])
-                     for err in e.errors(include_url=False)]
+        return parse(data, type(base))
+    except SchemaError as e:
+        problems += [(f"{where}{error_path(p.path)}", p.message) for p in e.problems]
         return base
 
 
@@ -126,16 +126,16 @@ def merge(cfg: ProxyConfig, policies: dict[str, ServicePolicy]) -> ProxyConfig:
             sp = policies.get(r.cluster)
             routes.append(r if sp is None else _under(r, sp.route,
                                                       f"listeners[{i}].routes[{j}]", problems))
-        listeners.append(lst.model_copy(update={"routes": tuple(routes)}))
+        listeners.append(replace(lst, routes=tuple(routes)))
     switches, switch_problems = policy_switches(cfg, policies)
     problems += switch_problems
     if problems:
         raise PolicyRefused(problems)
     update: dict[str, Any] = {"clusters": tuple(clusters), "listeners": tuple(listeners)}
     if switches:
-        update["resilience"] = cfg.resilience.model_copy(
-            update={"switches": (*cfg.resilience.switches, *switches)})
-    merged = cfg.model_copy(update=update)
+        update["resilience"] = replace(
+            cfg.resilience, switches=(*cfg.resilience.switches, *switches))
+    merged = replace(cfg, **update)
     problems = cross_check(merged)
     if problems:
         raise PolicyRefused(problems)
@@ -180,6 +180,6 @@ def policy_switches(cfg: ProxyConfig, policies: dict[str, ServicePolicy]
                              "switch of this name in the file"))
             continue
         ((cluster, behaviour),) = uses
-        fields = {f: getattr(behaviour, f) for f in SwitchBehaviour.model_fields}
+        fields = {f: getattr(behaviour, f) for f in SwitchBehaviour.__struct_fields__}
         out.append(SwitchConfig(name=name, level="service", target=cluster, **fields))
     return out, problems

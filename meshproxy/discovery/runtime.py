@@ -35,6 +35,7 @@ from meshproxy.discovery import cache
 from meshproxy.discovery.policy import PolicyRefused, parse_policy, policy_for
 from meshproxy.discovery.resolve import Unresolved, endpoint_set
 from meshproxy.proxy import Proxy
+from meshproxy.schema import replace
 
 if TYPE_CHECKING:
     from meshproxy.discovery.watch import ApiConnection, ResourceWatch
@@ -148,9 +149,9 @@ class Discovery:
                     if current is not None else []
             sets[f.cluster] = tuple(EndpointConfig(address=f"{h}:{p}", weight=w)
                                     for h, p, w in eps)
-        clusters = tuple(c.model_copy(update={"endpoints": sets[c.name]})
+        clusters = tuple(replace(c, endpoints=sets[c.name])
                          if c.name in sets else c for c in cfg.clusters)
-        return Loaded(cfg.model_copy(update={"clusters": clusters}), loaded.version,
+        return Loaded(replace(cfg, clusters=clusters), loaded.version,
                       loaded.loaded_at, loaded.source)
 
     def refresh(self) -> None:

@@ -29,44 +29,41 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from msgspec import Meta
 
 from meshproxy.resilience.events import EventLog
+from meshproxy.schema import Frozen
 
 
-class AdaptiveConfig(BaseModel):
+class AdaptiveConfig(Frozen, kw_only=True):
     """The gradient controller. Defaults follow Envoy's documented example."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     mode: Literal["enforce", "shadow"] = "enforce"
-    update_interval: float = Field(0.1, gt=0, le=60)
+    update_interval: Annotated[float, Meta(gt=0, le=60)] = 0.1
     """Seconds between limit updates (Envoy's example: 100 ms)."""
-    percentile: float = Field(50.0, gt=0, le=100)
+    percentile: Annotated[float, Meta(gt=0, le=100)] = 50.0
     """Latency percentile of a window used as its RTT (Envoy default: 50)."""
-    min_rtt_interval: float = Field(60.0, gt=0, le=86400)
+    min_rtt_interval: Annotated[float, Meta(gt=0, le=86400)] = 60.0
     """Seconds between min-RTT measurements (Envoy's example: 60 s)."""
-    min_rtt_jitter: float = Field(0.15, ge=0, le=1)
+    min_rtt_jitter: Annotated[float, Meta(ge=0, le=1)] = 0.15
     """Random extra share of the interval, so proxies do not all pin at once."""
-    min_rtt_requests: int = Field(50, ge=1, le=100_000)
+    min_rtt_requests: Annotated[int, Meta(ge=1, le=100_000)] = 50
     """Samples taken at pinned concurrency for a min-RTT measurement (Envoy: 50)."""
-    min_rtt_buffer: float = Field(0.25, ge=0, le=10)
+    min_rtt_buffer: Annotated[float, Meta(ge=0, le=10)] = 0.25
     """Latency above min RTT still considered "no queue", as a share of it (Envoy: 25%)."""
-    min_concurrency: int = Field(3, ge=1)
+    min_concurrency: Annotated[int, Meta(ge=1)] = 3
     """Limit while measuring min RTT, and the floor (Envoy: 3)."""
-    max_concurrency: int = Field(1000, ge=1)
+    max_concurrency: Annotated[int, Meta(ge=1)] = 1000
     """Ceiling of the limit (Envoy's max_concurrency_limit: 1000)."""
-    max_samples: int = Field(1000, ge=10, le=1_000_000)
+    max_samples: Annotated[int, Meta(ge=10, le=1_000_000)] = 1000
     """RTTs kept per window (a ring): bounds memory and the per-interval sort."""
 
-    @model_validator(mode="after")
-    def _order(self) -> AdaptiveConfig:
+    def __post_init__(self) -> None:
         if self.min_concurrency > self.max_concurrency:
             raise ValueError(f"min_concurrency {self.min_concurrency} exceeds "
                              f"max_concurrency {self.max_concurrency}")
-        return self
 
 
 @dataclass(frozen=True, slots=True)

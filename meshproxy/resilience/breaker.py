@@ -43,13 +43,14 @@ import enum
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import pybreaker
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from msgspec import Meta
 
 from meshproxy.resilience.events import Clock, EventLog
 from meshproxy.resilience.window import RollingWindow
+from meshproxy.schema import Frozen
 
 BreakerState = Literal["closed", "open", "half_open"]
 REASON = "circuit_open"
@@ -62,33 +63,29 @@ _FROM_PYBREAKER: dict[str, BreakerState] = {
     pybreaker.STATE_HALF_OPEN: "half_open"}
 
 
-class BreakerConfig(BaseModel):
+class BreakerConfig(Frozen, kw_only=True):
     """When a breaker trips and how it recovers. At least one trip rule must be set."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    consecutive_failures: int | None = Field(5, ge=1)
+    consecutive_failures: Annotated[int, Meta(ge=1)] | None = 5
     """Trip after this many failures in a row (None: rule off). 5, as Envoy's consecutive
     5xx default: few enough to react within a second at modest rates."""
-    failure_ratio: float | None = Field(None, gt=0, le=1)
+    failure_ratio: Annotated[float, Meta(gt=0, le=1)] | None = None
     """Trip when this share of calls in ``window`` failed (None: rule off)."""
-    minimum_calls: int = Field(20, ge=1)
+    minimum_calls: Annotated[int, Meta(ge=1)] = 20
     """Calls the window must hold before ``failure_ratio`` is judged: a ratio over three
     calls is noise."""
-    window: float = Field(10.0, gt=0, le=3600)
+    window: Annotated[float, Meta(gt=0, le=3600)] = 10.0
     """Seconds of history for ``failure_ratio`` (10 s, resilience4j/Hystrix-like)."""
-    reset_timeout: float = Field(30.0, gt=0, le=86400)
+    reset_timeout: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     """Seconds open before trial requests go through (pybreaker's ``reset_timeout``)."""
-    half_open_trials: int = Field(1, ge=1, le=10000)
+    half_open_trials: Annotated[int, Meta(ge=1, le=10000)] = 1
     """Trial requests in flight at once while half-open; others are refused."""
-    success_threshold: int = Field(1, ge=1, le=10000)
+    success_threshold: Annotated[int, Meta(ge=1, le=10000)] = 1
     """Successful trials needed to close."""
 
-    @model_validator(mode="after")
-    def _one_rule(self) -> BreakerConfig:
+    def __post_init__(self) -> None:
         if self.consecutive_failures is None and self.failure_ratio is None:
             raise ValueError("breaker needs consecutive_failures or failure_ratio (or both)")
-        return self
 
 
 class Admission(enum.IntEnum):

@@ -24,23 +24,24 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
+
+from meshproxy.schema import Frozen
 
 
-class ConcurrencyConfig(BaseModel):
+class ConcurrencyConfig(Frozen, kw_only=True):
     """Limits for a cluster (or for each of its endpoints). Defaults are Envoy's."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_connections: int = Field(1024, ge=1)
+    max_connections: Annotated[int, Meta(ge=1)] = 1024
     """Upstream connections open at once (Envoy default 1024)."""
-    max_pending_requests: int = Field(1024, ge=0)
+    max_pending_requests: Annotated[int, Meta(ge=0)] = 1024
     """Requests waiting for a connection when all are busy (Envoy default 1024); 0: none
     wait, a request without a free connection is refused."""
-    max_requests: int = Field(1024, ge=1)
+    max_requests: Annotated[int, Meta(ge=1)] = 1024
     """Requests in flight (Envoy default 1024)."""
-    max_retries: int = Field(3, ge=0)
+    max_retries: Annotated[int, Meta(ge=0)] = 3
     """Retries in flight at once (Envoy default 3): the last guard against a retry storm,
     beside the retry budget."""
 

@@ -41,67 +41,72 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import msgspec
+from msgspec import Meta
 
 from meshproxy.resilience.events import Clock, EventLog
 from meshproxy.resilience.reuse import rebuild
 from meshproxy.resilience.window import RollingWindow
+from meshproxy.schema import Frozen, field_error, to_builtins
 
 Level = Literal["interface", "function", "service"]
 Mode = Literal["auto", "on", "off"]
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class FailFast(Frozen, tag_field="kind", tag="fail_fast", kw_only=True):
+    """Answer at once with an error status (``kind: fail_fast``, the union's tag)."""
 
-
-class FailFast(_Frozen):
-    kind: Literal["fail_fast"] = "fail_fast"
-    status: int = Field(503, ge=400, le=599)
+    kind: ClassVar[Literal["fail_fast"]] = "fail_fast"
+    status: Annotated[int, Meta(ge=400, le=599)] = 503
     """503: the caller's retry and breaker logic already understands it."""
-    reason: str = Field("degraded", min_length=1, max_length=64)
+    reason: Annotated[str, Meta(min_length=1, max_length=64)] = "degraded"
     """Goes to ``x-mesh-reason`` and the metric label."""
 
 
-class StaticResponse(_Frozen):
-    kind: Literal["static"] = "static"
-    status: int = Field(200, ge=100, le=599)
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str = Field("", max_length=1 << 20)
+class StaticResponse(Frozen, tag_field="kind", tag="static", kw_only=True):
+    """Answer with a canned response (``kind: static``)."""
+
+    kind: ClassVar[Literal["static"]] = "static"
+    status: Annotated[int, Meta(ge=100, le=599)] = 200
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    body: Annotated[str, Meta(max_length=1 << 20)] = ""
     """At most 1 MiB: a fallback is a small canned answer, not content."""
 
 
-class ClusterFallback(_Frozen):
-    kind: Literal["cluster"] = "cluster"
-    cluster: str = Field(min_length=1)
+class ClusterFallback(Frozen, tag_field="kind", tag="cluster", kw_only=True):
+    """Send the request to another cluster instead (``kind: cluster``)."""
+
+    kind: ClassVar[Literal["cluster"]] = "cluster"
+    cluster: Annotated[str, Meta(min_length=1)]
     """Another cluster of the same config that serves the degraded answer."""
 
 
-Action = Annotated[FailFast | StaticResponse | ClusterFallback, Field(discriminator="kind")]
+#: What a degrading switch answers, told apart by its ``kind`` key (a tagged union).
+Action = FailFast | StaticResponse | ClusterFallback
 
 
-class AutoTrip(_Frozen):
+class AutoTrip(Frozen, kw_only=True):
     metric: Literal["error_ratio", "slow_ratio"] = "error_ratio"
-    threshold: float = Field(0.5, gt=0, le=1)
+    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.5
     """Share of bad calls in the window that trips it."""
-    slow_call_ms: float = Field(1000.0, gt=0)
+    slow_call_ms: Annotated[float, Meta(gt=0)] = 1000.0
     """A call slower than this counts as slow (``slow_ratio`` only)."""
-    window: float = Field(10.0, gt=0, le=3600)
+    window: Annotated[float, Meta(gt=0, le=3600)] = 10.0
     """Seconds of history judged."""
-    minimum_requests: int = Field(20, ge=1)
+    minimum_requests: Annotated[int, Meta(ge=1)] = 20
     """No verdict on fewer calls than this: three failures out of four is noise."""
-    cooldown: float = Field(30.0, gt=0, le=86400)
+    cooldown: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     """Seconds degraded before probing."""
-    probe_ratio: float = Field(0.1, gt=0, le=1)
+    probe_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.1
     """Share of requests sent to the real target while probing."""
-    probe_requests: int = Field(10, ge=1)
+    probe_requests: Annotated[int, Meta(ge=1)] = 10
     """Probe outcomes collected before deciding to recover or trip again."""
 
 
-class SwitchBehaviour(_Frozen):
+class SwitchBehaviour(Frozen, kw_only=True):
     """What a switch does, without where it applies: its mode, auto-trip rule and action.
     The control plane's TrafficPolicy carries this (``spec.degrade``, see
     :mod:`meshproxy.config.policy`); the proxy makes it a service switch."""
@@ -112,24 +117,21 @@ class SwitchBehaviour(_Frozen):
     """False: shadow mode, count but never degrade."""
     auto: AutoTrip | None = None
     """The automatic rule; without it, ``auto`` means normal."""
-    action: Action = Field(default_factory=FailFast)
+    action: Action = msgspec.field(default_factory=FailFast)
 
 
-class SwitchConfig(SwitchBehaviour):
+class SwitchConfig(SwitchBehaviour, kw_only=True):
     """One switch of the proxy config: a behaviour plus its name, level and target."""
 
     name: str
     level: Level
-    target: str = Field(min_length=1)
+    target: Annotated[str, Meta(min_length=1)]
     """Route name, route group name or cluster name, by ``level``."""
 
-    @field_validator("name")
-    @classmethod
-    def _dns_name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("switch names are lowercase letters, digits, '-' and '.' "
-                             "(max 63), starting and ending alphanumeric")
-        return v
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise field_error("name", "switch names are lowercase letters, digits, '-' and "
+                              "'.' (max 63), starting and ending alphanumeric")
 
 
 class Verdict(enum.IntEnum):
@@ -163,7 +165,7 @@ class SwitchStatus:
 def config_id(config: SwitchConfig) -> str:
     """A short fingerprint of a switch's config: an admin flip recorded for one
     config (by a supervisor, for its workers) is not applied to another."""
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    return hashlib.sha256(msgspec.json.encode(config)).hexdigest()[:16]
 
 
 class Switch:
@@ -300,7 +302,7 @@ class Switch:
         return SwitchStatus(c.name, c.level, c.target, self.mode, self.mode_source,
                             self.state, self.degrading, c.enabled, c.enforced,
                             self.degraded_total, self.shadow_degraded_total,
-                            c.action.model_dump(), self.config_id)
+                            to_builtins(c.action), self.config_id)
 
     def __repr__(self) -> str:
         return (f"<Switch {self.name} {self.config.level}:{self.config.target} "

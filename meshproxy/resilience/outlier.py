@@ -35,47 +35,47 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Meta
 
 from meshproxy.endpoint import Endpoint
 from meshproxy.resilience.events import Clock, EventLog
+from meshproxy.schema import Frozen
 
 
-class OutlierConfig(BaseModel):
+class OutlierConfig(Frozen, kw_only=True):
     """Outlier detection for one cluster. A rule set to None is off."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    interval: float = Field(10.0, gt=0, le=3600)
+    interval: Annotated[float, Meta(gt=0, le=3600)] = 10.0
     """Seconds between interval sweeps (Envoy's default 10 s)."""
-    base_ejection_time: float = Field(30.0, gt=0, le=86400)
+    base_ejection_time: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     """Seconds of the first ejection; later ones are multiples (Envoy: 30 s)."""
-    max_ejection_time: float = Field(300.0, gt=0, le=86400)
+    max_ejection_time: Annotated[float, Meta(gt=0, le=86400)] = 300.0
     """Cap on one ejection, in seconds (Envoy: 300 s)."""
-    max_ejection_percent: float = Field(50.0, ge=0, le=100)
+    max_ejection_percent: Annotated[float, Meta(ge=0, le=100)] = 50.0
     """Never more than this share of the cluster ejected at once. 50 rather than Envoy's
     10 because mesh services usually run 2-5 replicas, where 10% would forbid ejecting
     any; half keeps the majority serving."""
-    consecutive_5xx: int | None = Field(5, ge=1)
+    consecutive_5xx: Annotated[int, Meta(ge=1)] | None = 5
     """Eject after this many 5xx (or local failures) in a row (Envoy: 5)."""
-    consecutive_gateway_failure: int | None = Field(5, ge=1)
+    consecutive_gateway_failure: Annotated[int, Meta(ge=1)] | None = 5
     """Eject after this many 502/503/504 or local failures in a row."""
-    success_rate_minimum_hosts: int = Field(5, ge=1)
+    success_rate_minimum_hosts: Annotated[int, Meta(ge=1)] = 5
     """Endpoints with enough volume needed for the success-rate rule (Envoy: 5)."""
-    success_rate_request_volume: int = Field(100, ge=1)
+    success_rate_request_volume: Annotated[int, Meta(ge=1)] = 100
     """Requests in an interval for an endpoint to count (Envoy: 100)."""
-    success_rate_stdev_factor: float | None = Field(1.9, gt=0)
+    success_rate_stdev_factor: Annotated[float, Meta(gt=0)] | None = 1.9
     """Eject below ``mean - factor * stdev`` (Envoy: 1900/1000)."""
-    latency_factor: float | None = Field(3.0, gt=1)
+    latency_factor: Annotated[float, Meta(gt=1)] | None = 3.0
     """Eject an endpoint whose median latency exceeds this multiple of the cluster's."""
-    latency_min_delta_ms: float = Field(50.0, ge=0)
+    latency_min_delta_ms: Annotated[float, Meta(ge=0)] = 50.0
     """...and exceeds it by at least this many milliseconds: 3 ms vs 1 ms is no outlier."""
-    latency_request_volume: int = Field(50, ge=1)
+    latency_request_volume: Annotated[int, Meta(ge=1)] = 50
     """Responses in an interval for an endpoint's latency to be judged."""
-    latency_minimum_hosts: int = Field(3, ge=2)
+    latency_minimum_hosts: Annotated[int, Meta(ge=2)] = 3
     """Endpoints with enough responses needed for a cluster median to mean something."""
-    latency_samples: int = Field(256, ge=8, le=65536)
+    latency_samples: Annotated[int, Meta(ge=8, le=65536)] = 256
     """Latencies kept per endpoint per interval (a ring; the median is taken over it)."""
 
 

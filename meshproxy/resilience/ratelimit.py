@@ -29,51 +29,48 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from msgspec import Meta
 
 from meshproxy.resilience.events import Clock
+from meshproxy.schema import Frozen
 
 KeyKind = Literal["none", "client_address", "header"]
 REASON = "rate_limited"
 """The ``x-mesh-reason`` of a refused request (429 by default)."""
 
 
-class RateLimitConfig(BaseModel):
+class RateLimitConfig(Frozen, kw_only=True):
     """A token bucket for one route. It applies where the route is: on a sidecar's
     inbound listener it protects the local app from its callers; on an outbound route
     (and so in a TrafficPolicy, which callers' sidecars apply) it keeps each caller
     within the upstream's contract."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rate: float = Field(gt=0, le=1e7)
+    rate: Annotated[float, Meta(gt=0, le=1e7)]
     """Tokens added per second: the sustained requests/s allowed per key."""
-    burst: int | None = Field(None, ge=1, le=10**9)
+    burst: Annotated[int, Meta(ge=1, le=10**9)] | None = None
     """Bucket size: requests admitted at once after a quiet spell. Default: one second's
     worth of ``rate`` (at least 1), the usual choice when nothing better is known."""
     key: KeyKind = "none"
     """What separates buckets: one for the route, one per client address, one per value
     of ``header``."""
-    header: str | None = Field(None, min_length=1, max_length=256)
+    header: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     """Header whose value keys the bucket (only with ``key: header``)."""
     backend: Literal["local", "shared"] = "shared"
     """``shared``: one limit for all worker processes (what users expect of "rate");
     ``local``: per process (cheaper, N workers admit N x rate)."""
-    max_keys: int = Field(10_000, ge=1, le=10_000_000)
+    max_keys: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
     """Distinct keys remembered; beyond it the least recently used bucket is forgotten
     (a forgotten bucket comes back full, which is what an idle bucket is anyway)."""
-    status: int = Field(429, ge=400, le=599)
+    status: Annotated[int, Meta(ge=400, le=599)] = 429
     """Status of the refusal (429 Too Many Requests)."""
 
-    @model_validator(mode="after")
-    def _header_iff_header_key(self) -> RateLimitConfig:
+    def __post_init__(self) -> None:
         if self.key == "header" and not self.header:
             raise ValueError("key 'header' needs 'header' (the header name)")
         if self.key != "header" and self.header is not None:
             raise ValueError(f"'header' is only used with key 'header', not {self.key!r}")
-        return self
 
     @property
     def capacity(self) -> int:

@@ -3,8 +3,8 @@
 A reload builds a whole new config (see the engine's reload path) but must not reset a
 breaker that is open, forget an endpoint's ejection history or refill a drained rate
 limit bucket just because an unrelated route was edited. Every runtime object here keeps
-the frozen config it was built from in ``.config``; config models are frozen pydantic
-models, so equality is by value. :func:`rebuild` keeps an old object when its key
+the frozen config it was built from in ``.config``; config models are frozen msgspec
+Structs, so equality is by value. :func:`rebuild` keeps an old object when its key
 survives and its config is equal, resizes it in place when it offers ``reconfigure`` and
 only its sizes changed, and builds a fresh one otherwise.
 

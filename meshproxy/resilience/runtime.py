@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
+from msgspec import Meta
 
 from meshproxy.endpoint import Endpoint
 from meshproxy.resilience.breaker import Breaker, BreakerConfig, BreakerGroup
@@ -51,13 +52,10 @@ from meshproxy.resilience.shedding import (
     Priority,
     SheddingConfig,
 )
+from meshproxy.schema import Frozen
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ClusterResilienceConfig(_Frozen):
+class ClusterResilienceConfig(Frozen, kw_only=True):
     """Protection of one upstream cluster. Each part that is None is off (costs nothing)."""
 
     breaker: BreakerConfig | None = None
@@ -65,15 +63,15 @@ class ClusterResilienceConfig(_Frozen):
     endpoint_breaker: BreakerConfig | None = None
     """One breaker per endpoint: checked per attempt, so a retry can go elsewhere."""
     outlier: OutlierConfig | None = None
-    limits: ConcurrencyConfig = Field(default_factory=ConcurrencyConfig)
+    limits: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
     """Envoy's per-cluster thresholds; on by default with Envoy's defaults."""
     endpoint_limits: ConcurrencyConfig | None = None
 
 
-class RouteResilienceConfig(_Frozen):
+class RouteResilienceConfig(Frozen, kw_only=True):
     priority: Priority = "normal"
     """Shed order under overload: best_effort first, critical last."""
-    function: str | None = Field(None, min_length=1, max_length=63)
+    function: Annotated[str, Meta(min_length=1, max_length=63)] | None = None
     """The route group ("function") degradation switches of level ``function`` target."""
     rate_limit: RateLimitConfig | None = None
 
@@ -82,10 +80,10 @@ class RouteResilienceConfig(_Frozen):
         return RANK[self.priority]
 
 
-class ProxyResilienceConfig(_Frozen):
+class ProxyResilienceConfig(Frozen, kw_only=True):
     shedding: SheddingConfig | None = None
     switches: tuple[SwitchConfig, ...] = ()
-    events_capacity: int = Field(1024, ge=16, le=1_000_000)
+    events_capacity: Annotated[int, Meta(ge=16, le=1_000_000)] = 1024
     """Events kept for ``/events``: about a day of a busy mesh's state changes."""
 
 

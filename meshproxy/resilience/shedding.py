@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import msgspec
+from msgspec import Meta
 
 from meshproxy.resilience.adaptive import AdaptiveConfig, GradientLimit
 from meshproxy.resilience.events import Clock, EventLog
+from meshproxy.schema import Frozen, field_error
 
 Priority = Literal["critical", "high", "normal", "low", "best_effort"]
 PRIORITIES: tuple[Priority, ...] = ("critical", "high", "normal", "low", "best_effort")
@@ -44,41 +46,37 @@ SHED_LOOP_LAG = "overload_loop_lag"
 _LAG_MULTIPLE = (float("inf"), 8.0, 4.0, 2.0, 1.0)  # by rank: lag/threshold that sheds it
 
 
-class SheddingConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class SheddingConfig(Frozen, kw_only=True):
     mode: Literal["enforce", "shadow"] = "enforce"
-    max_requests: int = Field(1024, ge=1)
+    max_requests: Annotated[int, Meta(ge=1)] = 1024
     """Capacity when ``adaptive`` is not set: requests in flight through this proxy."""
     adaptive: AdaptiveConfig | None = None
     """Learn the capacity from latency instead (see adaptive.py). Here only its limit is
     used; enforcement follows this config's ``mode``, not the adaptive config's."""
-    shares: dict[Priority, float] = Field(default_factory=lambda: {
+    shares: dict[Priority, float] = msgspec.field(default_factory=lambda: {
         "critical": 1.0, "high": 0.95, "normal": 0.85, "low": 0.7, "best_effort": 0.5})
     """Share of capacity each priority may fill. Gaps between them are what keeps room
     for the more important ones."""
-    lag_threshold_ms: float | None = Field(50.0, gt=0)
+    lag_threshold_ms: Annotated[float, Meta(gt=0)] | None = 50.0
     """Event-loop lag at which best-effort requests are shed (None: lag not used). 50 ms
     is far above a healthy loop's lag (well under 1 ms) yet shorter than a user notices."""
-    lag_interval: float = Field(0.1, gt=0, le=10)
+    lag_interval: Annotated[float, Meta(gt=0, le=10)] = 0.1
     """Seconds between lag measurements."""
-    event_interval: float = Field(10.0, ge=0)
+    event_interval: Annotated[float, Meta(ge=0)] = 10.0
     """At most one "now shedding" event per priority per this many seconds."""
 
-    @field_validator("shares")
-    @classmethod
-    def _shares(cls, v: dict[Priority, float]) -> dict[Priority, float]:
+    def __post_init__(self) -> None:
+        v = self.shares
         missing = [p for p in PRIORITIES if p not in v]
         if missing:
-            raise ValueError(f"shares needs every priority; missing {missing}")
+            raise field_error("shares", f"shares needs every priority; missing {missing}")
         for p, s in v.items():
             if not 0 < s <= 1:
-                raise ValueError(f"share of {p!r} must be in (0, 1], got {s}")
+                raise field_error("shares", f"share of {p!r} must be in (0, 1], got {s}")
         ranked = [v[p] for p in PRIORITIES]
         if ranked != sorted(ranked, reverse=True):
-            raise ValueError("shares must not grow as priority falls "
-                             "(critical >= high >= normal >= low >= best_effort)")
-        return v
+            raise field_error("shares", "shares must not grow as priority falls "
+                              "(critical >= high >= normal >= low >= best_effort)")
 
 
 class LoopLagMonitor:

@@ -248,3 +248,26 @@ def test_traffic_policy_contents_are_the_proxy_schema(spec, field):
     causes = check("trafficpolicies", {"metadata": {"name": "p"}, "spec": spec},
                    group="mesh.io", version="v1alpha1")
     assert any(c.startswith(field) for c in causes), causes
+
+
+def test_traffic_policy_reports_every_bad_field_not_only_the_first():
+    """As Kubernetes lists every field error of an object, each bad field of each policy
+    section gets its own 422 cause (the proxy schema's parse validates each part on its
+    own once the whole fails), with the value found there and the reason."""
+    spec = {"service": "web",
+            "cluster": {"breaker": {"reset_timeout": -1}, "lb_policy": "fastest"},
+            "route": {"retry": {"attempts": 0}, "priority": "urgent"},
+            "degrade": {"action": {"kind": "static", "status": 99}}}
+    obj = {"metadata": {"name": "p"}, "spec": spec}
+    res = by_path("mesh.io", "v1alpha1", "trafficpolicies")
+    errs = FieldErrors()
+    strategy_for(res).validate(obj, errs)
+    causes = {c["field"]: c["message"] for c in errs.causes}
+    assert sorted(causes) == ["spec.cluster.breaker.reset_timeout",
+                              "spec.cluster.load_balancer.policy",
+                              "spec.degrade.action.status",
+                              "spec.route.priority",
+                              "spec.route.retry.attempts"]
+    assert "-1" in causes["spec.cluster.breaker.reset_timeout"]
+    assert "> 0" in causes["spec.cluster.breaker.reset_timeout"]
+    assert "'round_robin'" in causes["spec.cluster.load_balancer.policy"]

@@ -19,6 +19,7 @@ from control.demo.shop import build_app
 from meshproxy.config import parse_config
 from meshproxy.proxy import Proxy
 from meshproxy.resilience.degrade import StaticResponse, SwitchBehaviour
+from meshproxy.schema import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,7 +106,7 @@ async def test_demo_switch_trips_by_itself_when_recommendations_get_slow(shop) -
 def test_demo_policy_degrade_section_validates_as_a_slow_call_switch() -> None:
     """The demo's switch validates with the proxy's schema, trips automatically on the
     slow-call ratio and answers a static, JSON fallback."""
-    b = SwitchBehaviour.model_validate(demo_degrade())
+    b = parse(demo_degrade(), SwitchBehaviour)
     assert b.mode == "auto"
     assert b.auto is not None
     assert b.auto.metric == "slow_ratio"

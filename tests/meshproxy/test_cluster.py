@@ -10,10 +10,11 @@ from meshproxy.cluster import Cluster
 from meshproxy.config import ClusterConfig
 from meshproxy.errors import NoHealthyUpstream
 from meshproxy.metrics import Stats
+from meshproxy.schema import parse
 
 
 def _cluster(eps: list[str]) -> Cluster:
-    cfg = ClusterConfig.model_validate({"name": "c", "endpoints": eps})
+    cfg = parse({"name": "c", "endpoints": eps}, ClusterConfig)
     return Cluster(cfg, loop=asyncio.get_running_loop(), stats=Stats())
 
 

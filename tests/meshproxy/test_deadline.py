@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from meshproxy.deadline import (
     Deadline,
@@ -14,6 +13,7 @@ from meshproxy.deadline import (
     format_timeout_ms,
     parse_timeout_ms,
 )
+from meshproxy.schema import SchemaError, parse
 
 
 @pytest.mark.parametrize(("values", "seconds"), [
@@ -110,7 +110,7 @@ def test_a_slow_chain_gives_up_once_within_the_first_budget() -> None:
 def test_config_defaults_and_validation() -> None:
     cfg = DeadlineConfig()
     assert (cfg.accept, cfg.propagate, cfg.header) == (True, True, "x-mesh-timeout-ms")
-    with pytest.raises(ValidationError, match="header"):
-        DeadlineConfig(header="X Bad")
-    with pytest.raises(ValidationError, match="fail_fast_below_s"):
-        DeadlineConfig(fail_fast_below_s=-1)
+    with pytest.raises(SchemaError, match="header: Expected `str` matching regex"):
+        parse({"header": "X Bad"}, DeadlineConfig)
+    with pytest.raises(SchemaError, match="fail_fast_below_s: Expected `float` >= 0"):
+        parse({"fail_fast_below_s": -1}, DeadlineConfig)

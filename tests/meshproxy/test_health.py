@@ -14,11 +14,11 @@ import random
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from pydantic import ValidationError
 
 from meshproxy.balance import PickContext, make_balancer
 from meshproxy.endpoint import Endpoint
 from meshproxy.health import HealthCheckConfig, HealthChecker, HealthState, probe_http, probe_tcp
+from meshproxy.schema import SchemaError, format_path, parse
 
 FAST = dict(interval_s=0.02, interval_jitter_s=0.01, timeout_s=0.02)
 
@@ -304,21 +304,21 @@ async def test_aclose_cancels_every_probe_even_mid_request(backend: BackendServe
 
 
 @pytest.mark.parametrize(("data", "field", "message"), [
-    ({"kind": "grpc"}, "kind", "Input should be"),
+    ({"kind": "grpc"}, "kind", "expected one of 'http', 'tcp'"),
     ({"path": "healthz"}, "path", "must start with '/'"),
     ({"path": "/a b"}, "path", "no spaces"),
     ({"expected_statuses": []}, "expected_statuses", "at least one"),
     ({"expected_statuses": [700]}, "expected_statuses", "100-599"),
     ({"interval_s": 1.0, "timeout_s": 2.0}, "", "must not exceed interval_s"),
-    ({"unhealthy_threshold": 0}, "unhealthy_threshold", "greater than or equal to 1"),
+    ({"unhealthy_threshold": 0}, "unhealthy_threshold", ">= 1"),
     ({"host": "a b"}, "host", "without spaces"),
 ])
 def test_bad_health_check_config_names_the_field(data: dict, field: str, message: str) -> None:
-    with pytest.raises(ValidationError) as info:
-        HealthCheckConfig.model_validate(data)
-    err = info.value.errors()[0]
-    assert ".".join(str(p) for p in err["loc"]).startswith(field)
-    assert message in err["msg"]
+    with pytest.raises(SchemaError) as info:
+        parse(data, HealthCheckConfig)
+    [problem] = info.value.problems
+    assert format_path(problem.path, dotted=True) == (f".{field}" if field else "")
+    assert message in problem.message
 
 
 async def test_probe_tcp_reports_refused_connections() -> None:

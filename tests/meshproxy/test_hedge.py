@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import ValidationError
 
 from meshproxy.endpoint import Endpoint
 from meshproxy.hedge import HedgeConfig, HedgePolicy, LatencyWindow, run_hedged
 from meshproxy.retry import RetryBudget, RetryBudgetConfig
+from meshproxy.schema import SchemaError, parse
 
 
 class Clock:
@@ -217,7 +217,7 @@ async def test_no_endpoint_at_all_is_a_lookup_error() -> None:
 
 
 def test_bad_hedge_config_is_refused() -> None:
-    with pytest.raises(ValidationError, match="max_hedges"):
-        HedgeConfig(max_hedges=0)
-    with pytest.raises(ValidationError, match="delay"):
-        HedgeConfig(delay="p99")
+    with pytest.raises(SchemaError, match="max_hedges: Expected `int` >= 1"):
+        parse({"max_hedges": 0}, HedgeConfig)
+    with pytest.raises(SchemaError, match="delay: Invalid enum value 'p99'"):
+        parse({"delay": "p99"}, HedgeConfig)

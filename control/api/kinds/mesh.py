@@ -8,8 +8,10 @@ proxies read it through list/watch and apply it through the same validated, atom
 path as a config file reload, so the API server refuses exactly what a proxy would
 refuse: the spec (less ``service``) is validated by the proxy's own
 :class:`meshproxy.config.policy.ServicePolicy` model — one schema, so a policy means the
-same in a file and in the cluster — and each pydantic error becomes a 422 cause naming
-the field (``spec.cluster.breaker.reset_timeout``). ``control`` may import ``meshproxy``;
+same in a file and in the cluster — and each problem it finds becomes a 422 cause naming
+the field (``spec.cluster.breaker.reset_timeout``). As Kubernetes does, every bad field
+is reported, not only the first (:func:`meshproxy.schema.parse` validates each section,
+field and list item on its own once the whole fails). ``control`` may import ``meshproxy``;
 the reverse never happens.
 
 ``spec.degrade`` is the Service's degradation switch (mode ``on``/``off``/``auto``, the
@@ -23,15 +25,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
 from control.api import validation as v
 from control.api.kinds.base import Strategy
 from control.api.validation import FieldErrors
 from meshproxy.config.policy import ServicePolicy, error_path, service_switch_name
+from meshproxy.schema import SchemaError, parse
 
 # The sections a policy may carry: the fields of the proxy's ServicePolicy.
-POLICY_SECTIONS = tuple(ServicePolicy.model_fields)
+POLICY_SECTIONS = tuple(ServicePolicy.__struct_fields__)
 
 
 def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors, *,
@@ -51,11 +52,10 @@ def validate_policy_spec(spec: dict[str, Any], path: str, errs: FieldErrors, *,
            for k, val in sections.items()):
         return  # the envelope is wrong: the model's errors would only repeat it
     try:
-        policy = ServicePolicy.model_validate(sections)
-    except ValidationError as e:
-        for err in e.errors(include_url=False):
-            where = path + error_path(err["loc"], sections)
-            errs.invalid(where, err.get("input"), err["msg"])
+        policy = parse(sections, ServicePolicy)
+    except SchemaError as e:
+        for p in e.problems:
+            errs.invalid(path + error_path(p.path), p.value, p.message)
         return
     if policy.degrade is not None and namespace and service:
         try:

@@ -10,16 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshproxy.balance import LoadBalancerConfig, PickContext, make_balancer
-from meshproxy.balance.config import POLICIES
+from meshproxy.balance.config import POLICIES, HashOn, MaglevSettings
 from meshproxy.endpoint import Endpoint
 
 from .sim import FakeClock
 
 
 def build(policy: str, eps: list[Endpoint], *, panic_percent: float = 50.0):
-    hash_on = {"source": "header", "name": "x-user"} if policy in ("ring_hash", "maglev") else None
+    hash_on = HashOn(source="header", name="x-user") \
+        if policy in ("ring_hash", "maglev") else None
     cfg = LoadBalancerConfig(policy=policy, panic_threshold_percent=panic_percent,
-                             hash_on=hash_on, maglev={"table_size": 1009})
+                             hash_on=hash_on, maglev=MaglevSettings(table_size=1009))
     return make_balancer(cfg, eps, rng=random.Random(11), clock=FakeClock())
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from pydantic import ValidationError
 
 from meshproxy.resilience.adaptive import AdaptiveConfig, GradientLimit, percentile
 
@@ -118,5 +117,5 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_config_checks_bounds() -> None:
-    with pytest.raises(ValidationError, match="exceeds max_concurrency"):
+    with pytest.raises(ValueError, match="exceeds max_concurrency"):
         AdaptiveConfig(min_concurrency=10, max_concurrency=5)

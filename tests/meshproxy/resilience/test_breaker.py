@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from meshproxy.resilience.breaker import (
     Admission,
@@ -15,6 +14,7 @@ from meshproxy.resilience.breaker import (
     BreakerGroup,
     admission_kind,
 )
+from meshproxy.schema import SchemaError, parse
 
 from .conftest import ManualClock
 
@@ -185,11 +185,13 @@ def test_forced_open_and_close(clock, events) -> None:
 
 
 def test_config_requires_a_trip_rule_and_sane_numbers() -> None:
-    with pytest.raises(ValidationError, match="consecutive_failures or failure_ratio"):
+    with pytest.raises(ValueError, match="consecutive_failures or failure_ratio"):
         BreakerConfig(consecutive_failures=None)
-    with pytest.raises(ValidationError, match="failure_ratio"):
-        BreakerConfig(failure_ratio=1.5)
-    with pytest.raises(ValidationError, match="extra"):
+    with pytest.raises(SchemaError, match="failure_ratio: Expected `float` <= 1"):
+        parse({"failure_ratio": 1.5}, BreakerConfig)
+    with pytest.raises(SchemaError, match="fail_max: unknown field"):
+        parse({"fail_max": 3}, BreakerConfig)
+    with pytest.raises(TypeError, match="Unexpected keyword argument 'fail_max'"):
         BreakerConfig(fail_max=3)  # type: ignore[call-arg]
 
 

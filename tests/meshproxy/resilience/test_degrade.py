@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from meshproxy.resilience.degrade import (
     AutoTrip,
@@ -18,6 +17,7 @@ from meshproxy.resilience.degrade import (
     SwitchRegistry,
     Verdict,
 )
+from meshproxy.schema import SchemaError, parse, replace, to_builtins
 
 from .conftest import ManualClock
 
@@ -119,22 +119,31 @@ def test_manual_mode_overrides_the_automatic_state(clock, events) -> None:
 
 
 def test_actions_are_validated_and_reported() -> None:
-    c = SwitchConfig(name="recs", level="function", target="recommendations",
-                     action={"kind": "static", "status": 200,
-                             "headers": {"content-type": "application/json"},
-                             "body": "[]"})
+    c = parse({"name": "recs", "level": "function", "target": "recommendations",
+               "action": {"kind": "static", "status": 200,
+                          "headers": {"content-type": "application/json"},
+                          "body": "[]"}}, SwitchConfig)
     assert isinstance(c.action, StaticResponse)
     assert c.action.body == "[]"
-    c2 = SwitchConfig(name="cat", level="service", target="catalog",
-                      action={"kind": "cluster", "cluster": "catalog-cache"})
+    # What /resilience reports for the action (Switch.status): the tag included.
+    assert to_builtins(c.action) == {"kind": "static", "status": 200,
+                                     "headers": {"content-type": "application/json"},
+                                     "body": "[]"}
+    c2 = parse({"name": "cat", "level": "service", "target": "catalog",
+                "action": {"kind": "cluster", "cluster": "catalog-cache"}}, SwitchConfig)
     assert isinstance(c2.action, ClusterFallback)
-    with pytest.raises(ValidationError, match="status"):
-        SwitchConfig(name="x", level="service", target="a",
-                     action={"kind": "fail_fast", "status": 200})
-    with pytest.raises(ValidationError, match="switch names"):
+    with pytest.raises(SchemaError, match=r"action\.status: Expected `int` >= 400"):
+        parse({"name": "x", "level": "service", "target": "a",
+               "action": {"kind": "fail_fast", "status": 200}}, SwitchConfig)
+    with pytest.raises(SchemaError, match=r"action\.kind: Invalid value 'flaky'"):
+        parse({"name": "x", "level": "service", "target": "a",
+               "action": {"kind": "flaky"}}, SwitchConfig)
+    with pytest.raises(ValueError, match="switch names"):
         SwitchConfig(name="Bad Name", level="service", target="a")
-    with pytest.raises(ValidationError, match="level"):
-        SwitchConfig(name="x", level="cluster", target="a")
+    with pytest.raises(SchemaError, match="name: switch names"):
+        parse({"name": "Bad Name", "level": "service", "target": "a"}, SwitchConfig)
+    with pytest.raises(SchemaError, match="level: Invalid enum value 'cluster'"):
+        parse({"name": "x", "level": "cluster", "target": "a"}, SwitchConfig)
 
 
 def test_registry_resolves_levels_most_specific_first(clock, events) -> None:
@@ -171,7 +180,7 @@ def test_reload_keeps_unchanged_switches_and_their_admin_mode(clock, events) -> 
     reg.flip("keep", "on")
     reg.flip("change", "on")
     before = reg.get("keep")
-    reg.reload([keep, change.model_copy(update={"target": "c"}),
+    reg.reload([keep, replace(change, target="c"),
                 SwitchConfig(name="new", level="service", target="d")])
     assert reg.get("keep") is before
     assert reg.get("keep").mode == "on"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import ValidationError
 
 from meshproxy.endpoint import Endpoint
 from meshproxy.resilience.outlier import OutlierConfig, OutlierDetector
+from meshproxy.schema import SchemaError, parse
 
 
 def cluster(n: int) -> list[Endpoint]:
@@ -203,7 +203,7 @@ async def test_start_runs_ticks_on_the_loop_timer(events) -> None:
 
 
 def test_config_rejects_bad_values() -> None:
-    with pytest.raises(ValidationError, match="max_ejection_percent"):
-        OutlierConfig(max_ejection_percent=150)
-    with pytest.raises(ValidationError, match="latency_factor"):
-        OutlierConfig(latency_factor=0.5)
+    with pytest.raises(SchemaError, match="max_ejection_percent: Expected `float` <= 100"):
+        parse({"max_ejection_percent": 150}, OutlierConfig)
+    with pytest.raises(SchemaError, match="latency_factor: Expected `float` > 1"):
+        parse({"latency_factor": 0.5}, OutlierConfig)

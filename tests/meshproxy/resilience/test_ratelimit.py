@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from meshproxy.resilience.ratelimit import LocalBackend, RateLimitConfig, RateLimiter
 from meshproxy.resilience.shm_buckets import SharedBucketTable
+from meshproxy.schema import SchemaError, parse
 
 WORKER = Path(__file__).with_name("shm_worker.py")
 
@@ -104,12 +104,14 @@ def test_local_backend_forgets_least_recently_used_past_max_keys(clock) -> None:
 
 
 def test_config_errors_name_the_field() -> None:
-    with pytest.raises(ValidationError, match="needs 'header'"):
+    with pytest.raises(ValueError, match="needs 'header'"):
         RateLimitConfig(rate=1, key="header")
-    with pytest.raises(ValidationError, match="only used with key 'header'"):
+    with pytest.raises(ValueError, match="only used with key 'header'"):
         RateLimitConfig(rate=1, header="x")
-    with pytest.raises(ValidationError, match="rate"):
-        RateLimitConfig(rate=0)
+    with pytest.raises(SchemaError, match="rate: Expected `float` > 0"):
+        parse({"rate": 0}, RateLimitConfig)
+    with pytest.raises(SchemaError, match="rate: required field is missing"):
+        parse({}, RateLimitConfig)
 
 
 @settings(max_examples=100, deadline=None)
