@@ -70,6 +70,10 @@ class ListenerBase:
         # in connection-per-request profiles.
         self._rx_pending = 0
         self._tx_pending = 0
+        # The connections' timeouts: one periodic tick for all of them, running while
+        # there are connections (a timer per connection cost more than everything else
+        # a short connection does in Python).
+        self._ticker: asyncio.TimerHandle | None = None
 
     @property
     def bind_key(self) -> tuple[str, str, int]:
@@ -109,6 +113,32 @@ class ListenerBase:
             self._tx.inc(self._tx_pending)
             self._tx_pending = 0
 
+    # --- the timeout tick --------------------------------------------------------------
+    def tick_period(self) -> float:
+        """Seconds between two checks of the connections' timeouts."""
+        raise NotImplementedError
+
+    def check_timeouts(self, now: float) -> None:
+        """Close what has timed out at loop time ``now`` (each tick)."""
+        raise NotImplementedError
+
+    def start_ticking(self) -> None:
+        """Called with each new connection: the tick runs while there are any."""
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(self.tick_period(), self._tick)
+
+    def stop_ticking(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        self._ticker = None
+        if self.connections:
+            self.check_timeouts(self.loop.time())
+        if self.connections:  # otherwise the next connection starts it again
+            self._ticker = self.loop.call_later(self.tick_period(), self._tick)
+
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -144,10 +174,6 @@ class HttpListener(ListenerBase):
         self._accepted = stats.downstream_connections_total.labels(self.name)
         #: Route timeouts of requests on the fused path (one timer for all of them).
         self.timeouts = TimeoutWheel(loop)
-        # Header and idle timeouts of the connections: one periodic tick for all of them,
-        # running while there are connections (a timer per connection cost more than
-        # everything else a short connection does in Python).
-        self._ticker: asyncio.TimerHandle | None = None
 
     def update(self, config: HttpListenerConfig, router: Router) -> None:
         """A reload kept this listener's address: new routes and limits, same socket.
@@ -163,24 +189,17 @@ class HttpListener(ListenerBase):
         # Counted in plain integers; sweep() moves them into the metrics.
         self.connections.add(conn)
         self._opened += 1
-        if self._ticker is None:
-            self._arm_ticker()
+        self.start_ticking()  # header and idle timeouts
         if self.draining:
             conn.drain()
 
-    def _arm_ticker(self) -> None:
+    def tick_period(self) -> float:
         limits = self.config.limits
-        period = max(min(limits.header_timeout, limits.idle_timeout) / 4, 0.05)
-        self._ticker = self.loop.call_later(period, self._tick)
+        return max(min(limits.header_timeout, limits.idle_timeout) / 4, 0.05)
 
-    def _tick(self) -> None:
-        self._ticker = None
-        if not self.connections:
-            return  # the next connection starts it again
-        now = self.loop.time()
+    def check_timeouts(self, now: float) -> None:
         for conn in list(self.connections):
             conn.check_timeouts(now)
-        self._arm_ticker()
 
     def count_local_reply(self, reason: str, status: int) -> None:
         self.stats.local_replies.labels(self.name, reason, str(status)).inc()
@@ -208,9 +227,7 @@ class HttpListener(ListenerBase):
         self.abort_connections()
         self.sweep()
         self.timeouts.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
+        self.stop_ticking()
         if self.server is not None:
             await self.server.wait_closed()
 

@@ -536,7 +536,6 @@ class TcpListener(ListenerBase):
         self.connecting: dict[TcpConnection, None] = {}
         self._outcomes: dict[str, object] = {}  # outcome -> Counter child
         self._outcome_counts: dict[str, int] = {}  # outcome -> not yet in the metric
-        self._ticker: asyncio.TimerHandle | None = None
         self._next_idle_check = 0.0
 
     async def start(self, *, share: object | None = None) -> None:
@@ -575,8 +574,7 @@ class TcpListener(ListenerBase):
             sock.setblocking(False)
             conn = TcpConnection(self, sock)
             self.connections.add(conn)
-            if self._ticker is None:
-                self._arm_ticker()
+            self.start_ticking()  # connect and idle timeouts
             conn.connect()
 
     def connection_closed(self, conn: TcpConnection, rx: int = 0,  # type: ignore[override]
@@ -601,16 +599,11 @@ class TcpListener(ListenerBase):
             conn.abort()
 
     # --- timeouts ----------------------------------------------------------------------
-    def _arm_ticker(self) -> None:
-        period = max(min(self.cluster.config.connect_timeout,
-                         self.config.idle_timeout) / 4, 0.01)
-        self._ticker = self.loop.call_later(period, self._tick)
+    def tick_period(self) -> float:
+        return max(min(self.cluster.config.connect_timeout, self.config.idle_timeout) / 4,
+                   0.01)
 
-    def _tick(self) -> None:
-        self._ticker = None
-        if not self.connections:
-            return  # the next connection starts it again
-        now = self.loop.time()
+    def check_timeouts(self, now: float) -> None:
         for conn in list(self.connecting):
             if now - conn.started >= conn.cluster.config.connect_timeout:
                 conn.connect_failed("connect_timeout")
@@ -624,8 +617,6 @@ class TcpListener(ListenerBase):
                 elif now - conn.quiet_since >= idle and conn.up.connected:
                     self.count("idle_timeout")
                     conn.abort()
-        if self.connections:
-            self._arm_ticker()
 
     # --- metrics -----------------------------------------------------------------------
     def count(self, outcome: str) -> None:
@@ -661,9 +652,7 @@ class TcpListener(ListenerBase):
         await self._wait_empty(timeout)
         self.abort_connections()
         self.sweep()  # a retired listener is swept no more
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
+        self.stop_ticking()
         self.poller.close()
 
     def snapshot(self) -> dict:
