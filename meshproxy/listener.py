@@ -46,9 +46,11 @@ async def bind(loop: asyncio.AbstractEventLoop, factory, host: str, port: int,
 
 class ListenerBase:
     """What HTTP and TCP listeners share: the bound server, the set of open
-    connections, byte counters, and the drain bookkeeping (an event set once draining
-    leaves no connection). Subclasses give ``kind``, ``protocol`` (the connection's
-    Protocol class, built with the listener) and ``snapshot``."""
+    connections, byte counters, the timeout tick and the drain bookkeeping (an event set
+    once draining leaves no connection). Subclasses give ``kind``, ``snapshot``,
+    ``tick_period`` and ``check_timeouts``, and either ``protocol`` (the connection's
+    Protocol class, built with the listener, for :meth:`start`) or their own ``start``
+    (the TCP listener's raw sockets)."""
 
     kind = ""
     protocol: Callable[[Any], asyncio.Protocol]
