@@ -412,7 +412,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                 return
             conn = cluster.take_idle(ep)
             if conn is None:
-                guard.undo(guard.token)
+                guard.undo(guard.token, guard.rate_key)
             else:
                 self._lane_admitted = (guard, guard.checked, guard.token, now)
         else:
@@ -481,7 +481,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         conn, ex = self._direct, self._active
         if (resp is None and retry and conn is not None and isinstance(ex, Exchange)
                 and stale_retry_ok(ex, conn, exc)):  # type: ignore[arg-type]
-            guard.undo(token)
+            guard.undo(token)  # a lane's rate limit is keyed by nothing: no rate key
         else:
             guard.finish(switches, token, resp is not None and resp.status < 500, started,
                          self.loop.time())

@@ -286,13 +286,13 @@ class GuardedDirect(Forward):
     and replies as the layers; it only saves the task and the coroutine frames.
 
     Admissions run only once an idle pooled connection is known to be there, so that a
-    request falling back to the full stack is admitted once, by the stack. (The one
-    exception: the keep-alive race retried by the stack also passes its admissions
-    again, spending a second rate-limit token.)
+    request falling back to the full stack is admitted once, by the stack; one that
+    falls back after its admission (no idle connection after all, the keep-alive race)
+    gives everything back first (:meth:`undo`), its rate-limit token included.
     """
 
-    __slots__ = ("_passing", "breaker", "checked", "limit", "limiter", "rank", "shedder",
-                 "switches", "token")
+    __slots__ = ("_passing", "breaker", "checked", "limit", "limiter", "rank", "rate_key",
+                 "shedder", "switches", "token")
 
     def __init__(self, cluster: Cluster, *, limiter: RateLimiter | None,
                  switches: Sequence[Switch], shedder: LoadShedder | None, rank: int,
@@ -311,6 +311,8 @@ class GuardedDirect(Forward):
         #: breaker's token, for finish or undo
         self.checked: Sequence[tuple[Switch, Verdict]] = self._passing
         self.token = 0
+        #: and the rate limit's bucket key when it is keyed (None: keyed by nothing)
+        self.rate_key: bytes | None = None
 
     def try_direct(self, ex: Exchange, on_head: HeadCallback) -> object:  # type: ignore[override]
         cluster = self.cluster
@@ -331,16 +333,16 @@ class GuardedDirect(Forward):
             else:
                 on_head(None, refusal)
             return ANSWERED
-        switches, token = self.checked, self.token
+        switches, token, key = self.checked, self.token, self.rate_key
         conn = pool.take_idle()
         if conn is None:
-            self.undo(token)
+            self.undo(token, key)
             return None
 
         # A closure over only what differs per request (the rest is read from self).
         def head(resp: Response | None, exc: ProxyError | None) -> None:
             if exc is not None and stale_retry_ok(ex, conn, exc):
-                self.undo(token)  # the stack retries it and decides again
+                self.undo(token, key)  # the stack retries it and decides again
             else:
                 self.finish(switches, token, resp is not None and resp.status < 500, now,
                             loop.time())
@@ -349,7 +351,7 @@ class GuardedDirect(Forward):
         try:
             self._send(ex, ep, conn, head)
         except UpstreamReset:
-            self.undo(token)
+            self.undo(token, key)
             return None
         return conn
 
@@ -377,16 +379,19 @@ class GuardedDirect(Forward):
     def admit(self, ex: Exchange | None, now: float) -> ProxyError | Response | None:
         """Run the admissions in the stack's order: the refusal (a local reply's error or
         a static fallback), or None with :attr:`checked` and :attr:`token` set for
-        :meth:`finish` or :meth:`undo`. ``ex`` may be None on the plain lane (see
-        :attr:`lane_ready`)."""
+        :meth:`finish` or :meth:`undo` (and :attr:`rate_key`). ``ex`` may be None on the
+        plain lane (see :attr:`lane_ready`)."""
         limiter = self.limiter
         if limiter is not None:
             if limiter.config.key == "none":
+                self.rate_key = None
                 d = limiter.refusal(now)
             else:
                 assert ex is not None  # keyed limits keep a route off the lane
                 hv = ex.header(limiter.header_name.encode()) if limiter.header_name else None
-                d = limiter.refusal(now, client_address=ex.client, header_value=hv)
+                key = self.rate_key = limiter.key(client_address=ex.client,
+                                                  header_value=hv)
+                d = limiter.refusal(now, key=key)
             if d is not None:
                 return Refused(d.status, "rate_limited", headers=[
                     (k.encode(), v.encode()) for k, v in d.headers()])
@@ -433,9 +438,12 @@ class GuardedDirect(Forward):
         self.checked = checked
         return None
 
-    def undo(self, token: int) -> None:
+    def undo(self, token: int, rate_key: bytes | None = None) -> None:
         """Give back what an admitted request held, without an outcome (it goes to the
-        stack, which admits it again)."""
+        stack, which admits it again): its rate-limit token (``rate_key``: the
+        :attr:`rate_key` of its admission), its breaker token, its limit's slot."""
+        if self.limiter is not None:
+            self.limiter.refund(rate_key)
         if self.breaker is not None:
             self.breaker.cancel(token)
         if self.limit is not None:

@@ -88,12 +88,13 @@ class BucketBackend(Protocol):
 
 def refill_and_take(tokens: float, last: float, now: float, rate: float, burst: float,
                     cost: float) -> tuple[bool, float, float]:
-    """The bucket arithmetic every backend shares: (admitted, tokens after, new last)."""
+    """The bucket arithmetic every backend shares: (admitted, tokens after, new last).
+    A negative ``cost`` gives tokens back (never above ``burst``)."""
     if now > last:
         tokens = min(burst, tokens + (now - last) * rate)
         last = now
     if tokens >= cost:
-        return True, tokens - cost, last
+        return True, min(burst, tokens - cost), last
     return False, tokens, last
 
 
@@ -204,9 +205,11 @@ class RateLimiter:
                             200 if ok else self.config.status)
 
     def refusal(self, now: float | None = None, *, client_address: str | None = None,
-                header_value: str | bytes | None = None) -> RateDecision | None:
+                header_value: str | bytes | None = None,
+                key: bytes | None = None) -> RateDecision | None:
         """The hot path's form of :meth:`check`: None when admitted (no decision object
-        is built), the refusal's decision (for its status and headers) otherwise."""
+        is built), the refusal's decision (for its status and headers) otherwise.
+        ``key``: the bucket's key when the caller has it already (see :meth:`key`)."""
         now = self._clock() if now is None else now
         b = self._inline
         if b is not None:
@@ -214,9 +217,9 @@ class RateLimiter:
                                              self._capacity, 1.0)
             left = b[0]
         else:
-            ok, left = self._backend.take(self.key(client_address=client_address,
-                                                   header_value=header_value),
-                                          now, self.config.rate, self._capacity, 1.0)
+            if key is None:
+                key = self.key(client_address=client_address, header_value=header_value)
+            ok, left = self._backend.take(key, now, self.config.rate, self._capacity, 1.0)
         if ok:
             self.admitted_total += 1
             return None
@@ -224,6 +227,19 @@ class RateLimiter:
         rate, cap = self.config.rate, self._capacity
         return RateDecision(False, int(cap), int(left), math.ceil((cap - left) / rate),
                             max(1, math.ceil((1.0 - left) / rate)), self.config.status)
+
+    def refund(self, key: bytes | None = None, now: float | None = None) -> None:
+        """Give back the token of an admitted request that is about to be admitted again
+        (the layer stack retrying what the fused path admitted: one request, one token).
+        ``key``: its bucket's key (:meth:`key`; None for a limit keyed by nothing)."""
+        b = self._inline
+        if b is not None:
+            b[0] = min(self._capacity, b[0] + 1.0)
+        else:
+            now = self._clock() if now is None else now
+            self._backend.take(self._prefix if key is None else key, now, self.config.rate,
+                               self._capacity, -1.0)
+        self.admitted_total -= 1  # the admission is counted once, when made again
 
     def __repr__(self) -> str:
         c = self.config

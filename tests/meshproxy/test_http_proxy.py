@@ -414,6 +414,61 @@ async def test_stale_pooled_connection_is_retried_once(upstream, proxy_factory) 
     assert upstream.connections == 2
 
 
+@pytest.mark.parametrize(("path", "key"), [("lane", "none"), ("fused", "none"),
+                                           ("fused", "client_address"), ("stack", "none")])
+async def test_keep_alive_race_retried_spends_one_rate_limit_token(
+        proxy_factory, path: str, key: str) -> None:
+    """A request sent on a pooled connection that the upstream closes unanswered (the
+    keep-alive race) is retried on a fresh connection, and passes the route's rate
+    limit once: a bucket of two tokens admits exactly two requests, the raced one
+    included, on the plain lane, the fused path (its admission given back before the
+    stack admits the retry) and the layer stack alike."""
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        served += 1
+        first_connection = served == 1
+        answered = 0
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if first_connection and answered == 1:
+                    break  # the second request on the first connection: closed unanswered
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                answered += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        up = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        routes = ("[{name: all, cluster: c, rate_limit: {rate: 0.001, burst: 2, "
+                  f"key: {key}, backend: local}}}}]")
+        p = await proxy_factory(http_config([up], routes=routes))
+        [route] = p.listeners["web"].router.routes
+        if path != "lane":
+            route.lane = None
+        if path == "stack":
+            route.direct = None
+        assert (route.lane is not None) == (path == "lane")
+        assert (route.direct is not None) == (path != "stack")
+        port = p.listeners["web"].port
+        first = await request(port, "GET", "/a")
+        assert (first.status, first.body) == (200, b"ok")
+        raced = await request(port, "GET", "/b")  # on the pooled connection, then again
+        assert (raced.status, raced.body) == (200, b"ok")
+        assert served == 2
+        third = await request(port, "GET", "/c")
+        assert third.status == 429  # two tokens, two requests: the bucket is empty
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_client_disconnect_cancels_upstream_exchange(upstream, proxy_factory) -> None:
     """A client that leaves mid-request frees the endpoint (active_requests back to 0)."""
     p = await proxy_factory(http_config([upstream.address]))

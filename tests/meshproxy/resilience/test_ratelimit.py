@@ -67,6 +67,42 @@ def test_hot_path_refusal_and_check_share_one_route_bucket(clock) -> None:
     assert (rl.admitted_total, rl.limited_total) == (3, 1)
 
 
+@pytest.mark.parametrize("backend", ["inline", "local-keyed", "shared"])
+def test_refund_gives_one_token_back_never_above_the_burst(clock, tmp_path,
+                                                           backend: str) -> None:
+    """A refunded admission (a request the layer stack is about to admit again) gives
+    its token back to the bucket it came from, and the admitted count with it; a
+    refund to a full bucket leaves it full: on the route-wide inline bucket, a keyed
+    local bucket and the workers' shared table."""
+    table = SharedBucketTable(tmp_path / "rl.table", slots=32) if backend == "shared" \
+        else None
+    try:
+        keyed = backend == "local-keyed"
+        rl = limiter(clock, backend=table, rate=0.001, burst=2,
+                     key="client_address" if keyed else "none")
+        key = rl.key(client_address="10.0.0.1") if keyed else None
+        other = rl.key(client_address="10.0.0.2") if keyed else None
+        assert rl.refusal(key=key) is None
+        assert rl.refusal(key=key) is None
+        assert rl.refusal(key=key) is not None  # empty
+        rl.refund(key)
+        assert rl.admitted_total == 1
+        assert rl.refusal(key=key) is None      # the token given back, used again
+        assert rl.refusal(key=key) is not None
+        if keyed:
+            rl.refund(other)                    # a full bucket of another client
+            assert rl.refusal(key=other) is None
+            assert rl.refusal(key=other) is None
+            assert rl.refusal(key=other) is not None  # still two, not three
+        else:
+            clock.advance(1e6)                  # full again
+            rl.refund(key)
+            assert [rl.refusal() is None for _ in range(3)] == [True, True, False]
+    finally:
+        if table is not None:
+            table.close()
+
+
 def test_default_burst_is_one_second_of_rate() -> None:
     assert RateLimitConfig(rate=50).capacity == 50
     assert RateLimitConfig(rate=0.2).capacity == 1
