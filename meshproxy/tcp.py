@@ -133,8 +133,13 @@ class _Side:
                 return
         elif ev & EPOLLOUT and self.out is not None:
             self.flush()
-        if ev & _READABLE and not self.paused and not self.eof:
-            self.read(ev)
+        if ev & _READABLE and not self.eof:
+            if not self.paused:
+                self.read(ev)
+            elif ev & select.EPOLLERR:
+                # Reset while its reading is paused: nothing more will come from it, and
+                # this edge will not come again; the peer is cut now, not when it drains.
+                self.conn.abort()
 
     def read(self, ev: int) -> None:
         sock = self.sock

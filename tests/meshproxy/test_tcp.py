@@ -507,3 +507,47 @@ async def test_many_connections_with_random_chunks_and_slow_readers(
             break
         await asyncio.sleep(0.01)
     assert not p.listeners["raw"].connections
+
+
+async def test_upstream_reset_while_the_client_is_backed_up_cuts_it_at_once(
+        proxy_factory) -> None:
+    """An upstream that sends more than a client reads, then resets: the proxy has
+    stopped reading it (the client is backed up), yet the reset ends the connection at
+    once instead of when the client next reads."""
+    blocked, go = asyncio.Event(), asyncio.Event()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        chunk = b"x" * 65536
+        try:
+            while True:  # until the socket buffers on the way are full
+                w.write(chunk)
+                await asyncio.wait_for(w.drain(), 0.5)
+        except TimeoutError:
+            pass
+        blocked.set()
+        await go.wait()
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
+        lst = p.listeners["raw"]
+        _, w = await asyncio.open_connection("127.0.0.1", lst.port, limit=65536)
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        w.transport.pause_reading()  # the client reads nothing from here on
+        await asyncio.wait_for(blocked.wait(), 30)
+        # The proxy holds its limit for the client and has stopped reading the upstream.
+        assert [conn.up.paused for conn in lst.connections] == [True]
+        go.set()  # the upstream resets
+        for _ in range(300):
+            if not lst.connections:
+                break
+            await asyncio.sleep(0.01)
+        assert not lst.connections
+        w.close()
+    finally:
+        server.close()
+        await server.wait_closed()
