@@ -1,0 +1,38 @@
+"""L4 TCP proxying: each accepted connection is piped to one endpoint of a cluster.
+
+Bytes a client sends before the upstream connection is open are buffered, its reading
+paused past 256 KiB (nothing is buffered without bound); then bytes flow both ways with
+backpressure: when one side cannot take more, reading from the other pauses until it
+has drained. Half-close (EOF) is passed through, after every byte before it. A connect
+failure closes the client's connection (at L4 there is no status to send) and is counted
+by outcome. An idle timeout closes both sides after a period with no byte in either
+direction.
+
+**Why not asyncio transports.** A connection-per-request client costs an L4 proxy a
+handful of system calls per connection and little else; uvloop's TCP transports added
+about seven more (getsockname and getpeername on both sockets, an ``SO_ERROR`` check,
+io_uring submissions, a ``Server`` and two ``Transport``/``Protocol`` pairs in Python)
+and kept meshproxy at 0.6x haproxy. Here the sockets are plain non-blocking sockets in
+an edge-triggered ``epoll`` of the listener's own, which uvloop polls as one more file
+descriptor (``add_reader`` on the epoll descriptor): per connection accept, socket,
+connect, two registrations, one read and one write each way, the shutdowns and the two
+closes, about what haproxy does. Linux only, as the rest of the data plane.
+
+Edge-triggered means a side is read until the kernel has no more (a short read says so;
+``EPOLLRDHUP`` with a short read says the peer's EOF is in too), and a side whose
+reading paused is read again by whoever unpauses it, since no new edge will come for
+bytes already waiting.
+
+Timeouts cost no timer per connection: the listener's one periodic tick expires the
+connects older than the cluster's connect timeout and closes connections quiet for the
+idle timeout (measured from the first tick after the last byte, so a connection is
+closed after between ``idle_timeout`` and ``idle_timeout`` + two ticks of quiet).
+
+The package: :mod:`~meshproxy.tcp.pipe` (a connection's two sides and the bytes between
+them), :mod:`~meshproxy.tcp.poller` (the epoll and the listening sockets),
+:mod:`~meshproxy.tcp.listener` (accept, timeouts, counts, drain).
+"""
+
+from meshproxy.tcp.listener import TcpListener
+
+__all__ = ["TcpListener"]

@@ -1,0 +1,149 @@
+"""The TCP listener's event source: an edge-triggered ``epoll`` of its own that the
+event loop polls as one descriptor, and the listening sockets in it.
+
+:class:`Poller` dispatches each ready socket's events to its
+:class:`~meshproxy.tcp.pipe.Side` and a ready listening socket to the listener's accept
+(after the batch: a descriptor closed in it may be reused by an accept while a later
+event of the batch is still about the old one). :class:`Acceptor` has the shape of
+``asyncio.Server`` that :class:`~meshproxy.listener.ListenerBase` and the proxy's
+rebinding use; :func:`listening_sockets` binds like :func:`meshproxy.listener.bind`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from meshproxy.listener import BACKLOG
+
+if TYPE_CHECKING:
+    from meshproxy.tcp.pipe import Side
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    """A listener's edge-triggered epoll, polled by the event loop as one descriptor."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_accept: Callable[[socket.socket], None]) -> None:
+        self.loop = loop
+        self.ep = select.epoll()
+        self.sides: dict[int, Side] = {}
+        self.acceptors: dict[int, socket.socket] = {}
+        self.on_accept = on_accept  # called with a listening socket that has a client
+        loop.add_reader(self.ep.fileno(), self._poll)
+
+    def add(self, side: Side, events: int) -> None:
+        self.sides[side.fd] = side
+        self.ep.register(side.fd, events)
+
+    def listen(self, sock: socket.socket) -> None:
+        self.acceptors[sock.fileno()] = sock
+        self.ep.register(sock.fileno(), select.EPOLLIN)
+
+    def unlisten(self, sock: socket.socket) -> None:
+        # A listening socket may be a duplicate (shared on a rebind): closing it would
+        # not take it out of the epoll, so unregister it first.
+        if self.acceptors.pop(sock.fileno(), None) is not None:
+            self.ep.unregister(sock.fileno())
+
+    def _poll(self) -> None:
+        sides = self.sides
+        ready = None
+        for fd, ev in self.ep.poll(0, 512):
+            side = sides.get(fd)
+            if side is None:
+                if fd in self.acceptors:
+                    # After this batch: a descriptor closed in it may be reused by an
+                    # accept, and a later event of the batch is still about the old one.
+                    if ready is None:
+                        ready = [fd]
+                    else:
+                        ready.append(fd)
+                continue
+            try:
+                side.on_event(ev)
+            except Exception:  # never lose the rest of the batch (its edges come once)
+                log.exception("tcp connection failed")
+                side.conn.abort()
+        if ready is not None:
+            for fd in ready:
+                sock = self.acceptors.get(fd)
+                if sock is not None:
+                    self.on_accept(sock)
+
+    def close(self) -> None:
+        if self.ep.closed:
+            return
+        self.loop.remove_reader(self.ep.fileno())
+        self.ep.close()
+
+
+class Acceptor:
+    """The listening sockets, in the shape of ``asyncio.Server`` that
+    :class:`~meshproxy.listener.ListenerBase` and the proxy's rebinding use."""
+
+    def __init__(self, poller: Poller, sockets: list[socket.socket]) -> None:
+        self.poller = poller
+        self._sockets = sockets
+        for sock in sockets:
+            poller.listen(sock)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            self.poller.unlisten(sock)
+            sock.close()
+        self._sockets = []
+
+    async def wait_closed(self) -> None:
+        """Closing is immediate (kept for the ``asyncio.Server`` shape)."""
+
+
+async def listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                             share: object | None) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for ``host:port`` with SO_REUSEPORT (or a
+    duplicate of ``share``'s, as :func:`meshproxy.listener.bind` does)."""
+    shared = getattr(share, "sockets", None)
+    if shared:
+        sock = socket.socket(fileno=os.dup(shared[0].fileno()))
+        sock.setblocking(False)
+        return [sock]
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    out: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            if sockaddr in seen:
+                continue
+            seen.add(sockaddr)
+            sock = socket.socket(family, type_, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Accepted sockets inherit TCP_NODELAY: no setsockopt per connection.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as e:
+                raise OSError(e.errno, f"error while attempting to bind on address "
+                                       f"{sockaddr!r}: {e.strerror}") from None
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out
