@@ -32,8 +32,8 @@ _READABLE = EPOLLIN | EPOLLRDHUP | _FAILED
 #: A socket is watched for writability only while that is news: a connecting upstream
 #: (that is how its connect completes) and a side that has refused a write; so that a
 #: short connection has no writability event to dispatch.
-READ_EVENTS = EPOLLIN | EPOLLRDHUP | select.EPOLLET
-_READ_WRITE_EVENTS = READ_EVENTS | EPOLLOUT
+_READ_EVENTS = EPOLLIN | EPOLLRDHUP | select.EPOLLET
+_READ_WRITE_EVENTS = _READ_EVENTS | EPOLLOUT
 
 #: One read's buffer, shared by every connection of the process: a read is written on
 #: at once, and only what the other side does not take is copied out of it.
@@ -89,7 +89,7 @@ class Side:
         self.connected = connected
         self.paused = False     # reading paused: the peer holds too much unsent
         self.nread = 0          # bytes read from this side, not yet in the metrics
-        self.watch_out = not connected  # registered for EPOLLOUT (see READ_EVENTS)
+        self.watch_out = not connected  # registered for EPOLLOUT (see _READ_EVENTS)
 
     def on_event(self, ev: int) -> None:
         if not self.connected:
@@ -243,7 +243,7 @@ class TcpConnection:
         if family:
             self._open(family, (ep.host, ep.port), first=True)
         else:
-            self.poller.add(self.down, READ_EVENTS)
+            self.poller.add(self.down, _READ_EVENTS)
             self.resolving = listener.loop.create_task(self._resolve(ep))
 
     async def _resolve(self, ep: Endpoint) -> None:
@@ -307,9 +307,9 @@ class TcpConnection:
                     # (Poller.add, inline: this runs once per connection.)
                     poller = self.poller
                     poller.sides[down.fd] = down
-                    poller.ep.register(down.fd, READ_EVENTS)
+                    poller.ep.register(down.fd, _READ_EVENTS)
                     poller.sides[up.fd] = up
-                    poller.ep.register(up.fd, _READ_WRITE_EVENTS if m < n else READ_EVENTS)
+                    poller.ep.register(up.fd, _READ_WRITE_EVENTS if m < n else _READ_EVENTS)
                     self.upstream_connected()
                     return
                 up.out = _VIEW[:n].tobytes()
@@ -317,7 +317,7 @@ class TcpConnection:
                 down.eof = True  # connected and closed (or half-closed) at once
             # Registered after the read: an edge for bytes already read would be a
             # wasted wake-up; bytes arriving since are reported by the registration.
-            self.poller.add(down, READ_EVENTS)
+            self.poller.add(down, _READ_EVENTS)
         self.poller.add(up, _READ_WRITE_EVENTS)
 
     def upstream_connected(self) -> None:
