@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ async def bind(loop: asyncio.AbstractEventLoop, factory, host: str, port: int,
                                     family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
-class ListenerBase:
+class ListenerBase(ABC):
     """What HTTP and TCP listeners share: the bound server, the set of open
     connections, byte counters, the timeout tick and the drain bookkeeping (an event set
     once draining leaves no connection). Subclasses give ``kind``, ``snapshot``,
@@ -92,7 +93,10 @@ class ListenerBase:
         self.server = await bind(self.loop, partial(self.protocol, self),
                                  self.config.address, self.config.port, share=share)
 
-    def connection_closed(self, conn) -> None:
+    def connection_closed(self, conn, rx: int = 0, tx: int = 0) -> None:
+        """``conn`` has ended; ``rx``/``tx``: its bytes not counted yet, if any."""
+        self._rx_pending += rx
+        self._tx_pending += tx
         if conn in self.connections:
             self.connections.discard(conn)
             if self.draining:
@@ -116,13 +120,13 @@ class ListenerBase:
             self._tx_pending = 0
 
     # --- the timeout tick --------------------------------------------------------------
+    @abstractmethod
     def tick_period(self) -> float:
         """Seconds between two checks of the connections' timeouts."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check_timeouts(self, now: float) -> None:
         """Close what has timed out at loop time ``now`` (each tick)."""
-        raise NotImplementedError
 
     def start_ticking(self) -> None:
         """Called with each new connection: the tick runs while there are any."""

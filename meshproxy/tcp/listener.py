@@ -79,22 +79,11 @@ class TcpListener(ListenerBase):
             self.start_ticking()  # connect and idle timeouts
             conn.connect()
 
-    def connection_closed(self, conn: TcpConnection, rx: int = 0,  # type: ignore[override]
-                          tx: int = 0) -> None:
-        """A connection has ended, with its bytes not yet counted (what
-        ``ListenerBase.connection_closed`` and ``count_bytes`` do, in one call)."""
-        self._rx_pending += rx
-        self._tx_pending += tx
+    def connection_closed(self, conn: TcpConnection, rx: int = 0, tx: int = 0) -> None:
         self.connecting.pop(conn, None)
-        connections = self.connections
-        connections.discard(conn)
-        if self.draining:
-            self.flush_counts()  # a retired listener may see no more sweeps
-        if not connections:
-            if self._empty is not None:
-                self._empty.set()
-            if self.server is not None and not self.server.sockets:
-                self.poller.close()  # no longer accepting and nothing left to serve
+        super().connection_closed(conn, rx, tx)
+        if not self.connections and self.server is not None and not self.server.sockets:
+            self.poller.close()  # no longer accepting and nothing left to serve
 
     def abort_connections(self) -> None:
         for conn in list(self.connections):

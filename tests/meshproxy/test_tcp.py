@@ -4,8 +4,10 @@ over endpoints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -39,6 +41,17 @@ async def echo_server():
     for w in list(writers):
         w.transport.abort()
     await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def serving(handle) -> AsyncIterator[int]:
+    """An asyncio TCP server on 127.0.0.1 running ``handle``; yields its port."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def tcp_config(endpoints: list[str], idle: float = 3600) -> str:
@@ -257,9 +270,7 @@ async def test_slow_client_backpressures_the_upstream(proxy_factory) -> None:
         finished.set()
         w.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
+    async with serving(handle) as port:
         p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
         r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port,
                                              limit=64 * 1024)
@@ -285,9 +296,6 @@ async def test_slow_client_backpressures_the_upstream(proxy_factory) -> None:
         assert finished.is_set()
         w.close()
         await w.wait_closed()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_slow_upstream_backpressures_the_client(proxy_factory) -> None:
@@ -307,9 +315,7 @@ async def test_slow_upstream_backpressures_the_client(proxy_factory) -> None:
         w.close()
         done.set()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
+    async with serving(handle) as port:
         p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
         r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
         payload = bytes(range(256)) * 4096  # 1 MiB
@@ -335,9 +341,6 @@ async def test_slow_upstream_backpressures_the_client(proxy_factory) -> None:
         assert bytes(got[:len(payload)]) == payload
         w.close()
         await w.wait_closed()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_upstream_reset_cuts_the_client_and_frees_the_endpoint(proxy_factory) -> None:
@@ -351,9 +354,7 @@ async def test_upstream_reset_cuts_the_client_and_frees_the_endpoint(proxy_facto
                                               struct.pack("ii", 1, 0))
         w.transport.abort()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
+    async with serving(handle) as port:
         p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
         ep = p.clusters["c"].endpoints[0]
         r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
@@ -370,9 +371,6 @@ async def test_upstream_reset_cuts_the_client_and_frees_the_endpoint(proxy_facto
         assert not p.listeners["raw"].connections
         assert ep.active_requests == 0
         w.close()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_endpoint_by_name_is_resolved(echo_server, proxy_factory) -> None:
@@ -530,9 +528,7 @@ async def test_upstream_reset_while_the_client_is_backed_up_cuts_it_at_once(
                                               struct.pack("ii", 1, 0))
         w.transport.abort()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
+    async with serving(handle) as port:
         p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
         lst = p.listeners["raw"]
         _, w = await asyncio.open_connection("127.0.0.1", lst.port, limit=65536)
@@ -548,6 +544,3 @@ async def test_upstream_reset_while_the_client_is_backed_up_cuts_it_at_once(
             await asyncio.sleep(0.01)
         assert not lst.connections
         w.close()
-    finally:
-        server.close()
-        await server.wait_closed()
