@@ -538,7 +538,7 @@ async def test_upstream_reset_while_the_client_is_backed_up_cuts_it_at_once(
         # The proxy holds its limit for the client and has stopped reading the upstream.
         assert [conn.up.paused for conn in lst.connections] == [True]
         go.set()  # the upstream resets
-        for _ in range(300):
+        for _ in range(1000):
             if not lst.connections:
                 break
             await asyncio.sleep(0.01)
