@@ -165,20 +165,26 @@ async def test_hpa_scales_a_meshed_deployment_up_under_load(data_dir: Path, tmp_
         events.sort(key=lambda e: e["metadata"]["creationTimestamp"])
         rescale = [e["message"] for e in events if e["reason"] == "SuccessfulRescale"]
         sizes = [int(m.split(";")[0].removeprefix("New size: ")) for m in rescale]
-        assert sizes[0] == 3, "\n".join(rescale)
-        assert rescale[0].startswith("New size: 3; current 1; pods metric "
-                                     "mesh_requests_per_second: ")
+        # Up to the maximum first: in one step, or in two when the collector's window
+        # still held the seconds before the load began (its first rate is then lower).
+        assert 3 in sizes, "\n".join(rescale)
+        top = sizes.index(3)
+        assert top <= 1, "\n".join(rescale)
+        assert sizes[:top + 1] == sorted(sizes[:top + 1]), "\n".join(rescale)
+        assert re.match(r"New size: 3; current [12]; pods metric "
+                        r"mesh_requests_per_second: ", rescale[top]), rescale[top]
         # The load asks for 3 or more; anything above maxReplicas is said to be clamped.
         # (How far above depends on the rate measured in the window, so it is read back.)
-        wanted = int(re.search(r"→ (\d+)", rescale[0]).group(1))
-        assert wanted >= 3, rescale[0]
-        assert ("clamped to maxReplicas 3" in rescale[0]) == (wanted > 3), rescale[0]
-        # Down in the steps the window allows (a falling rate may pass through 2), never up.
-        assert sizes[1:] == sorted(sizes[1:], reverse=True)
+        wanted = int(re.search(r"→ (\d+)", rescale[top]).group(1))
+        assert wanted >= 3, rescale[top]
+        assert ("clamped to maxReplicas 3" in rescale[top]) == (wanted > 3), rescale[top]
+        # Then down in the steps the window allows (a falling rate may pass through 2),
+        # never up again.
+        assert sizes[top:] == sorted(sizes[top:], reverse=True), "\n".join(rescale)
         assert sizes[-1] == 1
         # The down-window held the count above the recommendation at least once.
         held = [e["message"] for e in events if e["reason"] == "DesiredReplicasHeld"]
-        assert any("stabilised to" in m for m in held + rescale[1:]), "\n".join(held)
+        assert any("stabilised to" in m for m in held + rescale[top + 1:]), "\n".join(held)
     finally:
         collector.shutdown()
         hpa.shutdown()
