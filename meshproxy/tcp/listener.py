@@ -10,6 +10,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+from meshproxy.balance import PickContext
 from meshproxy.listener import ListenerBase
 from meshproxy.tcp.pipe import CSocket, TcpConnection
 from meshproxy.tcp.poller import Acceptor, Poller, listening_sockets
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 #: Accepts per poll of one listening socket (the rest wait for the next poll).
 _ACCEPT_BATCH = 64
+_STREAM = socket.SOCK_STREAM
 
 
 class TcpListener(ListenerBase):
@@ -40,6 +42,8 @@ class TcpListener(ListenerBase):
         self._outcomes: dict[str, object] = {}  # outcome -> Counter child
         self._outcome_counts: dict[str, int] = {}  # outcome -> not yet in the metric
         self._next_idle_check = 0.0
+        #: The balancer's pick context, one for all connections (see Lane.ctx).
+        self.pick_context = PickContext(0.0)
 
     async def start(self, *, share: object | None = None) -> None:
         try:
@@ -62,25 +66,27 @@ class TcpListener(ListenerBase):
 
     def _accept(self, lsock: socket.socket) -> None:
         family = lsock.family
+        connections = self.connections
         for _ in range(_ACCEPT_BATCH):
             try:
                 fd, _ = lsock._accept()  # the C accept, without the wrapper's socket
             except BlockingIOError:
-                return
+                break
             except OSError as e:
                 # EMFILE and the like: the connection stays queued; say so, try again
                 # at the next poll.
                 log.warning("tcp listener %s: accept failed: %s", self.name, e)
-                return
-            sock = CSocket(family, socket.SOCK_STREAM, 0, fd)
-            sock.setblocking(False)
-            conn = TcpConnection(self, sock)
-            self.connections.add(conn)
-            self.start_ticking()  # connect and idle timeouts
+                break
+            # Left in blocking mode: every read and write passes MSG_DONTWAIT (pipe.py).
+            conn = TcpConnection(self, CSocket(family, _STREAM, 0, fd))
+            connections.add(conn)
             conn.connect()
+        if connections:
+            self.start_ticking()  # connect and idle timeouts
 
     def connection_closed(self, conn: TcpConnection, rx: int = 0, tx: int = 0) -> None:
-        self.connecting.pop(conn, None)
+        if not conn.up.connected:
+            self.connecting.pop(conn, None)
         super().connection_closed(conn, rx, tx)
         if not self.connections and self.server is not None and not self.server.sockets:
             self.poller.close()  # no longer accepting and nothing left to serve

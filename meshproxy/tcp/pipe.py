@@ -18,8 +18,6 @@ import socket
 from _socket import socket as CSocket
 from typing import TYPE_CHECKING
 
-from meshproxy.balance import PickContext
-
 if TYPE_CHECKING:
     from meshproxy.endpoint import Endpoint
     from meshproxy.tcp.listener import TcpListener
@@ -46,6 +44,11 @@ _HOLD_LIMIT = 256 * 1024
 #: nothing when the edge that said more might come was seen while paused).
 _DRAIN = -1
 _SOCK_STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+#: Every read and write is non-blocking by its flag: the accepted socket is left in
+#: blocking mode (Python's ``accept`` cannot ask ``accept4`` for a non-blocking one, and
+#: making it so is one ``ioctl`` more per connection). Nothing in the process sets a
+#: default socket timeout, so these sockets never wait inside a call.
+_DONTWAIT = socket.MSG_DONTWAIT
 # Connection sockets are the C type that ``socket.socket`` wraps (``CSocket``): the
 # wrapper's Python-level ``__init__``, ``accept`` and ``close`` (reference counting for
 # ``makefile``, unused here) were a tenth of the Python time of a short connection.
@@ -118,7 +121,7 @@ class Side:
         conn.active = True
         while True:
             try:
-                n = sock.recv_into(_BUF)
+                n = sock.recv_into(_BUF, 0, _DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
@@ -131,7 +134,7 @@ class Side:
             out = peer.out
             if out is None and peer.connected:
                 try:
-                    m = peer.sock.send(_VIEW[:n])
+                    m = peer.sock.send(_VIEW[:n], _DONTWAIT)
                 except BlockingIOError:
                     m = 0
                 except OSError:
@@ -180,7 +183,7 @@ class Side:
         out = self.out
         assert out is not None
         try:
-            m = self.sock.send(out)
+            m = self.sock.send(out, _DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
@@ -229,20 +232,22 @@ class TcpConnection:
         cluster = self.cluster
         self.started = now = listener.loop.time()
         self.quiet_since = now
-        ep = cluster.balancer.pick(PickContext(now), ())
+        ctx = listener.pick_context  # reused: balancers keep no reference to it
+        ctx.now = now
+        ep = cluster.balancer.pick(ctx, ())
         if ep is None:
             listener.count("no_healthy_upstream")
             self.abort()
             return
         self.endpoint = ep
         ep.active_requests += 1
-        listener.connecting[self] = None
         family = _families.get(ep.host)
         if family is None:
             family = _numeric_family(ep.host)
         if family:
             self._open(family, (ep.host, ep.port), first=True)
         else:
+            listener.connecting[self] = None  # the connect timeout counts resolving too
             self.poller.add(self.down, _READ_EVENTS)
             self.resolving = listener.loop.create_task(self._resolve(ep))
 
@@ -283,7 +288,7 @@ class TcpConnection:
             # upstream is then registered for reading only). Otherwise, as below.
             down = self.down
             try:
-                n = down.sock.recv_into(_BUF)
+                n = down.sock.recv_into(_BUF, 0, _DONTWAIT)
             except BlockingIOError:
                 n = -1
             except OSError:
@@ -293,24 +298,30 @@ class TcpConnection:
                 down.nread += n
                 self.active = True
                 try:
-                    m = sock.send(_VIEW[:n])
+                    m = sock.send(_VIEW[:n], _DONTWAIT)
                 except BlockingIOError:
                     m = 0  # still connecting
                 except OSError:
                     self.connect_failed("connect_failure")  # refused at once
                     return
                 if m:
+                    # Connected (upstream_connected, inline: this is the common case,
+                    # and what was not taken waits for writability, not for a flush now).
                     up.connected = True
                     up.watch_out = m < n
                     if m < n:
                         up.out = _VIEW[m:n].tobytes()
-                    # (Poller.add, inline: this runs once per connection.)
+                    # (Poller.add, inline too.)
                     poller = self.poller
                     poller.sides[down.fd] = down
                     poller.ep.register(down.fd, _READ_EVENTS)
                     poller.sides[up.fd] = up
                     poller.ep.register(up.fd, _READ_WRITE_EVENTS if m < n else _READ_EVENTS)
-                    self.upstream_connected()
+                    cluster = self.cluster
+                    if cluster.learns:
+                        cluster.balancer.observe(self.endpoint, self.listener.loop.time()
+                                                 - self.started, True)
+                    self.listener.count("connected")
                     return
                 up.out = _VIEW[:n].tobytes()
             elif n == 0:
@@ -318,6 +329,7 @@ class TcpConnection:
             # Registered after the read: an edge for bytes already read would be a
             # wasted wake-up; bytes arriving since are reported by the registration.
             self.poller.add(down, _READ_EVENTS)
+        self.listener.connecting[self] = None  # for the connect timeout
         self.poller.add(up, _READ_WRITE_EVENTS)
 
     def upstream_connected(self) -> None:
