@@ -12,11 +12,15 @@ direction.
 handful of system calls per connection and little else; uvloop's TCP transports added
 about seven more (getsockname and getpeername on both sockets, an ``SO_ERROR`` check,
 io_uring submissions, a ``Server`` and two ``Transport``/``Protocol`` pairs in Python)
-and kept meshproxy at 0.6x haproxy. Here the sockets are plain non-blocking sockets in
-an edge-triggered ``epoll`` of the listener's own, which uvloop polls as one more file
-descriptor (``add_reader`` on the epoll descriptor): per connection accept, socket,
-connect, two registrations, one read and one write each way, the shutdowns and the two
-closes, about what haproxy does. Linux only, as the rest of the data plane.
+and kept meshproxy at 0.6x haproxy. Here the sockets are plain sockets that never block
+(the upstream one opened non-blocking; the accepted one left as ``accept`` returns it,
+every read and write on it passing ``MSG_DONTWAIT``: Python cannot ask ``accept4`` for a
+non-blocking socket, and an ``ioctl`` to make it so would be one more system call per
+connection) in an edge-triggered ``epoll`` of the listener's own, which uvloop polls as
+one more file descriptor (``add_reader`` on the epoll descriptor): per connection
+accept, socket, connect, two registrations, one read and one write each way, the
+shutdowns and the two closes, fewer system calls than haproxy makes. Linux only, as the
+rest of the data plane.
 
 Edge-triggered means a side is read until the kernel has no more (a short read says so;
 ``EPOLLRDHUP`` with a short read says the peer's EOF is in too), and a side whose
