@@ -10,6 +10,7 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
+from load_kit import eventually
 
 
 @pytest.fixture
@@ -41,6 +42,18 @@ async def echo_server():
     for w in list(writers):
         w.transport.abort()
     await server.wait_closed()
+
+
+async def exchange(port: int, data: bytes, *, timeout: float = 10) -> bytes:
+    """Send ``data`` and EOF to the proxy on ``port``; what comes back until its EOF."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(data)
+        w.write_eof()
+        return await asyncio.wait_for(r.read(), timeout)
+    finally:
+        w.close()
+        await w.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -193,12 +206,7 @@ async def test_early_eof_reaches_upstream_after_connect(echo_server, proxy_facto
     gets the whole exchange: the bytes and then the EOF are delivered once connected."""
     port = echo_server.sockets[0].getsockname()[1]
     p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
-    r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
-    w.write(b"early")
-    w.write_eof()
-    assert await asyncio.wait_for(r.read(), 10) == b"earlybye"
-    w.close()
-    await w.wait_closed()
+    assert await exchange(p.listeners["raw"].port, b"early") == b"earlybye"
 
 
 def _counter(p, name: str, **labels: str) -> float:
@@ -218,16 +226,9 @@ async def test_closed_connections_bytes_and_outcome_reach_the_metrics(
     p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
     lst = p.listeners["raw"]
     for _ in range(3):
-        r, w = await asyncio.open_connection("127.0.0.1", lst.port)
-        w.write(b"x" * 100)
-        w.write_eof()
-        assert await asyncio.wait_for(r.read(), 10) == b"x" * 100 + b"bye"
-        w.close()
-        await w.wait_closed()
-    for _ in range(100):  # the proxy sees both closes a moment later
-        if not lst.connections:
-            break
-        await asyncio.sleep(0.01)
+        assert await exchange(lst.port, b"x" * 100) == b"x" * 100 + b"bye"
+    # the proxy sees both closes a moment later
+    await eventually(lambda: not lst.connections, timeout=1)
     p.flush_metrics()
     p.flush_metrics()  # a second flush adds nothing
     assert _counter(p, "meshproxy_tcp_connections_total", listener="raw",
@@ -364,11 +365,7 @@ async def test_upstream_reset_cuts_the_client_and_frees_the_endpoint(proxy_facto
             assert await asyncio.wait_for(r.read(), 10) == b""
         except ConnectionResetError:
             pass  # a reset passed on as a reset is as good as an EOF here
-        for _ in range(100):
-            if not p.listeners["raw"].connections:
-                break
-            await asyncio.sleep(0.01)
-        assert not p.listeners["raw"].connections
+        await eventually(lambda: not p.listeners["raw"].connections, timeout=1)
         assert ep.active_requests == 0
         w.close()
 
@@ -377,12 +374,7 @@ async def test_endpoint_by_name_is_resolved(echo_server, proxy_factory) -> None:
     """An endpoint given by host name (not an address) is resolved, then connected."""
     port = echo_server.sockets[0].getsockname()[1]
     p = await proxy_factory(tcp_config([f"localhost:{port}"]))
-    r, w = await asyncio.open_connection("127.0.0.1", p.listeners["raw"].port)
-    w.write(b"named")
-    w.write_eof()
-    assert await asyncio.wait_for(r.read(), 10) == b"namedbye"
-    w.close()
-    await w.wait_closed()
+    assert await exchange(p.listeners["raw"].port, b"named") == b"namedbye"
 
 
 async def test_a_burst_of_connections_is_served(echo_server, proxy_factory) -> None:
@@ -391,23 +383,10 @@ async def test_a_burst_of_connections_is_served(echo_server, proxy_factory) -> N
     port = echo_server.sockets[0].getsockname()[1]
     p = await proxy_factory(tcp_config([f"127.0.0.1:{port}"]))
     lport = p.listeners["raw"].port
-
-    async def one(i: int) -> bytes:
-        r, w = await asyncio.open_connection("127.0.0.1", lport)
-        w.write(b"%d" % i)
-        w.write_eof()
-        data = await asyncio.wait_for(r.read(), 20)
-        w.close()
-        await w.wait_closed()
-        return data
-
-    results = await asyncio.gather(*(one(i) for i in range(300)))
+    results = await asyncio.gather(*(exchange(lport, b"%d" % i, timeout=20)
+                                     for i in range(300)))
     assert results == [b"%dbye" % i for i in range(300)]
-    for _ in range(200):
-        if not p.listeners["raw"].connections:
-            break
-        await asyncio.sleep(0.01)
-    assert not p.listeners["raw"].connections
+    await eventually(lambda: not p.listeners["raw"].connections, timeout=2)
 
 
 async def test_ipv6_listener_and_endpoint(proxy_factory) -> None:
@@ -500,11 +479,7 @@ async def test_many_connections_with_random_chunks_and_slow_readers(
         await w.wait_closed()
 
     await asyncio.wait_for(asyncio.gather(*(one(*plan) for plan in plans)), 120)
-    for _ in range(200):
-        if not p.listeners["raw"].connections:
-            break
-        await asyncio.sleep(0.01)
-    assert not p.listeners["raw"].connections
+    await eventually(lambda: not p.listeners["raw"].connections, timeout=2)
 
 
 async def test_upstream_reset_while_the_client_is_backed_up_cuts_it_at_once(
@@ -538,9 +513,5 @@ async def test_upstream_reset_while_the_client_is_backed_up_cuts_it_at_once(
         # The proxy holds its limit for the client and has stopped reading the upstream.
         assert [conn.up.paused for conn in lst.connections] == [True]
         go.set()  # the upstream resets
-        for _ in range(1000):
-            if not lst.connections:
-                break
-            await asyncio.sleep(0.01)
-        assert not lst.connections
+        await eventually(lambda: not lst.connections, timeout=10)
         w.close()
