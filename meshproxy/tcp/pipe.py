@@ -305,23 +305,16 @@ class TcpConnection:
                     self.connect_failed("connect_failure")  # refused at once
                     return
                 if m:
-                    # Connected (upstream_connected, inline: this is the common case,
-                    # and what was not taken waits for writability, not for a flush now).
-                    up.connected = True
                     up.watch_out = m < n
                     if m < n:
                         up.out = _VIEW[m:n].tobytes()
-                    # (Poller.add, inline too.)
+                    # (Poller.add, inline: this runs once per connection.)
                     poller = self.poller
                     poller.sides[down.fd] = down
                     poller.ep.register(down.fd, _READ_EVENTS)
                     poller.sides[up.fd] = up
                     poller.ep.register(up.fd, _READ_WRITE_EVENTS if m < n else _READ_EVENTS)
-                    cluster = self.cluster
-                    if cluster.learns:
-                        cluster.balancer.observe(self.endpoint, self.listener.loop.time()
-                                                 - self.started, True)
-                    self.listener.count("connected")
+                    self.upstream_connected()
                     return
                 up.out = _VIEW[:n].tobytes()
             elif n == 0:
