@@ -1,13 +1,18 @@
 # The two commands of the README: `make run` and `make test`.
-# Both create .venv when it is missing and reinstall when pyproject.toml changes.
+# Both create .venv when it is missing and reinstall when pyproject.toml, setup.py or a
+# compiled source changes.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench build clean-build clean
 
-$(STAMP): pyproject.toml
+# The request path setup.py compiles (mypyc): an edit rebuilds it, since the compiled
+# module is what `import` loads (tests/conftest.py refuses to test a stale build).
+COMPILED := $(wildcard meshproxy/http/*.py) meshproxy/router.py
+
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
@@ -22,6 +27,16 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## Install, compiling the request path (MESH_COMPILE=0 make build: interpreted).
+build: $(STAMP)
+
+## Remove the compiled modules (the sources then run interpreted).
+clean-build:
+	rm -rf build
+	find meshproxy -name '*.so' -delete
+	rm -f ./*__mypyc*.so
+	rm -f $(STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -29,5 +44,5 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m loadtests.bench
 
-clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+clean: clean-build
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -170,6 +170,7 @@ class HttpListener(ListenerBase):
 
     kind = "http"
     protocol = HttpServerProtocol
+    config: HttpListenerConfig
 
     def __init__(self, config: HttpListenerConfig, router: Router, *,
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:

@@ -26,6 +26,32 @@ from support.procs import Managed, child_pids
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _stale_compiled() -> list[str]:
+    """Sources of the compiled request path (setup.py) edited since their build: an
+    extension module next to its source is what ``import`` loads, so tests would run
+    the old code."""
+    stale = []
+    for ext in sorted((ROOT / "meshproxy").rglob("*.so")):
+        src = ext.with_name(ext.name.split(".", 1)[0] + ".py")
+        if src.exists() and src.stat().st_mtime > ext.stat().st_mtime:
+            stale.append(str(src.relative_to(ROOT)))
+    return stale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = _stale_compiled()
+    if stale:
+        pytest.exit(f"changed since they were compiled: {', '.join(stale)}; rebuild with "
+                    "`make build` (or remove the build: `make clean-build`)", returncode=4)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import meshproxy.http.server as server
+
+    how = "compiled (mypyc)" if server.__file__.endswith(".so") else "interpreted"
+    return f"meshproxy request path: {how}"
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("system")
     if marker is None:

@@ -13,6 +13,8 @@ re-added by the framing code, which knows how the body is actually sent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
@@ -73,7 +75,7 @@ def filter_end_to_end(headers: Headers, lowered: list[bytes], extra: set[bytes] 
 _JOIN_FIELD = b": ".join
 
 
-def serialize(first_line: bytes, headers: Headers, extra: list[bytes]) -> bytes:
+def serialize(first_line: bytes, headers: Headers, extra: Sequence[bytes]) -> bytes:
     """``first_line`` CRLF, each ``name: value`` CRLF, each preformatted ``extra`` line,
     then the blank line. The fields are joined by ``map`` in C (a list comprehension
     is a Python frame per call on 3.11), then the head in one join."""

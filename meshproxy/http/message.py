@@ -212,6 +212,19 @@ class Exchange:
         """The first value of a header (``name`` lower-case), or None."""
         return first_value(self.headers, self.lowered, name)
 
+    def copy(self) -> Exchange:
+        """A shallow copy (``copy.copy`` cannot copy the compiled class)."""
+        new = Exchange(self.method, self.target, self.path, self.query, self.version,
+                       self.headers, self.lowered, self.host, self.client, self.body,
+                       self.keep_alive, self.upgrade, self.start, self.listener)
+        new._head = self._head
+        new.route = self.route
+        new.deadline = self.deadline
+        new.attempts = self.attempts
+        new.endpoint = self.endpoint
+        new.values = self.values
+        return new
+
     def upstream_head(self) -> bytes:
         """The request head to send upstream (computed once, reused by retries)."""
         head = self._head

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from meshproxy.errors import DownstreamError, ProxyError
 from meshproxy.http.headers import serialize
@@ -25,6 +24,8 @@ from meshproxy.http.reply import local_reply
 
 if TYPE_CHECKING:
     from meshproxy.http.flow import FlowControl
+    from meshproxy.http.lane import LaneActive
+    from meshproxy.http.message import BodySource
     from meshproxy.http.upstream import UpstreamBody
     from meshproxy.listener import HttpListener
 
@@ -38,9 +39,9 @@ class ResponseWriter:
     loop: asyncio.AbstractEventLoop
     flow: FlowControl
     closed: bool
-    _active: Exchange | None
+    _active: Exchange | LaneActive | None
     _queue: deque[Exchange]
-    _streaming: UpstreamBody | None
+    _streaming: BodySource | None
     _tunnel: UpstreamBody | None
     _early_tunnel: bytes
     _head_sent: bool
@@ -53,7 +54,11 @@ class ResponseWriter:
     _since: float
     _rx: int
     _tx: int
-    _dispatch: Callable[[Exchange], None]  # the protocol's: start the next exchange
+
+    def _dispatch(self, ex: Exchange) -> None:
+        """Start the next exchange (the protocol's; a method here, not an attribute,
+        for the compiled build: see meshproxy/http/__init__.py)."""
+        raise NotImplementedError
 
     def _send_continue(self) -> None:
         if self.transport is not None and not self.closed and not self._head_sent:
@@ -195,8 +200,8 @@ class ResponseWriter:
         else:
             self._since = self.loop.time()
 
-    def _record(self, ex: Exchange | None, *, failed: bool) -> None:
-        if ex is None:
+    def _record(self, ex: Exchange | LaneActive | None, *, failed: bool) -> None:
+        if not isinstance(ex, Exchange):  # none, or the lane's (it records its own)
             return
         route = ex.route
         if route is not None:
@@ -229,7 +234,8 @@ class ResponseWriter:
 
     # --- upgrade tunnel -------------------------------------------------------------
     def _start_tunnel(self, ex: Exchange, resp: Response) -> None:
-        source: UpstreamBody = resp.source  # type: ignore[assignment]
+        source = cast("UpstreamBody", resp.source)
+        assert ex.upgrade is not None  # a 101 answers a request that asked to upgrade
         head = serialize(b"HTTP/1.1 101 %b" % (resp.phrase or b"Switching Protocols"),
                          resp.headers, [b"connection: upgrade", b"upgrade: " + ex.upgrade])
         self._tunnel = source

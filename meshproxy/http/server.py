@@ -39,14 +39,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
 from meshproxy.errors import DownstreamError, ProxyError
 from meshproxy.http.flow import FlowControl
 from meshproxy.http.headers import HOP_BY_HOP, connection_tokens, serialize
-from meshproxy.http.lane import IN_LANE, STATUS_LINES, status_line
+from meshproxy.http.lane import IN_LANE, STATUS_LINES, LaneActive, status_line
 from meshproxy.http.message import Exchange, RequestBody, Response
 from meshproxy.http.reply import local_reply
 from meshproxy.http.request import (
@@ -59,11 +59,16 @@ from meshproxy.http.respond import ResponseWriter
 from meshproxy.layers.forward import ANSWERED, stale_retry_ok
 
 if TYPE_CHECKING:
+    from meshproxy.http.message import BodySource
     from meshproxy.http.upstream import UpstreamBody, UpstreamConnection
     from meshproxy.listener import HttpListener
     from meshproxy.router import Route
 
 log = logging.getLogger(__name__)
+
+#: Tests: a list that gets the status of each response the plain lane answers (the
+#: compiled build cannot be patched per method; a global is read at each answer).
+lane_observer: list[int] | None = None
 
 class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
     """One downstream client connection."""
@@ -73,18 +78,18 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self.limits = listener.config.limits
         self.loop = listener.loop
         self.transport: asyncio.Transport | None = None
-        self.flow: FlowControl = None  # type: ignore[assignment]
-        self.parser = httptools.HttpRequestParser(self)
+        # self.flow: set when connected (declared on ResponseWriter)
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.client = ""
         self.closed = False
         self._head: RequestHead | None = None
         self._reading: Exchange | None = None     # request whose body is being received
-        self._active: Exchange | None = None      # request being answered
+        self._active: Exchange | LaneActive | None = None  # request being answered
         self._queue: deque[Exchange] = deque()    # pipelined requests waiting their turn
         self._task: asyncio.Task[None] | None = None
         self._direct: UpstreamConnection | None = None  # fused path in progress
         self._direct_q: dict | None = None              # its route timeout's queue (TimeoutWheel)
-        self._streaming: UpstreamBody | None = None
+        self._streaming: BodySource | None = None
         self._head_sent = False
         self._chunked = False
         self._close_after = False
@@ -107,8 +112,8 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
 
     # --- connection lifecycle -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
+        self.transport = tr = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(tr)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         self._client_b = self.client.encode()
@@ -130,7 +135,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             self._tunnel = None
         self.flush_bytes()
         self.listener.connection_closed(self)
-        self.parser = None  # type: ignore[assignment]  # it refers back to us: free by refcount
+        self.parser = None  # it refers back to us: free by refcount
 
     def pause_writing(self) -> None:
         # The client reads slower than the upstream sends: stop reading the upstream.
@@ -392,6 +397,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._head_sent = False
         self._lane_parts = parts
         lane = route.lane
+        assert lane is not None  # only a route with a lane is sent here
         cluster = lane.cluster
         ctx = lane.ctx
         ctx.now = now = self.loop.time()
@@ -421,6 +427,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             ex = self._lane_exchange(ep, attempted=False)
             self._task = self.loop.create_task(self._run(ex, route.handler))
             return
+        assert ep is not None  # a connection was taken from its pool
         ep.active_requests += 1
         conn.send_lane(serialize(parts[0] + b" " + parts[1] + b" HTTP/1.1", parts[5], ()),
                        self, cluster, ep, now)
@@ -494,6 +501,8 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
                     chunks: list[bytes] | tuple[()], length: int | None) -> None:
         """The lane's response, complete: framed as ``_send_response`` frames an
         upstream response with a known length, written in one go, and recorded."""
+        if lane_observer is not None:
+            lane_observer.append(status)
         conn, self._direct = self._direct, None
         if conn is not None:
             queue = self._direct_q
@@ -516,6 +525,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             extra = [] if length is None or status == 204 else [b"content-length: %d" % length]
             body = b""
         else:
+            assert length is not None  # the lane answers only responses of known length
             extra = [b"content-length: %d" % length]
             body = b"".join(chunks)
         if close:
@@ -546,9 +556,11 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             if resp is not None:
                 resp.discard()
             return
+        assert isinstance(ex, Exchange)  # a lane request is made an Exchange first
         if resp is None:
             assert exc is not None
             if retry and conn is not None and stale_retry_ok(ex, conn, exc):
+                assert ex.route is not None
                 self._task = self.loop.create_task(self._run(ex, ex.route.handler))
                 return
             resp = local_reply(exc.status, exc.reason, headers=getattr(exc, "headers", None))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
@@ -34,6 +34,7 @@ from meshproxy.http.message import BODY_HIGH_WATER, RequestBody, Response
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
     from meshproxy.endpoint import Endpoint
+    from meshproxy.http.message import BodySource
     from meshproxy.http.pool import Pool
     from meshproxy.http.server import HttpServerProtocol
 
@@ -145,11 +146,12 @@ class UpstreamBody:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to one endpoint, reused for sequential exchanges."""
 
+    flow: FlowControl  # set on connect
+
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.flow: FlowControl = None  # type: ignore[assignment]  # set on connect
         self.parser = httptools.HttpResponseParser(self)
         self.busy = False
         self.closed = False
@@ -397,7 +399,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._body = body = UpstreamBody(self)
         # The reason phrase is not kept (no on_status callback: one fewer call per
         # response); the downstream side writes the standard phrase for the code.
-        resp = Response(status, headers, phrase=STATUS_PHRASES.get(status, b"-"), source=body,
+        # (cast: the body's sink is the downstream protocol, a BodySink with more)
+        resp = Response(status, headers, phrase=STATUS_PHRASES.get(status, b"-"),
+                        source=cast("BodySource", body),
                         content_length=self._cl, upgrade=status == 101)
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
@@ -470,7 +474,9 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.abort()
         ep, self._ep = self._ep, None
-        self._cluster.attempt_done(ep, self._started, True, status)  # type: ignore[union-attr]
+        assert ep is not None  # set with _cluster by send_lane
+        assert self._cluster is not None
+        self._cluster.attempt_done(ep, self._started, True, status)
         down.lane_answer(status, self._headers, chunks or (), self._cl)
 
     def _release(self) -> None:
@@ -519,7 +525,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         ep, self._ep = self._ep, None
         if ep is not None:  # an exchange of the plain lane (send_lane)
-            self._cluster.attempt_done(ep, self._started, ok, status, reason)  # type: ignore[union-attr]
+            assert self._cluster is not None  # set with _ep by send_lane
+            self._cluster.attempt_done(ep, self._started, ok, status, reason)
 
     def _start_tunnel(self, rest: bytes) -> None:
         self._tunnel = True

@@ -22,7 +22,6 @@ order is set in :mod:`meshproxy.stack`.
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 from collections.abc import Sequence
 
@@ -197,7 +196,7 @@ class HedgeLayer:
             return cluster.balancer.pick(ctx, (*base_exclude, *tried))
 
         async def send(ep: Endpoint) -> Response:
-            sub = copy.copy(ex)
+            sub = ex.copy()
             sub.values = {**(ex.values or {}), "endpoint": ep}
             resp = await self.inner(sub)
             results.append(resp)
