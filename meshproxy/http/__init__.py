@@ -9,4 +9,8 @@
 - ``reply``: local replies (``x-mesh-reason``)
 - ``upstream``: the upstream protocol (proxy → endpoint) and its keep-alive reuse
 - ``pool``: per-endpoint upstream connection pools
+
+These modules (and ``meshproxy/router.py``) are compiled with mypyc when the package is
+installed (``setup.py``); the rules such code keeps are in ``docs/ARCHITECTURE.md``
+("Departures": the compiled request path).
 """
