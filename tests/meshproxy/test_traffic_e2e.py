@@ -13,6 +13,7 @@ from load_kit import by_upstream, eventually, fire, listener_port
 from proxy_kit import http_config
 from rawclient import request
 
+from meshproxy.balance.base import PickContext
 from meshproxy.layers.guard import GuardedDirect
 from meshproxy.stack import DEFAULT_LAYERS
 
@@ -107,17 +108,36 @@ async def test_consistent_hash_is_sticky_and_moves_about_one_nth(policy, upstrea
         assert all(len(v) == 1 for v in seen.values()), "a key went to two backends"
         return {k: v.pop() for k, v in seen.items()}
 
-    before = await placement()
+    name_of = {u.port: u.name for u in ups}
+
+    def table_placement() -> dict[str, str]:
+        """Where the cluster's balancer puts each key (its table, no request)."""
+        ctx = PickContext(0.0)
+        out = {}
+        for k in keys:
+            ctx.hash_key = k.encode()
+            ep = cluster.balancer.pick(ctx, ())
+            assert ep is not None
+            out[k] = name_of[ep.port]
+        return out
+
     cluster = p.clusters["c"]
+    before = await placement()
+    assert before == table_placement()
     cluster.set_endpoints([("127.0.0.1", u.port, 1) for u in ups[:3]])
     after = await placement()
+    assert after == table_placement()  # requests follow the rebuilt table exactly
     moved = [k for k in keys if before[k] != after[k]]
-    # ring hash moves only the removed backend's keys; Maglev's table rebuild may move
-    # a few more (its "minimal disruption" is near, not exactly, minimal)
     others = [k for k in moved if before[k] != "up4"]
-    assert len(others) <= (0 if policy == "ring_hash" else 0.05 * len(keys)), others
+    if policy == "ring_hash":
+        assert others == []  # a ring moves only the removed backend's keys
+    # Maglev's rebuild may move a few more: how many depends on the four addresses'
+    # permutations (random ports here; over 5,000 random port sets the median was 1 key
+    # of 200, the 99th percentile 9, the worst 49), so the bound on that is pinned with
+    # fixed addresses in balance/test_consistent_hash.py, and here only that requests
+    # follow the table.
     assert all(after[k] != "up4" for k in keys)
-    assert 0.1 < len(moved) / len(keys) < 0.4
+    assert 0.1 < sum(before[k] == "up4" for k in keys) / len(keys) < 0.4  # its share
 
 
 async def test_retries_hide_a_failing_backend(upstreams, proxy_factory) -> None:
