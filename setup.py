@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 #: Compiled with mypyc; ``tests/conftest.py`` refuses to run against a stale build.
 COMPILED = [*sorted(str(p) for p in Path("meshproxy/http").glob("*.py")),
@@ -39,4 +40,19 @@ def ext_modules() -> list:
         return []
 
 
-setup(ext_modules=ext_modules())
+class BuildAllOrNone(build_ext):
+    """Compile every module or none: a module compiled without the shared library the
+    others need would not import, so a failure (no C compiler, no Python headers)
+    removes whatever was built and leaves the sources to run interpreted."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # CompileError, LinkError, the compiler missing
+            for ext in self.extensions:
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
+            print(f"mesh: the request path is not compiled ({e}); it runs as pure Python",
+                  file=sys.stderr)
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildAllOrNone})
