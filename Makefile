@@ -27,7 +27,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Install, compiling the request path (MESH_COMPILE=0 make build: interpreted).
+## Install, compiling the request path (interpreted instead:
+## make clean-build && MESH_COMPILE=0 make build).
 build: $(STAMP)
 
 ## Remove the compiled modules (the sources then run interpreted).
