@@ -24,6 +24,11 @@ COMPILED = [*sorted(str(p) for p in Path("meshproxy/http").glob("*.py")),
             "meshproxy/router.py"]
 
 
+def _interpreted(reason: object) -> None:
+    print(f"mesh: the request path is not compiled ({reason}); it runs as pure Python",
+          file=sys.stderr)
+
+
 def ext_modules() -> list:
     if os.environ.get("MESH_COMPILE", "1") == "0":
         return []
@@ -36,8 +41,7 @@ def ext_modules() -> list:
         return mypycify([*COMPILED, "--ignore-missing-imports", "--follow-imports=silent"],
                         opt_level="3")
     except (Exception, SystemExit) as e:  # any failure means: run interpreted
-        print(f"mesh: the request path is not compiled ({e}); it runs as pure Python",
-              file=sys.stderr)
+        _interpreted(e)
         return []
 
 
@@ -52,8 +56,7 @@ class BuildAllOrNone(build_ext):
         except Exception as e:  # CompileError, LinkError, the compiler missing
             for ext in self.extensions:
                 Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
-            print(f"mesh: the request path is not compiled ({e}); it runs as pure Python",
-                  file=sys.stderr)
+            _interpreted(e)
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildAllOrNone})

@@ -56,8 +56,10 @@ class ResponseWriter:
     _tx: int
 
     def _dispatch(self, ex: Exchange) -> None:
-        """Start the next exchange (the protocol's; a method here, not an attribute,
-        for the compiled build: see meshproxy/http/__init__.py)."""
+        """Start the next exchange. ``HttpServerProtocol`` overrides it (the only class
+        built on this mixin; the pipelining tests go through it); declared as a method,
+        not an annotation, because the compiled build would make an annotation an unset
+        slot (meshproxy/http/__init__.py)."""
         raise NotImplementedError
 
     def _send_continue(self) -> None:
