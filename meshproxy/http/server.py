@@ -255,15 +255,21 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             path, query, target = url, b"", url
         else:  # absolute-form: the authority wins over Host (RFC 9112 §3.2.2)
             try:
-                parsed = httptools.parse_url(url)
+                # Any: httptools' stub says bytes and int, but a part the URL lacks is
+                # None (compiled code would trust the stub and fail on None).
+                parsed: Any = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
                 raise DownstreamError(400, "bad_request_target") from None
-            if parsed.host is None:
+            url_host: bytes | None = parsed.host
+            if url_host is None:
                 raise DownstreamError(400, "bad_request_target")
-            path = parsed.path or b"/"
-            query = parsed.query or b""
+            url_path: bytes | None = parsed.path
+            url_query: bytes | None = parsed.query
+            url_port: int | None = parsed.port
+            path = url_path or b"/"
+            query = url_query or b""
             target = path + (b"?" + query if query else b"")
-            authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            authority = url_host + (b":%d" % url_port if url_port else b"")
             headers = head.headers
             for i, low in enumerate(head.lowered):
                 if low == b"host":

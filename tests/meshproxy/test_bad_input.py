@@ -64,6 +64,8 @@ CASES = {
     "chunked body over its limit": (
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"3e8\r\n" + b"x" * 1000 + b"\r\n" + b"10\r\n" + b"y" * 16 + b"\r\n0\r\n\r\n", 413),
+    "asterisk-form on GET": (b"GET * HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    "absolute-form not a URL": (b"GET http:///x HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     "CONNECT": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
     "binary garbage": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, 400),
 }

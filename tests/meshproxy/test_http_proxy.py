@@ -107,6 +107,29 @@ async def test_close_delimited_upstream_body_is_complete(upstream, proxy_factory
     assert r.headers["transfer-encoding"] == "chunked"
 
 
+@pytest.mark.parametrize(("target", "host", "path_sent", "host_sent"), [
+    ("http://a.example:8080?q=1", "other", "/?q=1", "a.example:8080"),
+    ("http://b.example", None, "/", "b.example"),
+    ("http://c.example/p/q", "c.example", "/p/q", "c.example"),
+])
+async def test_absolute_form_target_is_sent_in_origin_form(
+        upstream, proxy_factory, target: str, host: str | None, path_sent: str,
+        host_sent: str) -> None:
+    """An absolute-form request target (as a forward-proxy client sends) reaches the
+    upstream in origin form, its authority in ``Host`` in place of the client's (RFC
+    9112 §3.2.2), including one with no path, a port or no Host header at all."""
+    p = await proxy_factory(http_config([upstream.address]))
+    conn = await RawConn.open(p.listeners["web"].port)
+    head = f"GET {target} HTTP/1.1\r\n" + (f"Host: {host}\r\n" if host else "")
+    await conn.send(head.encode() + b"\r\n")
+    r = await conn.read_reply()
+    await conn.close()
+    assert r.status == 200
+    (req,) = upstream.requests
+    assert req["target"] == path_sent
+    assert [v for k, v in req["raw_headers"] if k.lower() == "host"] == [host_sent]
+
+
 async def test_http10_client_gets_close_delimited_body(upstream, proxy_factory) -> None:
     """An HTTP/1.0 client cannot take chunked: an unknown-length body is close-delimited."""
     p = await proxy_factory(http_config([upstream.address]))
