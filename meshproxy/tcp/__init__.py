@@ -22,6 +22,12 @@ accept, socket, connect, two registrations, one read and one write each way, the
 shutdowns and the two closes, fewer system calls than haproxy makes. Linux only, as the
 rest of the data plane.
 
+A new client is read at once (its bytes sent on right after the connect, saving the
+events) only while the listener's guess says its first bytes are usually in by the time
+it is accepted (``TcpListener.read_at_accept``, a score of recent reads at accept): a
+remote client's are; a local client on another core has usually not written yet, and
+the read would find nothing (a system call and an exception).
+
 Edge-triggered means a side is read until the kernel has no more (a short read says so;
 ``EPOLLRDHUP`` with a short read says the peer's EOF is in too), and a side whose
 reading paused is read again by whoever unpauses it, since no new edge will come for

@@ -281,19 +281,26 @@ class TcpConnection:
         up.sock = sock
         up.fd = sock.fileno()
         if first:
-            # A client that speaks first has usually sent its bytes by the time it is
-            # accepted, and a connect to a near endpoint (loopback, a fast LAN) has
-            # usually completed inside connect(): read and write now, and when the write
-            # is taken the connection is up with no writability event to wait for (the
-            # upstream is then registered for reading only). Otherwise, as below.
+            # When the client's first bytes are in by the time it is accepted (and a
+            # connect to a near endpoint, loopback or a fast LAN, has usually completed
+            # inside connect()), reading and writing now saves the events: when the
+            # write is taken the connection is up with no writability event to wait for
+            # (the upstream is then registered for reading only). Whether they usually
+            # are in is the listener's guess (TcpListener.read_at_accept): a read that
+            # finds nothing costs a system call and an exception. Otherwise, as below.
             down = self.down
-            try:
-                n = down.sock.recv_into(_BUF, 0, _DONTWAIT)
-            except BlockingIOError:
+            listener = self.listener
+            if listener.read_at_accept():
+                try:
+                    n = down.sock.recv_into(_BUF, 0, _DONTWAIT)
+                except BlockingIOError:
+                    n = -1
+                except OSError:
+                    self.abort()  # the client is gone already (a reset)
+                    return
+                listener.early_read(n >= 0)
+            else:
                 n = -1
-            except OSError:
-                self.abort()  # the client is gone already (a reset)
-                return
             if n > 0:
                 down.nread += n
                 self.active = True
