@@ -104,9 +104,9 @@ class TcpListener(ListenerBase):
         load generator) has usually not written yet, and the read would fail (a system
         call and an exception: in the benchmark's connection-per-request run 83% of
         them found nothing, and not making them took about 5% off the proxy's CPU per
-        connection). The score moves by one per read (up when it found bytes or the client's EOF,
-        down when not), between 0 and ``_EARLY_MAX``; at 0 one connection in
-        ``_EARLY_PROBE`` still reads at once."""
+        connection). The score moves by one per read (up when it found bytes or the
+        client's EOF, down when not), between 0 and ``_EARLY_MAX``; at 0 one
+        connection in ``_EARLY_PROBE`` still reads at once."""
         if self.early_score > 0:
             return True
         self._early_skipped += 1
