@@ -8,6 +8,13 @@ header value holding CR, LF or NUL.
 
 The proxy and a recording upstream run on an event loop in a helper thread for the
 whole test (one per test, not per example); examples talk to it over blocking sockets.
+
+Two kinds of input: hostile ones (``requests``), sent and then half-closed, and
+plausible well-formed ones (``plausible``), sent with ``Connection: close`` and not
+half-closed. The proxy treats a client's half-close as the client giving up on the
+exchange in flight (as nginx and Envoy do), which races with forwarding: a hostile
+request is forwarded only when it wins; a plausible one always is, so that the strict
+upstream parser checks hundreds of forwarded requests in every run.
 """
 
 from __future__ import annotations
@@ -164,18 +171,33 @@ def requests(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def whole_chunked_bodies(draw: st.DrawFn) -> bytes:
+    """A complete, well-formed chunked body (sizes in either case, extensions, trailers)."""
+    out = b""
+    for data in draw(st.lists(st.binary(min_size=1, max_size=40), max_size=4)):
+        size = draw(st.sampled_from([f"{len(data):x}", f"{len(data):X}",
+                                     f"{len(data):x};ext=1"]))
+        out += size.encode() + b"\r\n" + data + b"\r\n"
+    return out + draw(st.sampled_from([b"0\r\n\r\n", b"0\r\nX-T: 1\r\n\r\n"]))
+
+
+@st.composite
 def plausible(draw: st.DrawFn) -> bytes:
-    """Mostly well-formed requests (so that many are forwarded and checked upstream),
-    with a chunked or sized body and end-to-end headers drawn at random."""
+    """Well-formed requests that end the connection (so that each is forwarded and
+    checked upstream: see the module docstring), with a chunked or sized body and
+    end-to-end headers drawn at random."""
     method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"]))
-    target = "/" + draw(st.text(alphabet="abcxyz019-_./?=&%", max_size=20))
-    headers = [("Host", draw(st.sampled_from(["t", "a.example.com", "h:8080"])))]
+    # Origin form, or absolute form (whose authority replaces Host).
+    target = (draw(st.sampled_from(["", "", "http://a.example", "http://h.example:8080"]))
+              + "/" + draw(st.text(alphabet="abcxyz019-_./?=&%", max_size=20)))
+    headers = [("Host", draw(st.sampled_from(["t", "a.example.com", "h:8080"]))),
+               ("Connection", "close")]
     headers += draw(st.lists(st.tuples(TOKEN, st.text(alphabet="abc xyz019,;=/", max_size=20)),
                              max_size=4))
     body = b""
     if method in ("POST", "PUT"):
         if draw(st.booleans()):
-            body = draw(chunked_bodies())
+            body = draw(whole_chunked_bodies())
             headers.append(("Transfer-Encoding", "chunked"))
         else:
             body = draw(st.binary(max_size=64))
@@ -232,17 +254,19 @@ def test_generated_requests_never_crash_or_smuggle() -> None:
 
     @settings(max_examples=300, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
-    @given(st.one_of(requests(), plausible()))
+    @given(st.one_of(requests().map(lambda d: (d, True)),
+                     plausible().map(lambda d: (d, False))))
     # Pinned cases, so the non-vacuity checks below hold whatever is drawn.
-    @example(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
-    @example(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n"
-             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-    def check(data: bytes) -> None:
+    @example((b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", False))
+    @example((b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", True))
+    def check(case: tuple[bytes, bool]) -> None:
+        data, half_close = case
         # Each example starts clean, so a failure is pinned on the request that caused it.
         logged.clear()
         h.errors.clear()
         _Recorder.violations.clear()
-        statuses = _exchange(h.port, data)
+        statuses = _exchange(h.port, data, half_close=half_close)
         seen.update(statuses)
         assert 500 not in statuses, data
         assert _Recorder.violations == [], (_Recorder.violations, data)
@@ -251,8 +275,9 @@ def test_generated_requests_never_crash_or_smuggle() -> None:
 
     try:
         check()
-        # Not vacuous: some generated requests were forwarded, some refused.
-        assert _Recorder.forwarded > 0
+        # Not vacuous: many generated requests were forwarded (and checked upstream;
+        # 130-150 of the 300 in runs here), some refused.
+        assert _Recorder.forwarded >= 60
         assert 200 in seen
         assert 400 in seen
     finally:
