@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 # The request path setup.py compiles (mypyc): an edit rebuilds it, since the compiled
 # module is what `import` loads (tests/conftest.py refuses to test a stale build).
-COMPILED := $(wildcard meshproxy/http/*.py) meshproxy/router.py
+COMPILED := $(wildcard meshproxy/http/*.py) meshproxy/router.py $(wildcard meshproxy/tcp/*.py)
 
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

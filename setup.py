@@ -1,12 +1,14 @@
 """Build of the ``mesh`` distribution (metadata in ``pyproject.toml``).
 
-The HTTP request path (``meshproxy/http/`` and ``meshproxy/router.py``) is compiled
-with mypyc into C extension modules placed next to their sources; each request then
-runs without the interpreter's per-bytecode dispatch (about a sixth less user time per
-request through the L7 proxy; ``loadtests/README.md``). The sources stay the code:
+The data plane's per-request code (the HTTP request path, ``meshproxy/http/`` and
+``meshproxy/router.py``; the L4 path, ``meshproxy/tcp/``) is compiled with mypyc into C
+extension modules placed next to their sources; each request then runs without the
+interpreter's per-bytecode dispatch (about a sixth less user time per request through
+the L7 proxy, a fifth per L4 keep-alive request and an eighth per L4 connection;
+``loadtests/README.md``). The sources stay the code:
 the same files run interpreted when the build is skipped (``MESH_COMPILE=0``) or
 cannot compile (no C compiler or Python headers), with a warning at build time.
-``docs/ARCHITECTURE.md`` ("Departures": the HTTP request path is compiled) has the rules
+``docs/ARCHITECTURE.md`` ("Departures": the request path is compiled) has the rules
 such code keeps.
 """
 
@@ -21,7 +23,8 @@ from setuptools.command.build_ext import build_ext
 
 #: Compiled with mypyc; ``tests/conftest.py`` refuses to run against a stale build.
 COMPILED = [*sorted(str(p) for p in Path("meshproxy/http").glob("*.py")),
-            "meshproxy/router.py"]
+            "meshproxy/router.py",
+            *sorted(str(p) for p in Path("meshproxy/tcp").glob("*.py"))]
 
 
 def _interpreted(reason: object) -> None:

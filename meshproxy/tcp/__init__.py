@@ -38,6 +38,10 @@ connects older than the cluster's connect timeout and closes connections quiet f
 idle timeout (measured from the first tick after the last byte, so a connection is
 closed after between ``idle_timeout`` and ``idle_timeout`` + two ticks of quiet).
 
+These modules are compiled with mypyc when the package is installed, like the HTTP
+request path (``setup.py``; ``docs/ARCHITECTURE.md``, "Departures", has the rules such
+code keeps); the same sources run interpreted when the build is not compiled.
+
 The package: :mod:`~meshproxy.tcp.pipe` (a connection's two sides and the bytes between
 them), :mod:`~meshproxy.tcp.poller` (the epoll and the listening sockets),
 :mod:`~meshproxy.tcp.listener` (accept, timeouts, counts, drain).

@@ -37,6 +37,7 @@ class TcpListener(ListenerBase):
     """An L4 listener."""
 
     kind = "tcp"
+    config: TcpListenerConfig
 
     def __init__(self, config: TcpListenerConfig, cluster: Cluster, *,
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
@@ -79,7 +80,8 @@ class TcpListener(ListenerBase):
         connections = self.connections
         for _ in range(_ACCEPT_BATCH):
             try:
-                fd, _ = lsock._accept()  # the C accept, without the wrapper's socket
+                # The C accept, without the wrapper's socket (not in the stubs).
+                fd, _ = lsock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 break
             except OSError as e:

@@ -1,4 +1,4 @@
-"""The request path is compiled (setup.py) and the compiled classes keep the behaviour
+"""The request path (HTTP and L4) is compiled (setup.py) and the compiled classes keep the behaviour
 the rest of the proxy relies on."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 
 from meshproxy.http import message, server
 from meshproxy.http.message import Exchange, RequestBody
+from meshproxy.tcp import pipe
 from support import system
 
 
@@ -24,6 +25,7 @@ def test_the_request_path_runs_compiled() -> None:
             pytest.fail(f"{system.REQUIRE_ENV} is set but {reason}")
         pytest.skip(reason)
     assert message.__file__.endswith(".so")
+    assert pipe.__file__.endswith(".so")  # the L4 path too
 
 
 def _slots(cls: str) -> tuple[str, ...]:
