@@ -1,5 +1,5 @@
-"""The request path (HTTP and L4) is compiled (setup.py) and the compiled classes keep the behaviour
-the rest of the proxy relies on."""
+"""The request path (HTTP and L4) is compiled (setup.py) and the compiled classes keep
+the behaviour the rest of the proxy relies on."""
 
 from __future__ import annotations
 
