@@ -5,6 +5,10 @@
   its output is attached to the failure report.
 - the ``system`` marker: requirements on root and Debian packages (see support/system.py).
 - leak guards: a test that leaves asyncio tasks or child processes behind fails.
+- no client config of the developer's: ``MESH_CONFIG`` names an absent file for the
+  whole run (``meshctl up`` writes ``~/.config/mesh/config.yaml``; a test that spawns
+  ``meshctl`` would otherwise use it, and fail or reach a running system). Tests that
+  need a client config set their own.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,11 +44,23 @@ def _stale_compiled() -> list[str]:
     return stale
 
 
+_NO_CONFIG_DIR: str | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _NO_CONFIG_DIR
     stale = _stale_compiled()
     if stale:
         pytest.exit(f"changed since they were compiled: {', '.join(stale)}; rebuild with "
                     "`make build` (or remove the build: `make clean-build`)", returncode=4)
+    # Inherited by every subprocess: the developer's client config is never read.
+    _NO_CONFIG_DIR = tempfile.mkdtemp(prefix="mesh-test-config-")
+    os.environ["MESH_CONFIG"] = os.path.join(_NO_CONFIG_DIR, "absent.yaml")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _NO_CONFIG_DIR is not None:
+        shutil.rmtree(_NO_CONFIG_DIR, ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
