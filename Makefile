@@ -8,9 +8,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint bench build clean-build clean
 
-# The request path setup.py compiles (mypyc): an edit rebuilds it, since the compiled
+# The modules setup.py compiles (mypyc; its COMPILED_PATTERNS, checked against this
+# list by tests/meshproxy/test_compiled.py): an edit rebuilds them, since the compiled
 # module is what `import` loads (tests/conftest.py refuses to test a stale build).
-COMPILED := $(wildcard meshproxy/http/*.py) meshproxy/router.py $(wildcard meshproxy/tcp/*.py)
+COMPILED := $(wildcard meshproxy/http/*.py) meshproxy/router.py $(wildcard meshproxy/tcp/*.py) \
+	meshproxy/listener.py meshproxy/cluster.py meshproxy/endpoint.py meshproxy/metrics.py \
+	$(addprefix meshproxy/balance/,base.py hashing.py least_request.py maglev.py \
+	                               peak_ewma.py random_pick.py ring_hash.py round_robin.py)
 
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

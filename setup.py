@@ -1,15 +1,14 @@
 """Build of the ``mesh`` distribution (metadata in ``pyproject.toml``).
 
-The data plane's per-request code (the HTTP request path, ``meshproxy/http/`` and
-``meshproxy/router.py``; the L4 path, ``meshproxy/tcp/``) is compiled with mypyc into C
-extension modules placed next to their sources; each request then runs without the
-interpreter's per-bytecode dispatch (about a sixth less user time per request through
-the L7 proxy, a fifth per L4 keep-alive request and an eighth per L4 connection;
-``loadtests/README.md``). The sources stay the code:
-the same files run interpreted when the build is skipped (``MESH_COMPILE=0``) or
-cannot compile (no C compiler or Python headers), with a warning at build time.
-``docs/ARCHITECTURE.md`` ("Departures": the request path is compiled) has the rules
-such code keeps.
+The data plane's per-request code is compiled with mypyc into C extension modules
+placed next to their sources: the HTTP request path (``meshproxy/http/``,
+``meshproxy/router.py``), the L4 path (``meshproxy/tcp/``) and what both call for every
+request or connection (listeners, clusters, endpoints, balancers, metrics tallies).
+Each request then runs without the interpreter's per-bytecode dispatch
+(``docs/ARCHITECTURE.md``, "Departures": the request path is compiled, has each step's
+interleaved A/B measurement and the rules such code keeps). The sources stay the code:
+the same files run interpreted when the build is skipped (``MESH_COMPILE=0``) or cannot
+compile (no C compiler or Python headers), with a warning at build time.
 """
 
 from __future__ import annotations
@@ -21,10 +20,27 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-#: Compiled with mypyc; ``tests/conftest.py`` refuses to run against a stale build.
-COMPILED = [*sorted(str(p) for p in Path("meshproxy/http").glob("*.py")),
-            "meshproxy/router.py",
-            *sorted(str(p) for p in Path("meshproxy/tcp").glob("*.py"))]
+#: The modules compiled with mypyc, as glob patterns (the ``Makefile``'s ``COMPILED``
+#: names the same files: ``tests/meshproxy/test_compiled.py`` checks both lists, and
+#: ``tests/conftest.py`` refuses to run against a build older than its sources).
+COMPILED_PATTERNS = (
+    "meshproxy/http/*.py",
+    "meshproxy/router.py",
+    "meshproxy/tcp/*.py",
+    "meshproxy/listener.py",
+    "meshproxy/cluster.py",
+    "meshproxy/endpoint.py",
+    "meshproxy/metrics.py",
+    "meshproxy/balance/base.py",
+    "meshproxy/balance/hashing.py",
+    "meshproxy/balance/least_request.py",
+    "meshproxy/balance/maglev.py",
+    "meshproxy/balance/peak_ewma.py",
+    "meshproxy/balance/random_pick.py",
+    "meshproxy/balance/ring_hash.py",
+    "meshproxy/balance/round_robin.py",
+)
+COMPILED = sorted(str(p) for pattern in COMPILED_PATTERNS for p in Path().glob(pattern))
 
 
 def _interpreted(reason: object) -> None:

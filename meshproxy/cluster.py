@@ -151,9 +151,9 @@ class Cluster:
             new_list.append(ep)
         for key, ep in current.items():
             if key not in wanted:
-                pool = self.pools.pop(key, None)
-                if pool is not None:
-                    pool.close()
+                gone = self.pools.pop(key) if key in self.pools else None
+                if gone is not None:
+                    gone.close()
                 self._tallies.pop(ep, None)
                 del ep
         self.endpoints = new_list

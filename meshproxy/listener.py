@@ -85,9 +85,12 @@ class ListenerBase(ABC):
     @property
     def port(self) -> int:
         """The bound port (differs from the config's when it says 0)."""
-        assert self.server is not None
-        assert self.server.sockets
-        return int(self.server.sockets[0].getsockname()[1])
+        # Any: uvloop's ``sockets`` is a list (the stubs say tuple, which compiled code
+        # would check), the L4 listener's Acceptor a tuple.
+        server: Any = self.server
+        assert server is not None
+        assert server.sockets
+        return int(server.sockets[0].getsockname()[1])
 
     async def start(self, *, share: asyncio.Server | None = None) -> None:
         self.server = await bind(self.loop, partial(self.protocol, self),

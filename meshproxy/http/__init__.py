@@ -10,7 +10,7 @@
 - ``upstream``: the upstream protocol (proxy → endpoint) and its keep-alive reuse
 - ``pool``: per-endpoint upstream connection pools
 
-These modules (and ``meshproxy/router.py``) are compiled with mypyc when the package is
-installed (``setup.py``); the rules such code keeps are in ``docs/ARCHITECTURE.md``
-("Departures": the compiled request path).
+These modules (and the rest of the request path, ``setup.py``'s ``COMPILED_PATTERNS``)
+are compiled with mypyc when the package is installed; the rules such code keeps are
+in ``docs/ARCHITECTURE.md`` ("Departures": the compiled request path).
 """

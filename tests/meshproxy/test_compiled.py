@@ -1,9 +1,13 @@
-"""The request path (HTTP and L4) is compiled (setup.py) and the compiled classes keep
-the behaviour the rest of the proxy relies on."""
+"""The request path (HTTP and L4, with the listeners, clusters, balancers and tallies
+they call) is compiled (setup.py) and the compiled classes keep the behaviour the rest
+of the proxy relies on."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,24 @@ from meshproxy.http import message, server
 from meshproxy.http.message import Exchange, RequestBody
 from meshproxy.tcp import pipe
 from support import system
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _setup_patterns() -> tuple[str, ...]:
+    """setup.py's ``COMPILED_PATTERNS`` (read, not imported: importing it runs setup())."""
+    for node in ast.parse((ROOT / "setup.py").read_text()).body:
+        if (isinstance(node, ast.Assign)
+                and getattr(node.targets[0], "id", None) == "COMPILED_PATTERNS"):
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no COMPILED_PATTERNS")
+
+
+def _compiled_sources() -> set[str]:
+    files = {str(p.relative_to(ROOT)) for pattern in _setup_patterns()
+             for p in ROOT.glob(pattern)}
+    assert len(files) > 20, files  # the patterns still name the request path
+    return files
 
 
 def test_the_request_path_runs_compiled() -> None:
@@ -26,6 +48,26 @@ def test_the_request_path_runs_compiled() -> None:
         pytest.skip(reason)
     assert message.__file__.endswith(".so")
     assert pipe.__file__.endswith(".so")  # the L4 path too
+    interpreted = []
+    for source in sorted(_compiled_sources()):
+        name = source.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        if not importlib.import_module(name).__file__.endswith(".so"):
+            interpreted.append(source)
+    assert not interpreted, f"setup.py compiles these, yet they load from source: {interpreted}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_the_makefile_rebuilds_exactly_what_setup_py_compiles() -> None:
+    """``make test`` reinstalls (recompiles) when a compiled source changes, going by the
+    Makefile's ``COMPILED``; setup.py's ``COMPILED_PATTERNS`` decide what is compiled.
+    A module compiled but missing from the Makefile would leave ``make test`` refusing
+    to run after an edit (tests/conftest.py: a stale build) until a manual ``make
+    build``; one listed only in the Makefile rebuilds for nothing."""
+    out = subprocess.run(
+        ["make", "-s", "--no-print-directory", "--eval",
+         "print-compiled: ; @echo $(COMPILED)", "print-compiled"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert set(out.split()) == _compiled_sources()
 
 
 def _slots(cls: str) -> tuple[str, ...]:
