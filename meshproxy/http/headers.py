@@ -72,11 +72,13 @@ def filter_end_to_end(headers: Headers, lowered: list[bytes], extra: set[bytes] 
     return [h for h, low in zip(headers, lowered, strict=True) if low not in HOP_BY_HOP]
 
 
-_JOIN_FIELD = b": ".join
-
-
 def serialize(first_line: bytes, headers: Headers, extra: Sequence[bytes]) -> bytes:
     """``first_line`` CRLF, each ``name: value`` CRLF, each preformatted ``extra`` line,
-    then the blank line. The fields are joined by ``map`` in C (a list comprehension
-    is a Python frame per call on 3.11), then the head in one join."""
-    return b"\r\n".join([first_line, *map(_JOIN_FIELD, headers), *extra, b"\r\n"])
+    then the blank line. One ``%`` per field and one join (compiled, the loop is C;
+    ``map`` over ``b": ".join`` and list unpacking cost twice as much per head)."""
+    parts = [first_line]
+    for name, value in headers:
+        parts.append(b"%s: %s" % (name, value))
+    parts.extend(extra)
+    parts.append(b"\r\n")
+    return b"\r\n".join(parts)
