@@ -117,6 +117,14 @@ class Proxy:
                 if count:
                     self.stats.config_reloads.labels("failure").inc()
                 return False
+            except Exception:
+                # A fault of ours, not of the file: still a failed reload (counted, and
+                # the previous config's tables are restored by apply), never an
+                # exception for the file watcher or the SIGHUP handler to swallow.
+                log.exception("config reload failed: %s (version %s)", path, loaded.version)
+                if count:
+                    self.stats.config_reloads.labels("failure").inc()
+                return False
             if count:
                 self.stats.config_reloads.labels("success").inc()
             self.stats.config_loaded.set(loaded.loaded_at)

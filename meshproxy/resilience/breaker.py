@@ -327,10 +327,10 @@ class BreakerGroup:
             del self._by_key[addr]
 
     def reconfigure(self, config: BreakerConfig) -> bool:
+        """Apply a reloaded config to every endpoint's breaker (each keeps its state)."""
         for b in self._by_key.values():
             b.reconfigure(config)
         self.config = config
-        self._refresh_quiet()
         return True
 
     def statistics(self) -> list[BreakerStats]:

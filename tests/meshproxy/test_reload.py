@@ -145,6 +145,63 @@ async def test_bind_failure_refuses_reload(tmp_path: Path, upstream, free_port: 
         await blocker.wait_closed()
 
 
+async def test_reload_that_retunes_per_endpoint_breakers_is_applied(
+        tmp_path: Path, upstream, free_port: int) -> None:
+    """Changing a cluster's ``endpoint_breaker`` settings is an ordinary reload: applied
+    and counted as a success, the route still served (it used to fail half way with an
+    AttributeError that nothing counted)."""
+    path = tmp_path / "proxy.yaml"
+    plain = f'{{name: a, endpoints: ["{upstream.address}"]}}'
+    text = _cfg(free_port, "a", [upstream.address], []).replace(
+        plain, plain[:-1] + ", endpoint_breaker: {consecutive_failures: 5}}")
+    assert "endpoint_breaker" in text
+    _write(path, text)
+    p = Proxy(load_config(path))
+    await p.start()
+    try:
+        assert (await request(free_port)).status == 200  # makes the endpoint's breaker
+        _write(path, text.replace("consecutive_failures: 5", "consecutive_failures: 2"))
+        assert await p.reload(path)
+        assert _reloads(p, "success") == 1
+        assert _reloads(p, "failure") == 0
+        group = p.resilience.clusters["a"].endpoint_breakers
+        assert group is not None
+        assert group.config.consecutive_failures == 2
+        assert (await request(free_port)).status == 200
+    finally:
+        await p.close()
+
+
+async def test_a_fault_while_applying_a_reload_is_a_counted_failure(
+        tmp_path: Path, upstream, free_port: int, caplog) -> None:
+    """An unexpected error while applying a valid file (a bug of ours, stood in for by
+    a resilience step that raises for the new config only) refuses the reload like a
+    bad file: logged with its traceback, counted as a failure, the old config serving."""
+    path = tmp_path / "proxy.yaml"
+    _write(path, _cfg(free_port, "a", [upstream.address], [upstream.address]))
+    p = Proxy(load_config(path))
+    await p.start()
+    real = p._apply_resilience
+
+    def failing(cfg, clusters):  # type: ignore[no-untyped-def]
+        if cfg is not p.loaded.config:
+            raise RuntimeError("injected fault")
+        return real(cfg, clusters)
+
+    p._apply_resilience = failing  # type: ignore[method-assign]
+    try:
+        version = p.loaded.version
+        _write(path, _cfg(free_port, "b", [upstream.address], [upstream.address]))
+        assert not await p.reload(path)
+        assert "injected fault" in caplog.text
+        assert p.loaded.version == version
+        assert _reloads(p, "failure") == 1
+        assert p.listeners["web"].router.routes[0].cluster.name == "a"
+        assert (await request(free_port)).status == 200
+    finally:
+        await p.close()
+
+
 async def test_reloads_under_traffic_fail_no_request(
         tmp_path: Path, upstreams, free_port: int) -> None:
     """Thirty reloads (every third one invalid) while clients keep sending requests on

@@ -103,6 +103,33 @@ def test_endpoint_changes_reach_outlier_and_per_endpoint_parts(clock) -> None:
     assert not e[0].available(clock())
 
 
+def test_reload_that_changes_the_endpoint_breaker_keeps_each_breaker_and_its_state(
+        clock) -> None:
+    """A reload with other per-endpoint breaker settings reconfigures the breakers in
+    place: an open one stays open, a closed one trips by the new threshold. (It used to
+    raise AttributeError mid-reload, leaving the breakers half reconfigured.)"""
+    rt = ResilienceRuntime(clock=clock)
+    e = eps()
+    rt.apply(ProxyResilienceConfig(), endpoints={"catalog": e},
+             **base(endpoint_breaker=BreakerConfig(consecutive_failures=3)))
+    group = rt.clusters["catalog"].endpoint_breakers
+    tripped, other = group.get(e[0].address), group.get(e[1].address)
+    for _ in range(3):
+        tripped.record(tripped.allow(clock()), False, clock())
+    assert tripped.state == "open"
+    other.record(other.allow(clock()), False, clock())
+    assert other.state == "closed"  # one failure of three
+
+    rt.apply(ProxyResilienceConfig(), endpoints={"catalog": e},
+             **base(endpoint_breaker=BreakerConfig(consecutive_failures=2)))
+    assert rt.clusters["catalog"].endpoint_breakers is group
+    assert group.get(e[0].address) is tripped
+    assert tripped.state == "open"
+    other.record(other.allow(clock()), False, clock())
+    assert other.state == "open"  # the second failure trips it under the new threshold
+    assert group.config.consecutive_failures == 2
+
+
 def test_switch_admin_mode_survives_an_unchanged_reload(clock) -> None:
     sw = SwitchConfig(name="recs", level="function", target="browse")
     rt = ResilienceRuntime(ProxyResilienceConfig(switches=(sw,)), clock=clock)
