@@ -16,7 +16,7 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from meshproxy.http.deadlines import TimeoutWheel
 from meshproxy.http.server import HttpServerProtocol
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from meshproxy.metrics import Stats
     from meshproxy.router import Router
 
-BACKLOG = 2048
+BACKLOG: Final = 2048
 
 
 async def bind(loop: asyncio.AbstractEventLoop, factory, host: str, port: int,

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from meshproxy.endpoint import Endpoint
 
 # Envoy's default healthy panic threshold (50%): below half the endpoints healthy, the
 # remaining ones would receive more than twice their share, which is usually what made
 # the others fail in the first place.
-DEFAULT_PANIC_THRESHOLD = 0.5
+DEFAULT_PANIC_THRESHOLD: Final = 0.5
 
 
 @dataclass(slots=True)

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Protocol
+from typing import Final, Protocol
 
 #: Seconds a timeout may fire late: the timer handles every deadline this close.
-SLACK = 0.005
+SLACK: Final = 0.005
 
 
 class Cancellable(Protocol):

@@ -14,8 +14,9 @@ re-added by the framing code, which knows how the body is actually sent.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
     b"content-length", b"http2-settings", b"expect",
@@ -23,7 +24,7 @@ HOP_BY_HOP = frozenset({
 
 Headers = list[tuple[bytes, bytes]]
 
-STATUS_PHRASES: dict[int, bytes] = {
+STATUS_PHRASES: Final[dict[int, bytes]] = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
     202: b"Accepted", 204: b"No Content", 206: b"Partial Content",
     301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
@@ -37,7 +38,7 @@ STATUS_PHRASES: dict[int, bytes] = {
 
 
 #: Connection header values already parsed (bounded; read directly on hot paths).
-TOKENS_SEEN: dict[bytes, frozenset[bytes]] = {}
+TOKENS_SEEN: Final[dict[bytes, frozenset[bytes]]] = {}
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:

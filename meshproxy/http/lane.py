@@ -53,7 +53,7 @@ the full path, as before.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshproxy.balance import PickContext
 from meshproxy.http.headers import STATUS_PHRASES
@@ -65,10 +65,10 @@ if TYPE_CHECKING:
 
 #: The largest response body the lane buffers whole before answering; a larger (or
 #: unknown) length is streamed by the fused path with backpressure.
-LANE_MAX_BODY = 32 * 1024
+LANE_MAX_BODY: Final = 32 * 1024
 
 #: Status lines by code, filled by :func:`status_line` (read directly on the hot path).
-STATUS_LINES: dict[int, bytes] = {}
+STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
 def status_line(status: int) -> bytes:
@@ -118,4 +118,4 @@ class LaneActive:
         return "<request on the plain lane>"
 
 
-IN_LANE = LaneActive()
+IN_LANE: Final = LaneActive()

@@ -11,7 +11,7 @@ backpressure, and can retain what it sent (within a bound) so a retry can replay
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from meshproxy.http.headers import Headers, first_value, serialize
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from meshproxy.http.flow import FlowControl
 
 #: Buffered body bytes without a consumer before the client's reading is paused.
-BODY_HIGH_WATER = 256 * 1024
+BODY_HIGH_WATER: Final = 256 * 1024
 
 
 class BodySink(Protocol):

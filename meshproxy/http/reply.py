@@ -7,10 +7,12 @@ Every one carries ``x-mesh-reason`` (added when the head is written, from
 
 from __future__ import annotations
 
+from typing import Final
+
 from meshproxy.http.headers import STATUS_PHRASES
 from meshproxy.http.message import Response
 
-_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 
 
 def local_reply(status: int, reason: str, *, headers: list[tuple[bytes, bytes]] | None = None,

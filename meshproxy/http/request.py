@@ -9,17 +9,19 @@ tokens, Host, Upgrade, Expect, and X-Forwarded-For / X-Request-Id as received.
 
 from __future__ import annotations
 
+import itertools
 import random
+from typing import Final
 
 #: Request headers the proxy interprets besides Host (which ``on_header`` reads in every
 #: request before consulting this set); the rest pass through untouched.
-SPECIAL_HEADERS = frozenset({
+SPECIAL_HEADERS: Final = frozenset({
     b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id", b"te", b"keep-alive",
     b"proxy-connection", b"trailer", b"proxy-authorization", b"proxy-authenticate",
     b"http2-settings"})
 #: Connection tokens that name no end-to-end header (nothing extra to strip).
-STANDARD_CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b"te",
+STANDARD_CONN_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"te",
                                   b"http2-settings"})
 
 
@@ -29,17 +31,16 @@ def _id_prefix() -> bytes:
     return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], b""))
 
 
-_ID_PREFIX = _id_prefix()  # 74 random bits per process (re-drawn in each worker)
-_id_counter = 0
+_ID_PREFIX: Final = _id_prefix()  # 74 random bits per process (re-drawn in each worker)
+#: The per-process sequence (a C iterator: no global rebound per request).
+_IDS: Final = itertools.count(1)
 
 
 def request_id() -> bytes:
     """An X-Request-Id in UUID version 4 form: a random per-process prefix and a
     48-bit counter. Unique within the process by construction and across processes
     by the prefix; no syscall and no 128-bit random number per request."""
-    global _id_counter
-    _id_counter += 1
-    return _ID_PREFIX + b"%012x" % (_id_counter & 0xFFFFFFFFFFFF)
+    return _ID_PREFIX + b"%012x" % (next(_IDS) & 0xFFFFFFFFFFFF)
 
 
 class RequestHead:

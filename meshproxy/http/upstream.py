@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
@@ -53,7 +53,7 @@ DoneCallback = Callable[[bool, int, str], None]
 HeadCallback = Callable[[Response | None, ProxyError | None], None]
 
 
-_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_STANDARD_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
 class _HeadResponseDone(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshproxy.balance import PickContext
 from meshproxy.listener import ListenerBase
@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Accepts per poll of one listening socket (the rest wait for the next poll).
-_ACCEPT_BATCH = 64
+_ACCEPT_BATCH: Final = 64
 #: ``read_at_accept``: the most its score counts (hits beyond are not remembered, so a
 #: change of clients is noticed within this many connections) ...
-_EARLY_MAX = 8
+_EARLY_MAX: Final = 8
 #: ... and, while it guesses "no bytes yet", one new connection in this many still reads
 #: at once, to notice when the clients change.
-_EARLY_PROBE = 16
-_STREAM = socket.SOCK_STREAM
+_EARLY_PROBE: Final = 16
+_STREAM: Final = socket.SOCK_STREAM
 
 
 class TcpListener(ListenerBase):

@@ -16,39 +16,39 @@ import errno
 import select
 import socket
 from _socket import socket as CSocket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from meshproxy.endpoint import Endpoint
     from meshproxy.tcp.listener import TcpListener
 
-EPOLLIN = select.EPOLLIN
-EPOLLOUT = select.EPOLLOUT
-EPOLLRDHUP = select.EPOLLRDHUP
-_FAILED = select.EPOLLERR | select.EPOLLHUP
-_READABLE = EPOLLIN | EPOLLRDHUP | _FAILED
+EPOLLIN: Final = select.EPOLLIN
+EPOLLOUT: Final = select.EPOLLOUT
+EPOLLRDHUP: Final = select.EPOLLRDHUP
+_FAILED: Final = select.EPOLLERR | select.EPOLLHUP
+_READABLE: Final = EPOLLIN | EPOLLRDHUP | _FAILED
 #: A socket is watched for writability only while that is news: a connecting upstream
 #: (that is how its connect completes) and a side that has refused a write; so that a
 #: short connection has no writability event to dispatch.
-_READ_EVENTS = EPOLLIN | EPOLLRDHUP | select.EPOLLET
-_READ_WRITE_EVENTS = _READ_EVENTS | EPOLLOUT
+_READ_EVENTS: Final = EPOLLIN | EPOLLRDHUP | select.EPOLLET
+_READ_WRITE_EVENTS: Final = _READ_EVENTS | EPOLLOUT
 
 #: One read's buffer, shared by every connection of the process: a read is written on
 #: at once, and only what the other side does not take is copied out of it.
-_SIZE = 65536
-_BUF = bytearray(_SIZE)
-_VIEW = memoryview(_BUF)
+_SIZE: Final = 65536
+_BUF: Final = bytearray(_SIZE)
+_VIEW: Final = memoryview(_BUF)
 #: Bytes held for a side that cannot take them before reading from its peer pauses.
-_HOLD_LIMIT = 256 * 1024
+_HOLD_LIMIT: Final = 256 * 1024
 #: ``read`` argument: read until the kernel says "would block" (a short read proves
 #: nothing when the edge that said more might come was seen while paused).
-_DRAIN = -1
-_SOCK_STREAM_NB = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_DRAIN: Final = -1
+_SOCK_STREAM_NB: Final = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 #: Every read and write is non-blocking by its flag: the accepted socket is left in
 #: blocking mode (Python's ``accept`` cannot ask ``accept4`` for a non-blocking one, and
 #: making it so is one ``ioctl`` more per connection). Nothing in the process sets a
 #: default socket timeout, so these sockets never wait inside a call.
-_DONTWAIT = socket.MSG_DONTWAIT
+_DONTWAIT: Final = socket.MSG_DONTWAIT
 # Connection sockets are the C type that ``socket.socket`` wraps (``CSocket``): the
 # wrapper's Python-level ``__init__``, ``accept`` and ``close`` (reference counting for
 # ``makefile``, unused here) were a tenth of the Python time of a short connection.
