@@ -151,7 +151,7 @@ class Cluster:
             new_list.append(ep)
         for key, ep in current.items():
             if key not in wanted:
-                gone = self.pools.pop(key) if key in self.pools else None
+                gone = self.pools.pop(key, None)
                 if gone is not None:
                     gone.close()
                 self._tallies.pop(ep, None)

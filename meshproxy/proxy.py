@@ -104,27 +104,22 @@ class Proxy:
             except ConfigError as e:
                 for field, msg in e.problems:
                     log.error("config reload refused: %s: %s: %s", e.source, field, msg)
-                if count:
-                    self.stats.config_reloads.labels("failure").inc()
-                return False
+                return self._reload_failed(count)
             if loaded.version == self.loaded.version:
                 return True  # nothing changed (a touch, or a SIGHUP without an edit)
             previous = self.loaded.config
             try:
                 await self.apply(loaded)
-            except OSError as e:
-                log.error("config reload refused: %s: cannot bind: %s", path, e)
-                if count:
-                    self.stats.config_reloads.labels("failure").inc()
-                return False
-            except Exception:
-                # A fault of ours, not of the file: still a failed reload (counted, and
-                # the previous config's tables are restored by apply), never an
-                # exception for the file watcher or the SIGHUP handler to swallow.
-                log.exception("config reload failed: %s (version %s)", path, loaded.version)
-                if count:
-                    self.stats.config_reloads.labels("failure").inc()
-                return False
+            except Exception as e:
+                if isinstance(e, OSError):
+                    log.error("config reload refused: %s: cannot bind: %s", path, e)
+                else:
+                    # A fault of ours, not of the file: still a failed reload (counted,
+                    # the previous config's tables restored by apply), never an exception
+                    # for the file watcher or the SIGHUP handler to swallow.
+                    log.exception("config reload failed: %s (version %s)", path,
+                                  loaded.version)
+                return self._reload_failed(count)
             if count:
                 self.stats.config_reloads.labels("success").inc()
             self.stats.config_loaded.set(loaded.loaded_at)
@@ -134,6 +129,12 @@ class Proxy:
                                 "restart only", loaded.version, section)
             log.info("config %s loaded from %s", loaded.version, path)
             return True
+
+    def _reload_failed(self, count: bool) -> bool:
+        """Count a refused or failed reload (unless a supervisor counts it); False."""
+        if count:
+            self.stats.config_reloads.labels("failure").inc()
+        return False
 
     async def apply(self, loaded: Loaded, *, initial: bool = False) -> None:
         """Switch to ``loaded`` (see the module docstring for the two phases)."""
