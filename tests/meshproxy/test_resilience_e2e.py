@@ -41,7 +41,7 @@ async def test_breaker_opens_stops_calling_and_recovers_half_open(upstreams,
     ups = await upstreams(1)
     ups[0].status_override = 503
     p = await proxy_factory(_cfg(ups, cluster=", breaker: {consecutive_failures: 5, "
-                                              "reset_timeout: 0.3}"))
+                                              "reset_timeout: 1.0}"))
     port = listener_port(p)
     first = [await request(port) for _ in range(5)]
     assert [r.status for r in first] == [503] * 5
@@ -50,7 +50,7 @@ async def test_breaker_opens_stops_calling_and_recovers_half_open(upstreams,
     assert {(r.status, r.reason) for r in refused} == {(503, "circuit_open")}
     assert len(ups[0].requests) == 5  # the proxy stopped calling the upstream
     ups[0].status_override = None
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.05)
     assert (await request(port)).status == 200
     assert p.resilience.clusters["c"].breaker.state == "closed"
     kinds = [e.kind for e in p.resilience.events.recent(kind="breaker.")]
@@ -61,15 +61,18 @@ async def test_breaker_opens_stops_calling_and_recovers_half_open(upstreams,
 
 
 async def test_failed_trial_reopens_the_breaker(upstreams, proxy_factory) -> None:
-    """Half-open, the trial request fails: the breaker opens again (and refuses)."""
+    """Half-open, the trial request fails: the breaker opens again (and refuses). The
+    reset timeout is a second so that the refusal is checked well within it even on a
+    loaded machine (at 0.2 s the check once came after the breaker had gone half-open
+    again)."""
     ups = await upstreams(1)
     ups[0].status_override = 502
     p = await proxy_factory(_cfg(ups, cluster=", breaker: {consecutive_failures: 2, "
-                                              "reset_timeout: 0.2}"))
+                                              "reset_timeout: 1.0}"))
     port = listener_port(p)
     for _ in range(2):
         await request(port)
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(1.05)
     assert (await request(port)).status == 502      # the trial, still failing
     r = await request(port)
     assert (r.status, r.reason) == (503, "circuit_open")
