@@ -8,12 +8,23 @@ import time
 import urllib.error
 import urllib.request
 
+#: Ports already handed out by this process: the kernel may give a just-closed port
+#: again at once, and two ``free_port()`` calls in a row (a listener and its admin
+#: port) then collide.
+_handed_out: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host`` (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free a moment ago on ``host`` (the kernel picks it), never
+    one this process was already given."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no port the kernel offers is new to this test process")
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
