@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # list by tests/meshproxy/test_compiled.py): an edit rebuilds them, since the compiled
 # module is what `import` loads (tests/conftest.py refuses to test a stale build).
 COMPILED := $(wildcard meshproxy/http/*.py) meshproxy/router.py $(wildcard meshproxy/tcp/*.py) \
-	meshproxy/listener.py meshproxy/cluster.py meshproxy/endpoint.py meshproxy/metrics.py \
+	meshproxy/listener.py meshproxy/poller.py meshproxy/cluster.py meshproxy/endpoint.py meshproxy/metrics.py \
 	$(addprefix meshproxy/balance/,base.py hashing.py least_request.py maglev.py \
 	                               peak_ewma.py random_pick.py ring_hash.py round_robin.py)
 

@@ -28,6 +28,7 @@ COMPILED_PATTERNS = (
     "meshproxy/router.py",
     "meshproxy/tcp/*.py",
     "meshproxy/listener.py",
+    "meshproxy/poller.py",
     "meshproxy/cluster.py",
     "meshproxy/endpoint.py",
     "meshproxy/metrics.py",

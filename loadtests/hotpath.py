@@ -20,6 +20,11 @@ resilience benchmark's guarded route (breaker, rate limit consulted on every req
 automatic switch), and their ratio: the overhead of issue #5 without the kernel's
 share, which dilutes it in the socket benchmark. Nothing listens for traffic: the
 proxy's listener binds an ephemeral loopback port that no request reaches.
+
+The client's side is the proxy's own transport (:class:`~meshproxy.http.transport.
+PollTransport`, what accepted clients get) over :class:`MemorySocket`, which takes every
+send whole; the upstream side, an asyncio transport in production, is
+:class:`MemoryTransport`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from loadtests.resilience_bench import GUARDS
 from loadtests.targets import HOST
 from meshproxy.config import parse_config
 from meshproxy.http.server import HttpServerProtocol
+from meshproxy.http.transport import PollTransport
 from meshproxy.http.upstream import UpstreamConnection
 from meshproxy.proxy import Proxy
 
@@ -47,6 +53,31 @@ BODY = b"0123456789012345678901234567890123456789012345678901234567890\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 01:09:19 GMT"
             b"\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: keep-alive"
             b"\r\n\r\n%b" % (len(BODY), BODY))
+
+
+class MemorySocket:
+    """Stands in for a client's socket under the real ``PollTransport``: every send is
+    taken whole and collected; nothing is read from it (the benchmark feeds the
+    protocol itself)."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self.out.append(bytes(data))
+        return len(data)
+
+    def fileno(self) -> int:
+        return -1  # never registered: no poller sees it
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> bytes:
+        data = b"".join(self.out)
+        self.out.clear()
+        return data
 
 
 class MemoryTransport:
@@ -109,9 +140,10 @@ class HotPath:
         listener = proxy.listeners["hot"]
         cluster = proxy.clusters["backend"]
         pool = cluster.pool(cluster.endpoints[0])
-        self.down = MemoryTransport()
+        self.down = MemorySocket()
         self.client = HttpServerProtocol(listener)  # type: ignore[arg-type]
-        self.client.connection_made(self.down)  # type: ignore[arg-type]
+        self.client.connection_made(PollTransport(
+            listener.poller, self.down, (HOST, 40000), self.client))  # type: ignore[arg-type]
         self.up = MemoryTransport()
         self.upstream = UpstreamConnection(pool)
         self.upstream.connection_made(self.up)  # type: ignore[arg-type]

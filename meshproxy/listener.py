@@ -1,60 +1,47 @@
-"""HTTP listeners: a bound socket, its router, and the connections it accepted.
+"""HTTP listeners: their listening sockets, their router, and the connections they
+accepted.
 
-An :class:`HttpListener` owns an ``asyncio.Server`` (bound with ``SO_REUSEPORT`` so
-that worker processes can share the port), the set of live
-:class:`~meshproxy.http.server.HttpServerProtocol` connections (for drain), the
-current :class:`~meshproxy.router.Router` (swapped whole on reload) and its bound
-metrics. TCP listeners live in :mod:`meshproxy.tcp` (raw sockets in an epoll of their
-own, not an ``asyncio.Server``); :mod:`meshproxy.proxy` creates, updates and retires both.
+Both kinds of listener accept on sockets bound with ``SO_REUSEPORT`` (so that worker
+processes can share the port) in an ``epoll`` of their own
+(:class:`~meshproxy.poller.Poller`, which the event loop polls as one descriptor):
+an :class:`HttpListener` makes each client a
+:class:`~meshproxy.http.transport.PollTransport` driving an
+:class:`~meshproxy.http.server.HttpServerProtocol`, and keeps the set of live
+connections (for drain), the current :class:`~meshproxy.router.Router` (swapped whole
+on reload) and its bound metrics. TCP listeners live in :mod:`meshproxy.tcp`;
+:mod:`meshproxy.proxy` creates, updates and retires both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
 from meshproxy.http.deadlines import TimeoutWheel
 from meshproxy.http.server import HttpServerProtocol
+from meshproxy.http.transport import READ_EVENTS, PollTransport
+from meshproxy.poller import ACCEPT_BATCH, Acceptor, Poller, listening_sockets, socket_of
 
 if TYPE_CHECKING:
     from meshproxy.config.listeners import HttpListenerConfig, TcpListenerConfig
     from meshproxy.metrics import Stats
     from meshproxy.router import Router
 
-BACKLOG: Final = 2048
+log = logging.getLogger(__name__)
 
-
-async def bind(loop: asyncio.AbstractEventLoop, factory, host: str, port: int,
-               *, share: asyncio.Server | None = None) -> asyncio.Server:
-    """Listen on ``host:port`` with SO_REUSEPORT (workers share the port).
-
-    With ``share`` (a server of ours on the same address), serve a duplicate of its
-    listening socket instead of a new one: the two share one accept queue, so when the
-    old server closes, the connections waiting in that queue are not reset (closing one
-    of several SO_REUSEPORT sockets resets the connections queued on it).
-    """
-    if share is not None and share.sockets:
-        sock = socket.socket(fileno=os.dup(share.sockets[0].fileno()))
-        return await loop.create_server(factory, sock=sock, backlog=BACKLOG)
-    return await loop.create_server(factory, host, port, reuse_port=True, backlog=BACKLOG,
-                                    family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 class ListenerBase(ABC):
-    """What HTTP and TCP listeners share: the bound server, the set of open
-    connections, byte counters, the timeout tick and the drain bookkeeping (an event set
-    once draining leaves no connection). Subclasses give ``kind``, ``snapshot``,
-    ``tick_period`` and ``check_timeouts``, and either ``protocol`` (the connection's
-    Protocol class, built with the listener, for :meth:`start`) or their own ``start``
-    (the TCP listener's raw sockets)."""
+    """What HTTP and TCP listeners share: the listening sockets in their epoll, the set
+    of open connections, byte counters, the timeout tick and the drain bookkeeping (an
+    event set once draining leaves no connection). Subclasses give ``kind``,
+    ``snapshot``, ``tick_period``, ``check_timeouts`` and ``accept`` (called with a
+    listening socket that has clients waiting)."""
 
     kind = ""
-    protocol: Callable[[Any], asyncio.Protocol]
 
     def __init__(self, config: HttpListenerConfig | TcpListenerConfig, *,
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
@@ -62,7 +49,8 @@ class ListenerBase(ABC):
         self.config = config
         self.loop = loop
         self.stats = stats
-        self.server: asyncio.Server | None = None
+        self.server: Acceptor | None = None
+        self.poller = Poller(loop, self.accept)
         self.connections: set = set()
         self.draining = False
         self._empty: asyncio.Event | None = None  # set when draining and none is left
@@ -85,16 +73,27 @@ class ListenerBase(ABC):
     @property
     def port(self) -> int:
         """The bound port (differs from the config's when it says 0)."""
-        # Any: uvloop's ``sockets`` is a list (the stubs say tuple, which compiled code
-        # would check), the L4 listener's Acceptor a tuple.
-        server: Any = self.server
+        server = self.server
         assert server is not None
         assert server.sockets
         return int(server.sockets[0].getsockname()[1])
 
-    async def start(self, *, share: asyncio.Server | None = None) -> None:
-        self.server = await bind(self.loop, partial(self.protocol, self),
-                                 self.config.address, self.config.port, share=share)
+    async def start(self, *, share: Acceptor | None = None) -> None:
+        """Listen on the configured address; with ``share`` (a listener of ours on the
+        same address being replaced), on a duplicate of its socket: the two share one
+        accept queue, so when the old one closes the connections waiting in it are not
+        reset (closing one of several SO_REUSEPORT sockets resets those queued on it)."""
+        try:
+            sockets = await listening_sockets(self.loop, self.config.address,
+                                               self.config.port, share)
+        except BaseException:
+            self.poller.close()
+            raise
+        self.server = Acceptor(self.poller, sockets)
+
+    @abstractmethod
+    def accept(self, lsock: socket.socket) -> None:
+        """Accept the clients waiting on ``lsock`` (at most ``ACCEPT_BATCH``)."""
 
     def connection_closed(self, conn, rx: int = 0, tx: int = 0) -> None:
         """``conn`` has ended; ``rx``/``tx``: its bytes not counted yet, if any."""
@@ -104,8 +103,11 @@ class ListenerBase(ABC):
             self.connections.discard(conn)
             if self.draining:
                 self.flush_counts()  # a retired listener may see no more sweeps
-            if not self.connections and self._empty is not None:
-                self._empty.set()
+            if not self.connections:
+                if self._empty is not None:
+                    self._empty.set()
+                if self.server is not None and not self.server.sockets:
+                    self.poller.close()  # no longer accepting and nothing left to serve
 
     def count_bytes(self, rx: int, tx: int) -> None:
         """Add bytes to the counters (moved into the metrics by ``flush_counts``)."""
@@ -151,6 +153,8 @@ class ListenerBase(ABC):
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+        if not self.connections:
+            self.poller.close()
 
     def abort_connections(self) -> None:
         """Cut every open connection now, whatever is unsent."""
@@ -172,7 +176,6 @@ class HttpListener(ListenerBase):
     """An L7 listener."""
 
     kind = "http"
-    protocol = HttpServerProtocol
     config: HttpListenerConfig
 
     def __init__(self, config: HttpListenerConfig, router: Router, *,
@@ -184,6 +187,31 @@ class HttpListener(ListenerBase):
         self._accepted = stats.downstream_connections_total.labels(self.name)
         #: Route timeouts of requests on the fused path (one timer for all of them).
         self.timeouts = TimeoutWheel(loop)
+
+    def accept(self, lsock: socket.socket) -> None:
+        family = lsock.family
+        poller = self.poller
+        sides = poller.sides
+        ep = poller.ep
+        for _ in range(ACCEPT_BATCH):
+            try:
+                # The C accept: a descriptor and the client's address, no wrapper socket.
+                fd, peer = lsock._accept()  # type: ignore[attr-defined]
+            except BlockingIOError:
+                break
+            except OSError as e:
+                # EMFILE and the like: the connection stays queued; say so, try again
+                # at the next poll.
+                log.warning("http listener %s: accept failed: %s", self.name, e)
+                break
+            protocol = HttpServerProtocol(self)
+            # Left in blocking mode: every read and write passes MSG_DONTWAIT.
+            transport = PollTransport(poller, socket_of(family, fd), peer, protocol)
+            # Registered before connection_made, which may close it (a draining
+            # listener); bytes already in are reported at the next poll.
+            sides[fd] = transport
+            ep.register(fd, READ_EVENTS)
+            protocol.connection_made(transport)  # type: ignore[arg-type]
 
     def update(self, config: HttpListenerConfig, router: Router) -> None:
         """A reload kept this listener's address: new routes and limits, same socket.
@@ -238,8 +266,7 @@ class HttpListener(ListenerBase):
         self.sweep()
         self.timeouts.close()
         self.stop_ticking()
-        if self.server is not None:
-            await self.server.wait_closed()
+        self.poller.close()
 
     def snapshot(self) -> dict:
         return {"name": self.name, "protocol": "http", "address": self.config.address,

@@ -9,7 +9,15 @@ when no reason is left.
 
 from __future__ import annotations
 
-import asyncio
+from typing import Protocol
+
+
+class Readable(Protocol):
+    """What is paused: a client's ``PollTransport`` or an upstream's asyncio transport."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
 
 
 class FlowControl:
@@ -17,7 +25,7 @@ class FlowControl:
 
     __slots__ = ("_reasons", "transport")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: Readable) -> None:
         self.transport = transport
         self._reasons: set[str] = set()
 

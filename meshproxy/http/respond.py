@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from meshproxy.http.flow import FlowControl
     from meshproxy.http.lane import LaneActive
     from meshproxy.http.message import BodySource
+    from meshproxy.http.transport import PollTransport
     from meshproxy.http.upstream import UpstreamBody
     from meshproxy.listener import HttpListener
 
@@ -34,7 +35,7 @@ class ResponseWriter:
     """Response framing and streaming for the downstream protocol (state lives there)."""
 
     # Set by HttpServerProtocol.__init__; listed here for the reader and type checkers.
-    transport: asyncio.Transport | None
+    transport: PollTransport | None
     listener: HttpListener
     loop: asyncio.AbstractEventLoop
     flow: FlowControl

@@ -60,6 +60,7 @@ from meshproxy.layers.forward import ANSWERED, stale_retry_ok
 
 if TYPE_CHECKING:
     from meshproxy.http.message import BodySource
+    from meshproxy.http.transport import PollTransport
     from meshproxy.http.upstream import UpstreamBody, UpstreamConnection
     from meshproxy.listener import HttpListener
     from meshproxy.router import Route
@@ -77,7 +78,8 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self.listener = listener
         self.limits = listener.config.limits
         self.loop = listener.loop
-        self.transport: asyncio.Transport | None = None
+        # The listener's PollTransport (typed so, compiled code calls it directly).
+        self.transport: PollTransport | None = None
         # self.flow: set when connected (declared on ResponseWriter)
         self.parser: Any = httptools.HttpRequestParser(self)
         self.client = ""
@@ -94,6 +96,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
         self._chunked = False
         self._close_after = False
         self._no_more = False                     # client said Connection: close
+        self._fresh = True                        # no request has begun on it yet
         self._pending_error: DownstreamError | None = None
         self._refused: DownstreamError | None = None
         self._tunnel: UpstreamBody | None = None
@@ -112,7 +115,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
 
     # --- connection lifecycle -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = tr = cast(asyncio.Transport, transport)
+        self.transport = tr = cast(PollTransport, transport)
         self.flow = FlowControl(tr)
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
@@ -173,6 +176,7 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
 
     # --- parser callbacks: collect, enforce limits, flip flags ------------------------
     def on_message_begin(self) -> None:
+        self._fresh = False
         self._head = RequestHead(self.loop.time())
         self._trailer_bytes = 0
 
@@ -626,8 +630,15 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
 
     def drain(self) -> None:
-        """Graceful shutdown: close now when idle, else after the current response."""
-        if self._active is None and self._head is None and self._tunnel is None:
+        """Graceful shutdown: close now when idle, else after the current response.
+
+        A connection no request has begun on yet is not idle but new: its client has
+        connected to send one and would see a close as a failure (a client retries a
+        request on a reused connection that closed, not on a fresh one). Its first
+        response says ``Connection: close``; a client that sends nothing is closed by the
+        idle timeout or cut at the end of the drain."""
+        if (self._active is None and self._head is None and self._tunnel is None
+                and not self._fresh):
             if self.transport is not None:
                 self.transport.close()
         else:

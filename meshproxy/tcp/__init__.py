@@ -43,7 +43,7 @@ request path (``setup.py``; ``docs/ARCHITECTURE.md``, "Departures", has the rule
 code keeps); the same sources run interpreted when the build is not compiled.
 
 The package: :mod:`~meshproxy.tcp.pipe` (a connection's two sides and the bytes between
-them), :mod:`~meshproxy.tcp.poller` (the epoll and the listening sockets),
+them), :mod:`~meshproxy.poller` (the epoll and the listening sockets),
 :mod:`~meshproxy.tcp.listener` (accept, timeouts, counts, drain).
 """
 

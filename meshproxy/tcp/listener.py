@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Final
 
 from meshproxy.balance import PickContext
 from meshproxy.listener import ListenerBase
-from meshproxy.tcp.pipe import CSocket, TcpConnection
-from meshproxy.tcp.poller import Acceptor, Poller, listening_sockets
+from meshproxy.poller import ACCEPT_BATCH, socket_of
+from meshproxy.tcp.pipe import TcpConnection
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
@@ -22,15 +22,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Accepts per poll of one listening socket (the rest wait for the next poll).
-_ACCEPT_BATCH: Final = 64
 #: ``read_at_accept``: the most its score counts (hits beyond are not remembered, so a
 #: change of clients is noticed within this many connections) ...
 _EARLY_MAX: Final = 8
 #: ... and, while it guesses "no bytes yet", one new connection in this many still reads
 #: at once, to notice when the clients change.
 _EARLY_PROBE: Final = 16
-_STREAM: Final = socket.SOCK_STREAM
 
 
 class TcpListener(ListenerBase):
@@ -43,7 +40,6 @@ class TcpListener(ListenerBase):
                  loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
         super().__init__(config, loop=loop, stats=stats)
         self.cluster = cluster
-        self.poller = Poller(loop, self._accept)
         #: Connections still connecting upstream (insertion-ordered), for the tick.
         self.connecting: dict[TcpConnection, None] = {}
         self._outcomes: dict[str, object] = {}  # outcome -> Counter child
@@ -56,29 +52,15 @@ class TcpListener(ListenerBase):
         self.early_score = _EARLY_MAX // 2
         self._early_skipped = 0
 
-    async def start(self, *, share: object | None = None) -> None:
-        try:
-            sockets = await listening_sockets(self.loop, self.config.address,
-                                               self.config.port, share)
-        except BaseException:
-            self.poller.close()
-            raise
-        self.server = Acceptor(self.poller, sockets)  # type: ignore[assignment]
-
-    def stop_accepting(self) -> None:
-        super().stop_accepting()
-        if not self.connections:
-            self.poller.close()
-
     def update(self, config: TcpListenerConfig, cluster: Cluster) -> None:
         """New connections go to ``cluster``; open ones keep their upstream."""
         self.config = config
         self.cluster = cluster
 
-    def _accept(self, lsock: socket.socket) -> None:
+    def accept(self, lsock: socket.socket) -> None:
         family = lsock.family
         connections = self.connections
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(ACCEPT_BATCH):
             try:
                 # The C accept, without the wrapper's socket (not in the stubs).
                 fd, _ = lsock._accept()  # type: ignore[attr-defined]
@@ -90,7 +72,7 @@ class TcpListener(ListenerBase):
                 log.warning("tcp listener %s: accept failed: %s", self.name, e)
                 break
             # Left in blocking mode: every read and write passes MSG_DONTWAIT (pipe.py).
-            conn = TcpConnection(self, CSocket(family, _STREAM, 0, fd))
+            conn = TcpConnection(self, socket_of(family, fd))
             connections.add(conn)
             conn.connect()
         if connections:
@@ -129,8 +111,6 @@ class TcpListener(ListenerBase):
         if not conn.up.connected:
             self.connecting.pop(conn, None)
         super().connection_closed(conn, rx, tx)
-        if not self.connections and self.server is not None and not self.server.sockets:
-            self.poller.close()  # no longer accepting and nothing left to serve
 
     def abort_connections(self) -> None:
         for conn in list(self.connections):

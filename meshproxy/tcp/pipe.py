@@ -5,7 +5,7 @@ A :class:`TcpConnection` has two :class:`Side` objects, each a non-blocking sock
 the bytes read from the other side that it has not taken yet. Reads go through one
 buffer shared by the process and are written on at once; only what a side refuses is
 copied out, and past a hold limit reading from its peer pauses. Events come from the
-listener's :class:`~meshproxy.tcp.poller.Poller`; the listener
+listener's :class:`~meshproxy.poller.Poller`; the listener
 (:mod:`meshproxy.tcp.listener`) accepts, ticks the timeouts and counts.
 """
 
@@ -17,6 +17,8 @@ import select
 import socket
 from _socket import socket as CSocket
 from typing import TYPE_CHECKING, Final
+
+from meshproxy.poller import Watched
 
 if TYPE_CHECKING:
     from meshproxy.endpoint import Endpoint
@@ -74,7 +76,7 @@ def _numeric_family(host: str) -> int:
     return family
 
 
-class Side:
+class Side(Watched):
     """One socket of a connection: the client's (downstream) or the endpoint's."""
 
     __slots__ = ("conn", "connected", "eof", "fd", "nread", "out", "paused", "peer",
@@ -113,6 +115,9 @@ class Side:
                 # Reset while its reading is paused: nothing more will come from it, and
                 # this edge will not come again; the peer is cut now, not when it drains.
                 self.conn.abort()
+
+    def fail(self) -> None:
+        self.conn.abort()
 
     def read(self, ev: int) -> None:
         sock = self.sock

@@ -579,3 +579,32 @@ async def test_connection_bytes_reach_the_metrics_once(upstream, proxy_factory) 
     assert values["meshproxy_downstream_received_bytes_total"] == sent
     assert values["meshproxy_downstream_sent_bytes_total"] == received
     assert values["meshproxy_downstream_connections_total"] == 3
+
+
+async def test_a_client_accepted_before_a_drain_still_gets_its_answer(
+        upstream, proxy_factory) -> None:
+    """A drain closes an idle connection that has served a request at once, but one on
+    which no request has begun yet (its client connected just before the drain, to send
+    one) is answered first, with Connection: close, and then closed."""
+    p = await proxy_factory(http_config([upstream.address]))
+    listener = p.listeners["web"]
+    used = await RawConn.open(listener.port)
+    await used.send(build())
+    assert (await used.read_reply()).status == 200
+    fresh = await RawConn.open(listener.port)
+    for _ in range(500):
+        if len(listener.connections) == 2:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the proxy did not accept the second connection")
+    drain = asyncio.create_task(p.drain(10.0))
+    assert await used.closed_by_peer()
+    await fresh.send(build())
+    r = await fresh.read_reply()
+    assert r.status == 200
+    assert r.headers.get("connection") == "close"
+    assert await fresh.closed_by_peer()
+    await drain
+    await used.close()
+    await fresh.close()

@@ -1,8 +1,11 @@
-"""The TCP listener's event source: an edge-triggered ``epoll`` of its own that the
-event loop polls as one descriptor, and the listening sockets in it.
+"""A listener's event source: an edge-triggered ``epoll`` of its own that the event loop
+polls as one descriptor, and the listening sockets in it. Both kinds of listener use it:
+the L4 one (:mod:`meshproxy.tcp`) and the L7 one (:mod:`meshproxy.http.transport`).
 
-:class:`Poller` dispatches each ready socket's events to its
-:class:`~meshproxy.tcp.pipe.Side` and a ready listening socket to the listener's accept
+:class:`Poller` dispatches each ready socket's events to its :class:`Watched` (a
+:class:`~meshproxy.tcp.pipe.Side` or a
+:class:`~meshproxy.http.transport.PollTransport`) and a ready listening socket to the
+listener's accept
 (after the batch: a descriptor closed in it may be reused by an accept while a later
 event of the batch is still about the old one). :class:`Acceptor` has the shape of
 ``asyncio.Server`` that :class:`~meshproxy.listener.ListenerBase` and the proxy's
@@ -16,30 +19,62 @@ import logging
 import os
 import select
 import socket
+from _socket import socket as CSocket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from meshproxy.listener import BACKLOG
-
-if TYPE_CHECKING:
-    from meshproxy.tcp.pipe import Side
+from typing import Final
 
 log = logging.getLogger(__name__)
+
+#: The listening sockets' accept queue.
+BACKLOG: Final = 2048
+#: Accepts per poll of one listening socket (the rest wait for the next poll).
+ACCEPT_BATCH: Final = 64
+_STREAM: Final = socket.SOCK_STREAM
+
+
+def socket_of(family: int, fd: int) -> CSocket:
+    """The C socket object for an accepted descriptor: the type ``socket.socket``
+    wraps, whose Python-level ``__init__``, ``accept`` and ``close`` (reference counting
+    for ``makefile``, unused here) were a tenth of the Python time of a short
+    connection. Left in blocking mode: every read and write on it passes
+    ``MSG_DONTWAIT`` (Python cannot ask ``accept4`` for a non-blocking socket, and an
+    ``ioctl`` to make it so would be one more system call per connection)."""
+    return CSocket(family, _STREAM, 0, fd)
+
+
+class Watched:
+    """What the poller dispatches a connection socket's events to: a side of an L4
+    connection (:class:`~meshproxy.tcp.pipe.Side`) or an L7 client's transport
+    (:class:`~meshproxy.http.transport.PollTransport`)."""
+
+    __slots__ = ()
+
+    fd: int  # the socket's descriptor, the poller's key
+
+    def on_event(self, ev: int) -> None:
+        """Handle the ``epoll`` events ``ev`` of this socket."""
+        raise NotImplementedError  # each subclass handles its events
+
+    def fail(self) -> None:
+        """``on_event`` raised: cut the connection (its edges will not come again)."""
+        raise NotImplementedError  # each subclass cuts its connection
 
 
 class Poller:
     """A listener's edge-triggered epoll, polled by the event loop as one descriptor."""
 
+    sides: dict[int, Watched]
+
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  on_accept: Callable[[socket.socket], None]) -> None:
         self.loop = loop
         self.ep = select.epoll()
-        self.sides: dict[int, Side] = {}
+        self.sides = {}
         self.acceptors: dict[int, socket.socket] = {}
         self.on_accept = on_accept  # called with a listening socket that has a client
         loop.add_reader(self.ep.fileno(), self._poll)
 
-    def add(self, side: Side, events: int) -> None:
+    def add(self, side: Watched, events: int) -> None:
         self.sides[side.fd] = side
         self.ep.register(side.fd, events)
 
@@ -70,8 +105,8 @@ class Poller:
             try:
                 side.on_event(ev)
             except Exception:  # never lose the rest of the batch (its edges come once)
-                log.exception("tcp connection failed")
-                side.conn.abort()
+                log.exception("connection failed")
+                side.fail()
         if ready is not None:
             for fd in ready:
                 sock = self.acceptors.get(fd)
