@@ -4,6 +4,7 @@
 - ``headers``: hop-by-hop filtering and serialising heads
 - ``flow``: pause/resume bookkeeping for backpressure
 - ``server``: the downstream protocol (clients → proxy): parsing, limits, dispatch
+- ``transport``: the client's socket under it, in the listener's epoll (not uvloop's)
 - ``request``: the request head being parsed; request ids
 - ``respond``: writing responses to the client (framing, streaming, tunnels)
 - ``reply``: local replies (``x-mesh-reason``)

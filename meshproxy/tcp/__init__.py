@@ -20,7 +20,8 @@ connection) in an edge-triggered ``epoll`` of the listener's own, which uvloop p
 one more file descriptor (``add_reader`` on the epoll descriptor): per connection
 accept, socket, connect, two registrations, one read and one write each way, the
 shutdowns and the two closes, fewer system calls than haproxy makes. Linux only, as the
-rest of the data plane.
+rest of the data plane. The L7 listener's clients live in the same kind of epoll
+(:mod:`meshproxy.http.transport`), for the same reason.
 
 A new client is read at once (its bytes sent on right after the connect, saving the
 events) only while the listener's guess says its first bytes are usually in by the time
@@ -43,8 +44,8 @@ request path (``setup.py``; ``docs/ARCHITECTURE.md``, "Departures", has the rule
 code keeps); the same sources run interpreted when the build is not compiled.
 
 The package: :mod:`~meshproxy.tcp.pipe` (a connection's two sides and the bytes between
-them), :mod:`~meshproxy.poller` (the epoll and the listening sockets),
-:mod:`~meshproxy.tcp.listener` (accept, timeouts, counts, drain).
+them), :mod:`~meshproxy.tcp.listener` (accept, timeouts, counts, drain); the epoll and
+the listening sockets are :mod:`meshproxy.poller`, shared with the L7 listener.
 """
 
 from meshproxy.tcp.listener import TcpListener
