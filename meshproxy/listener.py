@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from _socket import socket as CSocket
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshproxy.http.deadlines import TimeoutWheel
 from meshproxy.http.server import HttpServerProtocol
@@ -91,9 +92,28 @@ class ListenerBase(ABC):
             raise
         self.server = Acceptor(self.poller, sockets)
 
-    @abstractmethod
     def accept(self, lsock: socket.socket) -> None:
-        """Accept the clients waiting on ``lsock`` (at most ``ACCEPT_BATCH``)."""
+        """Accept the clients waiting on ``lsock`` (at most ``ACCEPT_BATCH``; the rest
+        at the next poll)."""
+        family = lsock.family
+        for _ in range(ACCEPT_BATCH):
+            try:
+                # The C accept: a descriptor and the client's address, no wrapper socket
+                # (not in the stubs).
+                fd, peer = lsock._accept()  # type: ignore[attr-defined]
+            except BlockingIOError:
+                break
+            except OSError as e:
+                # EMFILE and the like: the connection stays queued; say so, try again
+                # at the next poll.
+                log.warning("%s listener %s: accept failed: %s", self.kind, self.name, e)
+                break
+            self.accepted(socket_of(family, fd), peer)
+
+    @abstractmethod
+    def accepted(self, sock: CSocket, peer: Any) -> None:
+        """Serve a new client: its socket (left in blocking mode: every read and write
+        passes ``MSG_DONTWAIT``) and the address accept returned."""
 
     def connection_closed(self, conn, rx: int = 0, tx: int = 0) -> None:
         """``conn`` has ended; ``rx``/``tx``: its bytes not counted yet, if any."""
@@ -188,30 +208,15 @@ class HttpListener(ListenerBase):
         #: Route timeouts of requests on the fused path (one timer for all of them).
         self.timeouts = TimeoutWheel(loop)
 
-    def accept(self, lsock: socket.socket) -> None:
-        family = lsock.family
-        poller = self.poller
-        sides = poller.sides
-        ep = poller.ep
-        for _ in range(ACCEPT_BATCH):
-            try:
-                # The C accept: a descriptor and the client's address, no wrapper socket.
-                fd, peer = lsock._accept()  # type: ignore[attr-defined]
-            except BlockingIOError:
-                break
-            except OSError as e:
-                # EMFILE and the like: the connection stays queued; say so, try again
-                # at the next poll.
-                log.warning("http listener %s: accept failed: %s", self.name, e)
-                break
-            protocol = HttpServerProtocol(self)
-            # Left in blocking mode: every read and write passes MSG_DONTWAIT.
-            transport = PollTransport(poller, socket_of(family, fd), peer, protocol)
-            # Registered before connection_made, which may close it (a draining
-            # listener); bytes already in are reported at the next poll.
-            sides[fd] = transport
-            ep.register(fd, READ_EVENTS)
-            protocol.connection_made(transport)  # type: ignore[arg-type]
+    def accepted(self, sock: CSocket, peer: Any) -> None:
+        protocol = HttpServerProtocol(self)
+        transport = PollTransport(self.poller, sock, peer, protocol)
+        # Registered before connection_made, which may close it (a draining listener);
+        # bytes already in are reported at the next poll.
+        fd = transport.fd
+        self.poller.sides[fd] = transport
+        self.poller.ep.register(fd, READ_EVENTS)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
 
     def update(self, config: HttpListenerConfig, router: Router) -> None:
         """A reload kept this listener's address: new routes and limits, same socket.

@@ -6,21 +6,17 @@ timeouts on the listener's tick, counts outcomes and bytes, drains.
 from __future__ import annotations
 
 import asyncio
-import logging
-import socket
-from typing import TYPE_CHECKING, Final
+from _socket import socket as CSocket
+from typing import TYPE_CHECKING, Any, Final
 
 from meshproxy.balance import PickContext
 from meshproxy.listener import ListenerBase
-from meshproxy.poller import ACCEPT_BATCH, socket_of
 from meshproxy.tcp.pipe import TcpConnection
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
     from meshproxy.config.listeners import TcpListenerConfig
     from meshproxy.metrics import Stats
-
-log = logging.getLogger(__name__)
 
 #: ``read_at_accept``: the most its score counts (hits beyond are not remembered, so a
 #: change of clients is noticed within this many connections) ...
@@ -57,25 +53,11 @@ class TcpListener(ListenerBase):
         self.config = config
         self.cluster = cluster
 
-    def accept(self, lsock: socket.socket) -> None:
-        family = lsock.family
-        connections = self.connections
-        for _ in range(ACCEPT_BATCH):
-            try:
-                # The C accept, without the wrapper's socket (not in the stubs).
-                fd, _ = lsock._accept()  # type: ignore[attr-defined]
-            except BlockingIOError:
-                break
-            except OSError as e:
-                # EMFILE and the like: the connection stays queued; say so, try again
-                # at the next poll.
-                log.warning("tcp listener %s: accept failed: %s", self.name, e)
-                break
-            # Left in blocking mode: every read and write passes MSG_DONTWAIT (pipe.py).
-            conn = TcpConnection(self, socket_of(family, fd))
-            connections.add(conn)
-            conn.connect()
-        if connections:
+    def accepted(self, sock: CSocket, peer: Any) -> None:
+        conn = TcpConnection(self, sock)
+        self.connections.add(conn)
+        conn.connect()
+        if not conn.closed:
             self.start_ticking()  # connect and idle timeouts
 
     def read_at_accept(self) -> bool:

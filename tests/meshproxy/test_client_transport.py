@@ -21,13 +21,18 @@ from rawclient import RawConn, build
 from meshproxy.http.transport import PollTransport
 
 
-async def _only_connection(p, timeout: float = 5.0):
-    listener = p.listeners["web"]
+async def _eventually(check, what: str, timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.01)):
-        if len(listener.connections) == 1:
-            return next(iter(listener.connections))
+        if check():
+            return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"expected one client connection, have {len(listener.connections)}")
+    raise AssertionError(what)
+
+
+async def _only_connection(p):
+    listener = p.listeners["web"]
+    await _eventually(lambda: len(listener.connections) == 1, "expected one client connection")
+    return next(iter(listener.connections))
 
 
 async def test_bytes_that_arrive_while_reading_is_paused_are_read_on_resume(
@@ -41,11 +46,8 @@ async def test_bytes_that_arrive_while_reading_is_paused_are_read_on_resume(
     await conn.send(build("GET", "/slow/0.5") + build("GET", "/echo?2"))
     client = await _only_connection(p)
     assert isinstance(client.transport, PollTransport)
-    for _ in range(300):
-        if client.transport.paused:
-            break
-        await asyncio.sleep(0.01)
-    assert client.transport.paused, "reading did not pause behind the pipelined request"
+    await _eventually(lambda: client.transport.paused,
+                      "reading did not pause behind the pipelined request")
     await conn.send(build("GET", "/echo?3"))
     await asyncio.sleep(0.1)
     assert client.transport.paused
@@ -66,19 +68,12 @@ async def test_a_reset_while_reading_is_paused_ends_the_connection_at_once(
     conn = await RawConn.open(listener.port)
     await conn.send(build("GET", "/slow/30") + build("GET", "/echo?2"))
     client = await _only_connection(p)
-    for _ in range(300):
-        if client.transport.paused:
-            break
-        await asyncio.sleep(0.01)
-    assert client.transport.paused
+    await _eventually(lambda: client.transport.paused,
+                      "reading did not pause behind the pipelined request")
     conn.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                     struct.pack("ii", 1, 0))
     conn.writer.transport.abort()
-    for _ in range(500):
-        if not listener.connections:
-            break
-        await asyncio.sleep(0.01)
-    assert not listener.connections
+    await _eventually(lambda: not listener.connections, "the reset connection is still open")
     assert client.transport.closed
 
 
@@ -94,11 +89,7 @@ async def test_a_client_that_stops_reading_gets_a_bounded_write_buffer(
                                                     65536)
     await conn.send(build("GET", f"/big/{size}"))
     client = await _only_connection(p)
-    for _ in range(500):
-        if client.transport.writing_paused:
-            break
-        await asyncio.sleep(0.01)
-    assert client.transport.writing_paused
+    await _eventually(lambda: client.transport.writing_paused, "writing was never paused")
     await asyncio.sleep(0.3)  # what the upstream still sends would pile up here
     assert client.transport.get_write_buffer_size() < 1024 * 1024
     await conn.reader.readuntil(b"\r\n\r\n")
