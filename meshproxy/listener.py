@@ -39,8 +39,8 @@ class ListenerBase(ABC):
     """What HTTP and TCP listeners share: the listening sockets in their epoll, the set
     of open connections, byte counters, the timeout tick and the drain bookkeeping (an
     event set once draining leaves no connection). Subclasses give ``kind``,
-    ``snapshot``, ``tick_period``, ``check_timeouts`` and ``accept`` (called with a
-    listening socket that has clients waiting)."""
+    ``snapshot``, ``tick_period``, ``check_timeouts`` and ``accepted`` (serve one new
+    client)."""
 
     kind = ""
 

@@ -9,7 +9,8 @@ listener's accept
 (after the batch: a descriptor closed in it may be reused by an accept while a later
 event of the batch is still about the old one). :class:`Acceptor` has the shape of
 ``asyncio.Server`` that :class:`~meshproxy.listener.ListenerBase` and the proxy's
-rebinding use; :func:`listening_sockets` binds like :func:`meshproxy.listener.bind`.
+rebinding use; :func:`listening_sockets` binds the listening sockets (or duplicates an
+old listener's, on a rebind to the same address).
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ class Acceptor:
 async def listening_sockets(loop: asyncio.AbstractEventLoop, host: str, port: int,
                              share: object | None) -> list[socket.socket]:
     """Bound, listening, non-blocking sockets for ``host:port`` with SO_REUSEPORT (or a
-    duplicate of ``share``'s, as :func:`meshproxy.listener.bind` does)."""
+    duplicate of ``share``'s: the two share one accept queue, so when the old listener
+    closes, the connections waiting in it are not reset, as closing one of several
+    SO_REUSEPORT sockets resets those queued on it)."""
     shared = getattr(share, "sockets", None)
     if shared:
         sock = socket.socket(fileno=os.dup(shared[0].fileno()))

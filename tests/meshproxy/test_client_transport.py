@@ -11,13 +11,15 @@ test_http_proxy.py, bad input in test_bad_input.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
 
 import pytest
 from proxy_kit import http_config
-from rawclient import RawConn, build
+from rawclient import RawConn, build, request
 
+from meshproxy.http.server import HttpServerProtocol
 from meshproxy.http.transport import PollTransport
 
 
@@ -140,3 +142,25 @@ async def test_an_ipv6_listener_names_its_clients(upstream, proxy_factory) -> No
     sent = dict((k.lower(), v) for k, v in r.json()["headers"])
     assert sent["x-forwarded-for"] == "::1"
     await conn.close()
+
+
+async def test_a_closed_client_connection_is_freed_without_the_cycle_collector(
+        upstream, proxy_factory) -> None:
+    """A client connection that has closed leaves no reference cycle behind (protocol
+    and transport refer to each other while it is open): with the cycle collector off,
+    fifty connection-per-request clients leave no protocol object alive. Left to the
+    collector, a connection-per-request load grew a proxy's heap to 190 MB."""
+    p = await proxy_factory(http_config([upstream.address]))
+    listener = p.listeners["web"]
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            r = await request(listener.port, headers={"Connection": "close"})
+            assert r.status == 200
+        await _eventually(lambda: not listener.connections, "connections still open")
+        await asyncio.sleep(0.05)  # connection_lost runs on a later loop turn
+        alive = sum(isinstance(o, HttpServerProtocol) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert alive == 0
