@@ -66,7 +66,7 @@ class PollTransport(Watched):
         #: None once ``connection_lost`` has run: the protocol refers to the transport,
         #: and without the cycle a closed connection is freed by reference counting
         #: (left to the cycle collector, a connection-per-request load grew the heap
-        #: to 190 MB and made collections of it the p99).
+        #: to 184 MB and made collections of it the p99).
         self.protocol: HttpServerProtocol | None = protocol
         self.out: bytearray | None = None  # what the socket has not taken yet
         self.closing = False    # close() or abort() called, or the connection failed

@@ -149,7 +149,7 @@ async def test_a_closed_client_connection_is_freed_without_the_cycle_collector(
     """A client connection that has closed leaves no reference cycle behind (protocol
     and transport refer to each other while it is open): with the cycle collector off,
     fifty connection-per-request clients leave no protocol object alive. Left to the
-    collector, a connection-per-request load grew a proxy's heap to 190 MB."""
+    collector, a connection-per-request load grew a proxy's heap to 184 MB."""
     p = await proxy_factory(http_config([upstream.address]))
     listener = p.listeners["web"]
     gc.collect()

@@ -142,6 +142,7 @@ def test_quickstart_end_to_end(spawn, tmp_path: Path) -> None:
 
     # Break one recommendations replica: the page never breaks; the replica is ejected.
     assert json.loads(demo.sh(cmds[5]))["error_rate"] == 1.0
+    broken_at = time.monotonic()
     codes = demo.sh(cmds[6]).split()
     if codes != ["200"] * 20:  # say what the failing pages were, not only their codes
         pages = [demo.sh("curl -s -i http://127.0.0.1:8080/") for _ in range(5)]
@@ -150,7 +151,10 @@ def test_quickstart_end_to_end(spawn, tmp_path: Path) -> None:
     late = [demo.page() for _ in range(10)]
     assert all(code == 200 for code, _ in late)
     degraded = sum(1 for _, b in late if b["recommendations"].get("degraded"))
-    assert degraded <= 1, f"the broken replica was not ejected: {degraded}/10 degraded"
+    # (An ejection lasts base_ejection_time, 30 s in the demo's policy: the late pages
+    # come well within it. The message says how long they took on a slow machine.)
+    assert degraded <= 1, (f"the broken replica was not ejected: {degraded}/10 degraded, "
+                           f"{time.monotonic() - broken_at:.1f}s after breaking it")
     demo.sh(cmds[7])
 
     # Flip the degradation switch through the API: every sidecar calling recommendations
