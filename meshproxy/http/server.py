@@ -618,8 +618,18 @@ class HttpServerProtocol(ResponseWriter, asyncio.Protocol):
     # --- timeouts: checked by the listener's periodic tick -----------------------------
     def check_timeouts(self, now: float) -> None:
         """A head arriving for longer than the header timeout is refused (408, slowloris);
-        a connection with nothing to do for longer than the idle timeout is closed."""
-        if self.closed or self._refused is not None or self._active is not None:
+        a connection with nothing to do for longer than the idle timeout is closed; one
+        whose client has taken none of the bytes waiting for it for the idle timeout
+        (it stopped reading a response, or the last bytes before a close) is cut, as
+        nginx's ``send_timeout`` does."""
+        if self.closed:
+            return
+        tr = self.transport
+        if (tr is not None and tr.out is not None
+                and now - tr.blocked_since > self.limits.idle_timeout):
+            tr.abort()
+            return
+        if self._refused is not None or self._active is not None:
             return
         head = self._head
         if head is not None:

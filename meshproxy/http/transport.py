@@ -76,6 +76,9 @@ class PollTransport(Watched):
         self.rdhup = False      # the client's EOF is in the socket's queue
         self.writing_paused = False  # the protocol was told pause_writing()
         self.watch_out = False  # registered for EPOLLOUT
+        #: Loop time of the last write the client took while bytes wait for it (see
+        #: HttpServerProtocol.check_timeouts: no progress for the idle timeout cuts it).
+        self.blocked_since = 0.0
 
     # --- events ------------------------------------------------------------------------
     def on_event(self, ev: int) -> None:
@@ -152,7 +155,9 @@ class PollTransport(Watched):
             self._fail(e)
             return
         if m < len(out):
-            del out[:m]
+            if m:
+                del out[:m]
+                self.blocked_since = self.poller.loop.time()
         else:
             self.out = out = None
             if self.closing:
@@ -180,6 +185,7 @@ class PollTransport(Watched):
             if m == len(data):
                 return
             self.out = out = bytearray(memoryview(data)[m:])
+            self.blocked_since = self.poller.loop.time()
             if not self.watch_out:
                 self.watch_out = True
                 # Modify re-arms the edge: a socket writable again by now reports it at

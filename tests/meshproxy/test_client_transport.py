@@ -164,3 +164,34 @@ async def test_a_closed_client_connection_is_freed_without_the_cycle_collector(
     finally:
         gc.enable()
     assert alive == 0
+
+
+async def test_a_client_that_takes_nothing_for_the_idle_timeout_is_cut(
+        upstream, proxy_factory) -> None:
+    """A client that stops reading a large response is cut once it has taken none of
+    the bytes waiting for it for the idle timeout (nginx's send_timeout, and like it
+    measured between writes the socket takes); while it reads slowly but steadily, it
+    is not."""
+    p = await proxy_factory(http_config([upstream.address],
+                                        limits=", limits: {idle_timeout: 0.5}"))
+    listener = p.listeners["web"]
+    size = 32 * 1024 * 1024
+    slow = await RawConn.open(listener.port)
+    slow.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                    65536)
+    steady = await _only_connection(p)
+    # The proxy sees a client's progress only as room in its own send buffer: kept
+    # small (no autotuning to megabytes), what the client reads frees room at once.
+    steady.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
+                                                         socket.SO_SNDBUF, 65536)
+    await slow.send(build("GET", f"/big/{size}"))
+    await slow.reader.readuntil(b"\r\n\r\n")
+    for _ in range(8):  # 1.6 s, over three idle timeouts, taking 64 KiB each 0.2 s
+        assert await asyncio.wait_for(slow.reader.read(65536), 5)
+        await asyncio.sleep(0.2)
+    assert not steady.transport.closed
+    assert steady.transport.out is not None  # it was waiting on the client all along
+    await _eventually(lambda: steady.transport.closed, "a stalled client was not cut",
+                      timeout=10)
+    await _eventually(lambda: not listener.connections, "the connection is still counted")
+    await slow.close()
