@@ -100,8 +100,10 @@ class HttpLimits(Settings, kw_only=True):
     #: Seconds a client has to send a complete request head once it started one;
     #: 408 after (slowloris). 10 s: generous for slow links, short for attackers.
     header_timeout: Seconds = 10.0
-    #: Seconds an idle keep-alive downstream connection is kept open. 60 s: long
-    #: enough for client pools to reuse it, short enough to shed abandoned ones.
+    #: Seconds an idle keep-alive downstream connection is kept open, and a client
+    #: that takes no byte of what is waiting for it is waited for (then cut, as nginx's
+    #: ``send_timeout``). 60 s: long enough for client pools to reuse a connection,
+    #: short enough to shed abandoned ones.
     idle_timeout: Seconds = 60.0
     #: Pipelined requests buffered behind the one in progress before reading pauses.
     max_pipelined: Annotated[int, Meta(ge=1, le=1024)] = 16
