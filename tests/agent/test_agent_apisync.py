@@ -107,9 +107,13 @@ async def test_agent_registers_node_runs_bound_pod_and_reports_status(
         [mapping] = st["portMappings"]
         url = f"http://127.0.0.1:{mapping['hostPort']}/index.html"
         await wait_until(lambda: asyncio.to_thread(http_get, url), what="web serving")
-        events = (await admin.list("events", namespace="default"))["items"]
-        assert any(e["reason"] == "Started" and e["involvedObject"]["name"] == "web"
-                   for e in events)
+        # Events are written by the recorder's sender tasks, after the status.
+        async def started() -> bool:
+            events = (await admin.list("events", namespace="default"))["items"]
+            return any(e["reason"] == "Started" and e["involvedObject"]["name"] == "web"
+                       for e in events)
+
+        await wait_until(started, what="a Started Event for web")
 
         await admin.delete("pods", "web", namespace="default")
         await wait_until(lambda: _empty(runtime), what="web's containers removed")
