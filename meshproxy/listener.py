@@ -213,9 +213,7 @@ class HttpListener(ListenerBase):
         transport = PollTransport(self.poller, sock, peer, protocol)
         # Registered before connection_made, which may close it (a draining listener);
         # bytes already in are reported at the next poll.
-        fd = transport.fd
-        self.poller.sides[fd] = transport
-        self.poller.ep.register(fd, READ_EVENTS)
+        self.poller.add(transport, READ_EVENTS)
         protocol.connection_made(transport)  # type: ignore[arg-type]
 
     def update(self, config: HttpListenerConfig, router: Router) -> None:

@@ -210,9 +210,6 @@ class PollTransport(Watched):
             # On the next loop turn, never inside the caller's own code.
             self.poller.loop.call_soon(self._resume_read)
 
-    def is_reading(self) -> bool:
-        return not self.paused and not self.closing
-
     def close(self) -> None:
         """Stop reading; close once what is buffered has been sent."""
         if self.closing:
@@ -228,9 +225,6 @@ class PollTransport(Watched):
         if not self.closed:
             self._close_now(None)
 
-    def is_closing(self) -> bool:
-        return self.closing
-
     def get_write_buffer_size(self) -> int:
         out = self.out
         return 0 if out is None else len(out)
@@ -240,11 +234,6 @@ class PollTransport(Watched):
             return self.peer
         if name == "socket":
             return self.sock
-        if name == "sockname":
-            try:
-                return self.sock.getsockname()
-            except OSError:
-                return default
         return default
 
     # --- the end -------------------------------------------------------------------------

@@ -148,6 +148,17 @@ class RawConn:
                 out += chunk
         return out
 
+    async def read_count(self, n: int, timeout: float = 20.0) -> int:
+        """Read ``n`` bytes as they come (without keeping them); how many came before
+        the peer closed (``n`` when all did)."""
+        got = 0
+        while got < n:
+            chunk = await asyncio.wait_for(self.reader.read(1 << 20), timeout)
+            if not chunk:
+                break
+            got += len(chunk)
+        return got
+
     async def closed_by_peer(self, timeout: float = 10.0) -> bool:
         try:
             async with asyncio.timeout(timeout):
